@@ -1,0 +1,259 @@
+//! The command line: clap definitions, and their conversion into each mode's validated config.
+//! Nothing below this module sees clap types.
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::client::connect::{self, Target};
+use crate::client::join::JoinConfig;
+use crate::client::send::SendConfig;
+use crate::exit;
+use crate::protocol;
+use crate::server::ServerConfig;
+
+const ABOUT: &str = "WebSocket chat: a server and its command-line clients in one binary";
+
+const EXAMPLES: &str = "\
+Examples:
+  wschat serve --port 8080
+  wschat join alice --count 1 > alice.log &
+  wschat send bob \"morning back\"";
+
+#[derive(Debug, Parser)]
+#[command(name = "wschat", version, about = ABOUT, after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE))]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// When to colour output: auto colours a terminal unless NO_COLOR is set.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a chat server (HTTP and WebSocket on one port).
+    #[command(after_help = exit::TABLE)]
+    Serve(ServeArgs),
+    /// Join a room: print what arrives, send each line typed or piped in.
+    #[command(after_help = exit::TABLE)]
+    Join(JoinArgs),
+    /// Send messages and exit once the server has acknowledged them.
+    #[command(after_help = exit::TABLE)]
+    Send(SendArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1", env = "WSCHAT_HOST")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the real URL is printed).
+    #[arg(short, long, default_value_t = 8080, env = "WSCHAT_PORT")]
+    pub port: u16,
+    /// Send each message back to its sender too.
+    #[arg(long)]
+    pub echo: bool,
+    /// Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes,
+    /// no notices.
+    #[arg(long)]
+    pub raw: bool,
+    /// Largest message accepted from a client, in bytes; larger ones close it with 1009.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(16..=(64 << 20)))]
+    pub max_message_bytes: u64,
+    /// Frames queued for one client before it counts as too slow and is closed with 4008.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub outbox: u64,
+    /// How long shutdown waits for clients to answer the close frame.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+/// Connection options shared by the clients.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server URL (ws://, wss://; http:// and host:port also work).
+    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Room to join.
+    #[arg(long, default_value = protocol::DEFAULT_ROOM)]
+    pub room: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Your name in the room.
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Exit 0 after receiving this many chat messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Exit 0 after this long (e.g. 30s, 5m).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Name to send as.
+    pub name: String,
+    /// The message (words are joined by spaces; put -- before one that starts with -).
+    /// None, or '-': one message per line of stdin.
+    pub message: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// After delivery, print what arrives for this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Fail (exit 6) unless each message reached at least N other members.
+    #[arg(long, value_name = "N")]
+    pub min_recipients: Option<usize>,
+    /// Fail (exit 7) when the server has not acknowledged within this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
+}
+
+/// A validated request for one mode.
+#[derive(Debug)]
+pub enum Mode {
+    Serve {
+        host: String,
+        port: u16,
+        config: ServerConfig,
+    },
+    Join(JoinConfig),
+    Send(SendConfig),
+    Completions(clap_complete::Shell),
+}
+
+fn usage(message: impl std::fmt::Display) -> clap::Error {
+    Cli::command().error(ErrorKind::ValueValidation, message)
+}
+
+impl ClientArgs {
+    fn target(&self, name: &str, quiet: bool) -> Result<Target, clap::Error> {
+        protocol::validate_name(name).map_err(|e| usage(format!("invalid NAME '{name}': {e}")))?;
+        let url = connect::parse_url(&self.url).map_err(usage)?;
+        Ok(Target {
+            url,
+            name: name.to_owned(),
+            room: (self.room != protocol::DEFAULT_ROOM).then(|| self.room.clone()),
+            quiet,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+impl Cli {
+    /// Checks what clap cannot and builds the mode's config.
+    pub fn into_mode(self) -> Result<Mode, clap::Error> {
+        Ok(match self.command {
+            Command::Serve(a) => Mode::Serve {
+                host: a.host,
+                port: a.port,
+                config: ServerConfig {
+                    echo: a.echo,
+                    raw: a.raw,
+                    // Both ranges are enforced by clap and fit in usize.
+                    outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
+                    max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
+                    grace: a.grace,
+                },
+            },
+            Command::Join(a) => {
+                if a.count == Some(0) {
+                    return Err(usage("--count must be at least 1"));
+                }
+                Mode::Join(JoinConfig {
+                    target: a.client.target(&a.name, false)?,
+                    count: a.count,
+                    duration: a.duration,
+                    json: a.client.json,
+                })
+            }
+            Command::Send(a) => {
+                let message = match a.message.as_slice() {
+                    [] => None,
+                    [dash] if dash == "-" => None,
+                    words => Some(words.join(" ")),
+                };
+                if message.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                    return Err(usage("the message is empty"));
+                }
+                Mode::Send(SendConfig {
+                    target: a.client.target(&a.name, true)?,
+                    message,
+                    wait: a.wait,
+                    min_recipients: a.min_recipients,
+                    ack_timeout: a.timeout,
+                    json: a.client.json,
+                })
+            }
+            Command::Completions { shell } => Mode::Completions(shell),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn send_joins_words_and_reads_stdin_on_dash() {
+        let cli = Cli::try_parse_from(["wschat", "send", "bob", "morning", "back"]).unwrap();
+        let Mode::Send(c) = cli.into_mode().unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.message.as_deref(), Some("morning back"));
+        assert!(c.target.quiet);
+        let cli = Cli::try_parse_from(["wschat", "send", "bob", "-"]).unwrap();
+        let Mode::Send(c) = cli.into_mode().unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.message, None);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["wschat", "join", "bad name"][..],
+            &["wschat", "join", "a", "--url", "ftp://x"],
+            &["wschat", "join", "a", "--count", "0"],
+            &["wschat", "send", "a", " "],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap().into_mode().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["wschat", "join", "a", "--for", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! Opening a client connection: URL handling, the handshake, and telling wschat from a relay.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{ProtocolError, SubProtocolError};
+use tokio_tungstenite::tungstenite::handshake::client::Response;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use url::Url;
+
+use crate::exit::{fail, Exit};
+use crate::protocol;
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What answered the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// A wschat server in JSON mode: envelopes, notices, acknowledgements.
+    Wschat,
+    /// Anything else that relays frames (a `--raw` wschat, a tutorial relay): text in, text out.
+    Relay,
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: Url,
+    pub name: String,
+    pub room: Option<String>,
+    /// A quiet connection is not announced to the room and holds no name.
+    pub quiet: bool,
+    pub connect_timeout: Duration,
+}
+
+pub struct Connection {
+    pub socket: Socket,
+    pub kind: ServerKind,
+}
+
+/// Accepts `ws://` and `wss://` URLs, `http(s)://` as their WebSocket twins, and a bare
+/// `host:port` as `ws://host:port/`.
+pub fn parse_url(text: &str) -> Result<Url, String> {
+    let with_scheme = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("ws://{text}")
+    };
+    let mut url = Url::parse(&with_scheme).map_err(|e| format!("invalid URL '{text}': {e}"))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "ws",
+        "wss" | "https" => "wss",
+        other => {
+            return Err(format!(
+                "invalid URL '{text}': scheme '{other}' is not ws://, wss://, http:// or https://"
+            ))
+        }
+    };
+    if url.scheme() != scheme {
+        // Switching between these special schemes is always accepted by `url`.
+        let _ = url.set_scheme(scheme);
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("invalid URL '{text}': no host"));
+    }
+    Ok(url)
+}
+
+impl Target {
+    /// The handshake URL: the server URL with `name`, `room` and `quiet` added to its query.
+    pub fn handshake_url(&self) -> Url {
+        let mut url = self.url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("name", &self.name);
+            if let Some(room) = &self.room {
+                query.append_pair("room", room);
+            }
+            if self.quiet {
+                query.append_pair("quiet", "1");
+            }
+        }
+        url
+    }
+}
+
+fn client_config() -> WebSocketConfig {
+    // A relay may send anything; 16 MiB bounds what one frame can make this client hold.
+    WebSocketConfig::default()
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20))
+}
+
+async fn handshake(url: &Url, subprotocol: bool) -> Result<(Socket, Response), WsError> {
+    let mut request = url.as_str().into_client_request()?;
+    if subprotocol {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+    }
+    tokio_tungstenite::connect_async_with_config(request, Some(client_config()), true).await
+}
+
+/// Connects and finds out what kind of server answered. Asks for the `wschat.v1`
+/// subprotocol; a server that ignores it (tungstenite then refuses the handshake) is asked
+/// once more without it, and is a relay.
+pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
+    let url = target.handshake_url();
+    let attempt = async {
+        match handshake(&url, true).await {
+            Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+                SubProtocolError::NoSubProtocol,
+            ))) => handshake(&url, false).await,
+            other => other,
+        }
+    };
+    let (socket, response) = tokio::time::timeout(target.connect_timeout, attempt)
+        .await
+        .map_err(|_| {
+            fail(
+                Exit::Timeout,
+                format!(
+                    "cannot connect to {}: no answer within {}",
+                    target.url,
+                    humantime::format_duration(target.connect_timeout)
+                ),
+            )
+        })?
+        .map_err(|e| describe(&target.url, e))?;
+    let kind = if response.headers().get(protocol::SERVER_HEADER).is_some() {
+        ServerKind::Wschat
+    } else {
+        ServerKind::Relay
+    };
+    Ok(Connection { socket, kind })
+}
+
+/// One line saying what went wrong and what to do, with the exit code it calls for.
+fn describe(url: &Url, error: WsError) -> anyhow::Error {
+    match error {
+        WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => fail(
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: connection refused — is 'wschat serve' running?"),
+        ),
+        WsError::Io(e) => fail(Exit::CannotConnect, format!("cannot connect to {url}: {e}")),
+        WsError::Tls(e) => fail(
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: TLS failed: {e}"),
+        ),
+        WsError::Url(e) => fail(Exit::Usage, format!("invalid URL {url}: {e}")),
+        WsError::Http(response) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .and_then(|b| b.lines().next().map(str::to_owned))
+                .filter(|l| !l.trim().is_empty());
+            let mut message = format!(
+                "{url} refused the WebSocket handshake: HTTP {} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+            if let Some(body) = body {
+                message.push_str(": ");
+                message.push_str(&crate::client::render::escape_control(&body));
+            }
+            fail(Exit::HandshakeRejected, message.trim_end().to_owned())
+        }
+        other => fail(
+            Exit::HandshakeRejected,
+            format!("WebSocket handshake with {url} failed: {other}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalised() {
+        assert_eq!(
+            parse_url("localhost:8080").unwrap().as_str(),
+            "ws://localhost:8080/"
+        );
+        assert_eq!(parse_url("http://h:1/x").unwrap().as_str(), "ws://h:1/x");
+        assert_eq!(parse_url("https://h/").unwrap().as_str(), "wss://h/");
+        assert_eq!(parse_url("wss://h:9/").unwrap().as_str(), "wss://h:9/");
+        assert!(parse_url("ftp://h/").is_err());
+        assert!(parse_url("ws://").is_err());
+    }
+
+    #[test]
+    fn handshake_url_carries_identity() {
+        let target = Target {
+            url: parse_url("ws://h:1/?x=1").unwrap(),
+            name: "bob".into(),
+            room: Some("dev ops".into()),
+            quiet: true,
+            connect_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            target.handshake_url().as_str(),
+            "ws://h:1/?x=1&name=bob&room=dev+ops&quiet=1"
+        );
+    }
+}

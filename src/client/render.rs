@@ -1,0 +1,183 @@
+//! Turning what a client receives into lines: tagged text for people, NDJSON for scripts.
+//!
+//! Text that came from other people is never written raw: control characters (an escape
+//! sequence could rewrite the terminal) are shown escaped.
+
+use std::borrow::Cow;
+
+use colored::Colorize;
+use serde_json::{json, Value};
+
+use crate::protocol::{Event, Notice};
+
+/// Shows control characters (other than none) as escapes: `\n`, `\u{1b}`.
+pub fn escape_control(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Formats lines for one client.
+pub struct Renderer {
+    name: String,
+    json: bool,
+}
+
+impl Renderer {
+    pub fn new(name: &str, json: bool) -> Renderer {
+        Renderer {
+            name: name.to_owned(),
+            json,
+        }
+    }
+
+    fn tag(&self) -> String {
+        format!("[{}]", self.name).bold().to_string()
+    }
+
+    fn line(&self, label: &str, text: &str) -> String {
+        format!("{} {label} {}", self.tag(), escape_control(text))
+    }
+
+    /// The client is connected (to a wschat server: the server has registered it).
+    pub fn connected(&self, url: &str, wschat: bool, welcome: Option<&str>) -> String {
+        if self.json {
+            let mut v = json!({
+                "type": "connected",
+                "name": self.name,
+                "url": url,
+                "server": if wschat { "wschat" } else { "relay" },
+            });
+            if let Some(welcome) = welcome {
+                v["message"] = json!(welcome);
+            }
+            return v.to_string();
+        }
+        format!("{} {}", self.tag(), "connected".green())
+    }
+
+    /// A wschat event; `None` for events that are not shown (acknowledgements).
+    pub fn event(&self, event: &Event, value: &Value) -> Option<String> {
+        if self.json {
+            return Some(value.to_string());
+        }
+        match event {
+            Event::Chat(chat) => Some(format!(
+                "{} received: {} says: {}",
+                self.tag(),
+                escape_control(&chat.username).bold(),
+                escape_control(&chat.message)
+            )),
+            Event::System(system) => {
+                let label = match system.event {
+                    Notice::Welcome => "welcome:",
+                    _ => "system:",
+                };
+                Some(format!(
+                    "{} {} {}",
+                    self.tag(),
+                    label.yellow(),
+                    escape_control(&system.message)
+                ))
+            }
+            Event::Error(error) => Some(format!(
+                "{} {} {}",
+                self.tag(),
+                "error:".red(),
+                escape_control(&error.message)
+            )),
+            Event::Ack(_) => None,
+            Event::Unknown => Some(self.line("unknown event:", &value.to_string())),
+        }
+    }
+
+    /// A text frame from a relay.
+    pub fn relay_text(&self, text: &str) -> String {
+        if self.json {
+            return json!({"type": "raw", "message": text}).to_string();
+        }
+        self.line("received:", text)
+    }
+
+    /// A binary frame from a relay.
+    pub fn relay_binary(&self, len: usize) -> String {
+        if self.json {
+            return json!({"type": "raw", "binary": true, "bytes": len}).to_string();
+        }
+        format!("{} received: <binary, {len} bytes>", self.tag())
+    }
+
+    /// A message from this client itself (command output, local errors).
+    pub fn local(&self, text: &str) -> String {
+        if self.json {
+            return json!({"type": "local", "message": text}).to_string();
+        }
+        format!("{} {}", self.tag(), text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ChatEvent;
+
+    fn chat(from: &str, text: &str) -> (Event, Value) {
+        let event = Event::Chat(ChatEvent {
+            id: 1,
+            room: "lobby".into(),
+            username: from.into(),
+            message: text.into(),
+            timestamp: "t".into(),
+        });
+        let value = serde_json::to_value(&event).unwrap();
+        (event, value)
+    }
+
+    #[test]
+    fn chat_lines_are_tagged() {
+        colored::control::set_override(false);
+        let r = Renderer::new("alice", false);
+        let (e, v) = chat("bob", "morning back");
+        assert_eq!(
+            r.event(&e, &v).unwrap(),
+            "[alice] received: bob says: morning back"
+        );
+        assert_eq!(r.relay_text("hi"), "[alice] received: hi");
+        assert_eq!(r.connected("ws://x/", true, None), "[alice] connected");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        colored::control::set_override(false);
+        let r = Renderer::new("alice", false);
+        let (e, v) = chat("m\u{1b}[31mallory", "a\nb\u{7}\u{1b}]0;pwned\u{7}");
+        let line = r.event(&e, &v).unwrap();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert_eq!(
+            line,
+            "[alice] received: m\\u{1b}[31mallory says: a\\nb\\u{7}\\u{1b}]0;pwned\\u{7}"
+        );
+        assert_eq!(escape_control("plain é"), "plain é");
+    }
+
+    #[test]
+    fn json_lines_are_the_event() {
+        let r = Renderer::new("alice", true);
+        let (e, v) = chat("bob", "x\ny");
+        let line = r.event(&e, &v).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
+        let c: Value = serde_json::from_str(&r.connected("ws://x/", false, None)).unwrap();
+        assert_eq!(c["type"], "connected");
+        assert_eq!(c["server"], "relay");
+    }
+}

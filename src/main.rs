@@ -1,0 +1,64 @@
+//! The `wschat` binary: parse arguments, start the runtime, run the mode, map the exit code.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wschat::cli::{Cli, ColorChoice, Mode};
+use wschat::exit::{exit_for, Exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    colored::control::set_override(color);
+    let mode = match cli.into_mode() {
+        Ok(mode) => mode,
+        Err(e) => e.exit(),
+    };
+    init_logging(&mode);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wschat: error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Failure.code());
+        }
+    };
+    let result = runtime.block_on(wschat::app::run(mode));
+    // Do not wait for the stdin reader thread: it may be blocked in a read.
+    runtime.shutdown_background();
+    match result {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) => {
+            let exit = exit_for(&e);
+            if exit != Exit::Success {
+                eprintln!("wschat: error: {e:#}");
+            }
+            ExitCode::from(exit.code())
+        }
+    }
+}
+
+/// Logs go to stderr: `info` for the server, warnings only for the clients.
+/// `WSCHAT_LOG` overrides (e.g. `WSCHAT_LOG=debug`).
+fn init_logging(mode: &Mode) {
+    let default = match mode {
+        Mode::Serve { .. } => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_env("WSCHAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,335 @@
+//! Wire types of the wschat protocol: what clients send, what the server sends, close codes.
+//!
+//! The full description, with examples, is `docs/protocol.md`; this module is its source of
+//! truth in code. Extra fields may be added to events; existing ones are never renamed.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Subprotocol a wschat client asks for and a wschat server answers.
+pub const SUBPROTOCOL: &str = "wschat.v1";
+/// Response header by which a wschat server identifies itself in the handshake.
+///
+/// The subprotocol alone cannot tell a wschat server from a plain relay: some relays
+/// (Node's `ws` among them) answer with the first subprotocol offered, whatever it is.
+pub const SERVER_HEADER: &str = "x-wschat-protocol";
+/// Value of [`SERVER_HEADER`]: the protocol version.
+pub const PROTOCOL_VERSION: &str = "1";
+/// Room a client lands in when it names none.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// Longest accepted user name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Close codes the server uses, and what a client should do on each.
+pub mod close {
+    /// The server is shutting down; reconnect later.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A text frame was not valid UTF-8 (sent by the WebSocket layer).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame was larger than the server accepts.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client did not read fast enough and its queue filled; reconnect and resume.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The name asked for at connect is taken or invalid; do not retry with the same name.
+    pub const NAME_REJECTED: u16 = 4009;
+}
+
+/// A message from a client, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A chat line for the client's room. `reference`, when present, asks for an [`Event::Ack`].
+    Chat {
+        content: String,
+        reference: Option<u64>,
+    },
+    /// Take a new name (the tutorial protocol's `setUsername`).
+    SetName { name: String },
+}
+
+/// Why a client frame could not be decoded. Each maps to an error event; the connection stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    InvalidJson(String),
+    UnknownType(String),
+    MissingField {
+        kind: &'static str,
+        field: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// Stable machine-readable code carried in the error event.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::UnknownType(_) => "unknown_type",
+            DecodeError::MissingField { .. } => "missing_field",
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
+            DecodeError::UnknownType(t) => write!(f, "unknown message type '{t}'"),
+            DecodeError::MissingField { kind, field } => {
+                write!(f, "a '{kind}' message needs a '{field}' field")
+            }
+        }
+    }
+}
+
+/// The union of the fields any client message may carry; `decode` checks which are required.
+#[derive(Deserialize)]
+struct RawInbound {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    content: Option<String>,
+    message: Option<String>,
+    username: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<u64>,
+}
+
+/// Decodes one text frame. A frame whose first non-blank character is not `{` is plain chat
+/// text (the tutorial protocol accepts plain text as chat); anything else must be a JSON object.
+pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
+    if !text.trim_start().starts_with('{') {
+        return Ok(Inbound::Chat {
+            content: text.to_owned(),
+            reference: None,
+        });
+    }
+    let raw: RawInbound =
+        serde_json::from_str(text).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let kind = raw.kind.ok_or(DecodeError::MissingField {
+        kind: "any",
+        field: "type",
+    })?;
+    match kind.as_str() {
+        "chat" | "message" => {
+            let content = raw
+                .content
+                .or(raw.message)
+                .ok_or(DecodeError::MissingField {
+                    kind: "chat",
+                    field: "content",
+                })?;
+            Ok(Inbound::Chat {
+                content,
+                reference: raw.reference,
+            })
+        }
+        "setUsername" => {
+            let name = raw.username.ok_or(DecodeError::MissingField {
+                kind: "setUsername",
+                field: "username",
+            })?;
+            Ok(Inbound::SetName { name })
+        }
+        _ => Err(DecodeError::UnknownType(kind)),
+    }
+}
+
+/// What a system notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notice {
+    Welcome,
+    Join,
+    Leave,
+    Rename,
+    #[serde(other)]
+    Other,
+}
+
+/// A message from the server. Serialised as one JSON object with a `type` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Event {
+    Chat(ChatEvent),
+    System(SystemEvent),
+    Ack(AckEvent),
+    Error(ErrorEvent),
+    /// A type this client does not know yet (newer servers may add types).
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    /// Increasing within the room, assigned by the server.
+    pub id: u64,
+    pub room: String,
+    pub username: String,
+    pub message: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub timestamp: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    pub message: String,
+    pub timestamp: String,
+    pub event: Notice,
+    pub room: String,
+    /// The member the notice is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Members of the room after the event (visible members; quiet senders are not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckEvent {
+    /// The `ref` the client sent.
+    #[serde(rename = "ref")]
+    pub reference: u64,
+    /// Id the server gave the message.
+    pub id: u64,
+    /// How many other members the message was queued for.
+    pub delivered: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEvent {
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<u64>,
+}
+
+impl Event {
+    /// Encodes the event once into a text frame; clones of the frame share its bytes.
+    pub fn to_frame(&self) -> Message {
+        // Serialising these plain structs (strings, integers, unit enums) cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        Message::text(json)
+    }
+
+    pub fn error(code: &str, message: impl Into<String>, reference: Option<u64>) -> Event {
+        Event::Error(ErrorEvent {
+            code: code.to_owned(),
+            message: message.into(),
+            reference,
+        })
+    }
+}
+
+/// The current time as the protocol writes it: RFC 3339, UTC, milliseconds.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, letters, digits, `_ - .` only.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err("a name cannot be empty".into());
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(format!("a name has at most {MAX_NAME_CHARS} characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "'{}' is not allowed in a name (letters, digits, '_', '-', '.')",
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_chat() {
+        assert_eq!(
+            decode("hello there").unwrap(),
+            Inbound::Chat {
+                content: "hello there".into(),
+                reference: None
+            }
+        );
+    }
+
+    #[test]
+    fn tutorial_messages_decode() {
+        assert_eq!(
+            decode(r#"{"type":"chat","content":"hi"}"#).unwrap(),
+            Inbound::Chat {
+                content: "hi".into(),
+                reference: None
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"setUsername","username":"bob"}"#).unwrap(),
+            Inbound::SetName { name: "bob".into() }
+        );
+        assert_eq!(
+            decode(r#"{"type":"chat","content":"x","ref":7,"extra":1}"#).unwrap(),
+            Inbound::Chat {
+                content: "x".into(),
+                reference: Some(7)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_frames_have_distinct_errors() {
+        assert_eq!(decode("{nope").unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            decode(r#"{"type":"dance"}"#).unwrap_err().code(),
+            "unknown_type"
+        );
+        assert_eq!(
+            decode(r#"{"type":"chat"}"#).unwrap_err().code(),
+            "missing_field"
+        );
+        assert_eq!(
+            decode(r#"{"content":"x"}"#).unwrap_err().code(),
+            "missing_field"
+        );
+        assert_eq!(decode(r#"{"type":7}"#).unwrap_err().code(), "invalid_json");
+    }
+
+    #[test]
+    fn events_round_trip_with_tutorial_field_names() {
+        let e = Event::Chat(ChatEvent {
+            id: 3,
+            room: "lobby".into(),
+            username: "bob".into(),
+            message: "hi".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+        });
+        let Message::Text(t) = e.to_frame() else {
+            panic!("not text")
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["type"], "chat");
+        assert_eq!(v["username"], "bob");
+        assert_eq!(v["message"], "hi");
+        assert_eq!(serde_json::from_str::<Event>(&t).unwrap(), e);
+        assert_eq!(
+            serde_json::from_str::<Event>(r#"{"type":"future","x":1}"#).unwrap(),
+            Event::Unknown
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("alice").is_ok());
+        assert!(validate_name("élodie_2.x-y").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name(&"x".repeat(33)).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The HTTP side of the port: WebSocket upgrades, `/healthz`, and `426` for everything else.
+//!
+//! tungstenite alone rejects any request that is not an upgrade before user code runs, so hyper
+//! parses every request and hands upgrades to tokio-tungstenite as an already-open socket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::conn::{self, Params};
+use super::Shared;
+use crate::protocol;
+
+type Body = Full<Bytes>;
+
+/// Serves one TCP connection: HTTP requests until one upgrades or the server stops.
+pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(route(shared, req, peer)) }
+        })
+    };
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shared.stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Malformed requests and peers that hang up are the client's problem, not the server's.
+        tracing::debug!(%peer, "http connection ended: {e}");
+    }
+}
+
+fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if wants_upgrade(&req) {
+        return upgrade(shared, req, peer);
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            if shared.stopping.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ok\n")
+            }
+        }
+        _ => {
+            let mut response = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "this is a WebSocket endpoint: connect with a WebSocket client, e.g. 'wschat join NAME'\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            response
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A request that asks to become a WebSocket (RFC 6455 §4.2.1), even if it does so badly.
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    header_has_token(req, header::UPGRADE, "websocket")
+}
+
+fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = key.filter(|_| {
+        req.method() == Method::GET
+            && req.version() >= Version::HTTP_11
+            && version_ok
+            && header_has_token(&req, header::CONNECTION, "upgrade")
+    }) else {
+        let mut response = text(
+            StatusCode::BAD_REQUEST,
+            "bad WebSocket handshake: expected GET with Connection: Upgrade, Sec-WebSocket-Key and Sec-WebSocket-Version: 13\n",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    };
+    let wants_subprotocol =
+        header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, protocol::SUBPROTOCOL);
+    let params = Params::from_query(req.uri().query().unwrap_or(""));
+
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes))
+        // Sized for chat lines, not for the library's 128 KiB default: an idle client costs
+        // this much per connection.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
+    let raw = shared.config.raw;
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                conn::run(shared, ws, params, peer).await;
+            }
+            Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
+        }
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    // The accept key is base64, always a valid header value.
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    // A raw relay does not speak the wschat protocol, so it does not claim to.
+    if !raw {
+        if wants_subprotocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol::SUBPROTOCOL),
+            );
+        }
+        headers.insert(
+            protocol::SERVER_HEADER,
+            HeaderValue::from_static(protocol::PROTOCOL_VERSION),
+        );
+    }
+    response
+}

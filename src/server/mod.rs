@@ -1,0 +1,109 @@
+//! `wschat serve`: the accept loop, shutdown and the settings every connection shares.
+//!
+//! The caller binds the listener and chooses what ends the server, so tests bind
+//! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
+
+mod conn;
+mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{Hub, HubConfig};
+
+/// Settings of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Send each chat message back to its sender too.
+    pub echo: bool,
+    /// Plain relay: frames go out exactly as they came in; no envelopes, no notices.
+    pub raw: bool,
+    /// Frames a client's outbox holds before the client counts as a slow consumer.
+    pub outbox_frames: usize,
+    /// Largest message (and frame) accepted from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// How long shutdown waits for clients to answer the close frame.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            echo: false,
+            raw: false,
+            outbox_frames: 1024,
+            max_message_bytes: 64 * 1024,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    config: ServerConfig,
+    hub: Hub,
+    /// Cancelled when the server starts shutting down.
+    stopping: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then closes every
+/// client with 1001 and waits at most `config.grace` for them to go.
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        hub: Hub::new(HubConfig { echo: config.echo }),
+        config,
+        stopping: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    // Chat frames are small and latency matters more than packet count.
+                    let _ = stream.set_nodelay(true);
+                    shared.tasks.spawn(http::serve(shared.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: wait for some to be released rather
+                    // than spin. A single connection's error never reaches this loop.
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        "shutting down: closing {} connection(s)",
+        shared.tasks.len()
+    );
+    shared.stopping.cancel();
+    shared.tasks.close();
+    let grace = shared.config.grace;
+    if tokio::time::timeout(grace, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} connection(s) still open after {grace:?}; dropping them",
+            shared.tasks.len()
+        );
+    }
+    Ok(())
+}
