@@ -1,0 +1,92 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[wschat] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'wschat'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'wschat'= {
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Run a chat server (HTTP and WebSocket on one port)'
+            cand join 'Join a room: print what arrives, send each line typed or piped in'
+            cand send 'Send messages and exit once the server has acknowledged them'
+            cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'wschat;serve'= {
+            cand --host 'Address to listen on (0.0.0.0 for every interface)'
+            cand -p 'Port to listen on; 0 picks a free one (the real URL is printed)'
+            cand --port 'Port to listen on; 0 picks a free one (the real URL is printed)'
+            cand --max-message-bytes 'Largest message accepted from a client, in bytes; larger ones close it with 1009'
+            cand --outbox 'Frames queued for one client before it counts as too slow and is closed with 4008'
+            cand --grace 'How long shutdown waits for clients to answer the close frame'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --echo 'Send each message back to its sender too'
+            cand --raw 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'wschat;join'= {
+            cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
+            cand --room 'Room to join'
+            cand --connect-timeout 'Give up connecting after this long'
+            cand --count 'Exit 0 after receiving this many chat messages'
+            cand --for 'Exit 0 after this long (e.g. 30s, 5m)'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --json 'Print one JSON object per line instead of text'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'wschat;send'= {
+            cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
+            cand --room 'Room to join'
+            cand --connect-timeout 'Give up connecting after this long'
+            cand --wait 'After delivery, print what arrives for this long'
+            cand --min-recipients 'Fail (exit 6) unless each message reached at least N other members'
+            cand --timeout 'Fail (exit 7) when the server has not acknowledged within this long'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --json 'Print one JSON object per line instead of text'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'wschat;completions'= {
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'wschat;help'= {
+            cand serve 'Run a chat server (HTTP and WebSocket on one port)'
+            cand join 'Join a room: print what arrives, send each line typed or piped in'
+            cand send 'Send messages and exit once the server has acknowledged them'
+            cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'wschat;help;serve'= {
+        }
+        &'wschat;help;join'= {
+        }
+        &'wschat;help;send'= {
+        }
+        &'wschat;help;completions'= {
+        }
+        &'wschat;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

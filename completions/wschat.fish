@@ -1,0 +1,77 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_wschat_global_optspecs
+    string join \n color= h/help V/version
+end
+
+function __fish_wschat_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_wschat_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_wschat_using_subcommand
+    set -l cmd (__fish_wschat_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c wschat -n "__fish_wschat_needs_command" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_needs_command" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_needs_command" -s V -l version -d 'Print version'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -s p -l port -d 'Port to listen on; 0 picks a free one (the real URL is printed)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-message-bytes -d 'Largest message accepted from a client, in bytes; larger ones close it with 1009' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l outbox -d 'Frames queued for one client before it counts as too slow and is closed with 4008' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How long shutdown waits for clients to answer the close frame' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l echo -d 'Send each message back to its sender too'
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l raw -d 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices'
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l room -d 'Room to join' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l count -d 'Exit 0 after receiving this many chat messages' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l for -d 'Exit 0 after this long (e.g. 30s, 5m)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l json -d 'Print one JSON object per line instead of text'
+complete -c wschat -n "__fish_wschat_using_subcommand join" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to join' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l wait -d 'After delivery, print what arrives for this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l min-recipients -d 'Fail (exit 6) unless each message reached at least N other members' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l timeout -d 'Fail (exit 7) when the server has not acknowledged within this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l json -d 'Print one JSON object per line instead of text'
+complete -c wschat -n "__fish_wschat_using_subcommand send" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
