@@ -5,13 +5,25 @@ use std::io::Write;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::cli::Mode;
+use std::sync::Arc;
+
+use crate::cli::{Mode, StoreChoice};
 use crate::exit::Exit;
+use crate::store::{MemoryStore, SqliteStore, Store};
 use crate::{client, generated, server, signals};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
     match mode {
-        Mode::Serve { host, port, config } => {
+        Mode::Serve {
+            host,
+            port,
+            config,
+            store,
+        } => {
+            let store: Arc<dyn Store> = match store {
+                StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),
+                StoreChoice::Sqlite { path, keep } => Arc::new(SqliteStore::open(&path, keep)?),
+            };
             let listener = TcpListener::bind((host.as_str(), port))
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -24,7 +36,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 let _ = out.flush();
             }
             tracing::info!(%address, raw = config.raw, echo = config.echo, "serving");
-            server::run(listener, config, signals::shutdown()).await?;
+            server::run(listener, config, store, signals::shutdown()).await?;
             tracing::info!("stopped");
             Ok(Exit::Success)
         }

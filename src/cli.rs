@@ -1,6 +1,7 @@
 //! The command line: clap definitions, and their conversion into each mode's validated config.
 //! Nothing below this module sees clap types.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -81,6 +82,15 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to answer the close frame.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Messages of a room's history sent to each member that joins it.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub history: usize,
+    /// Messages kept in memory per room, for history and resume.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub keep: u64,
+    /// Keep history in this SQLite file, durable across restarts (created if missing).
+    #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
+    pub db: Option<PathBuf>,
 }
 
 /// Connection options shared by the clients.
@@ -112,6 +122,9 @@ pub struct JoinArgs {
     /// Exit 0 after this long (e.g. 30s, 5m).
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Exit (code 5) when the connection is lost instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +151,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
 }
 
+/// Where the server keeps history.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    Memory { keep: usize },
+    Sqlite { path: PathBuf, keep: usize },
+}
+
 /// A validated request for one mode.
 #[derive(Debug)]
 pub enum Mode {
@@ -145,6 +165,7 @@ pub enum Mode {
         host: String,
         port: u16,
         config: ServerConfig,
+        store: StoreChoice,
     },
     Join(JoinConfig),
     Send(SendConfig),
@@ -165,6 +186,8 @@ impl ClientArgs {
             room: (self.room != protocol::DEFAULT_ROOM).then(|| self.room.clone()),
             quiet,
             connect_timeout: self.connect_timeout,
+            since: None,
+            history: None,
         })
     }
 }
@@ -176,7 +199,16 @@ impl Cli {
             Command::Serve(a) => Mode::Serve {
                 host: a.host,
                 port: a.port,
+                store: {
+                    // Range enforced by clap; fits in usize.
+                    let keep = usize::try_from(a.keep).unwrap_or(1000);
+                    match a.db {
+                        Some(path) => StoreChoice::Sqlite { path, keep },
+                        None => StoreChoice::Memory { keep },
+                    }
+                },
                 config: ServerConfig {
+                    history: a.history,
                     echo: a.echo,
                     raw: a.raw,
                     // Both ranges are enforced by clap and fit in usize.
@@ -193,6 +225,7 @@ impl Cli {
                     target: a.client.target(&a.name, false)?,
                     count: a.count,
                     duration: a.duration,
+                    reconnect: !a.no_reconnect,
                     json: a.client.json,
                 })
             }

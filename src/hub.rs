@@ -7,12 +7,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::protocol::{self, close, ChatEvent, Event, Notice, SystemEvent};
+use crate::protocol::{
+    self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
+    SyncedEvent, SystemEvent, WhoEvent,
+};
+use crate::store::Store;
 
 /// Identifies one connection for its whole life in the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,19 +29,36 @@ pub struct Outbox {
 }
 
 /// What a connection asks for when it joins.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JoinRequest {
     pub room: String,
     /// `None` gets a generated `guest-N` name.
     pub name: Option<String>,
     /// A quiet member (a one-shot sender) is not announced, not counted, and holds no name.
     pub quiet: bool,
+    /// Resume: replay every message after this id (or say what is missing).
+    pub since: Option<u64>,
+    /// Replay this many recent messages (default: the hub's `history` for visible members,
+    /// none for quiet ones).
+    pub history: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinError {
     NameTaken(String),
     InvalidName(String),
+    InvalidRoom(String),
+}
+
+impl JoinError {
+    /// The error event code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JoinError::NameTaken(_) => "name_taken",
+            JoinError::InvalidName(_) => "invalid_name",
+            JoinError::InvalidRoom(_) => "invalid_room",
+        }
+    }
 }
 
 impl std::fmt::Display for JoinError {
@@ -45,30 +66,56 @@ impl std::fmt::Display for JoinError {
         match self {
             JoinError::NameTaken(n) => write!(f, "the name '{n}' is already taken"),
             JoinError::InvalidName(why) => write!(f, "invalid name: {why}"),
+            JoinError::InvalidRoom(why) => write!(f, "invalid room: {why}"),
         }
     }
 }
 
-/// A chat message the hub accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Posted {
-    pub id: u64,
-    /// Members the message was queued for.
-    pub delivered: usize,
+/// Why a chat message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatError {
+    /// A private message to a name nobody holds.
+    NoSuchMember(String),
+    /// The sender is no longer a member (it was just evicted).
+    Gone,
+}
+
+/// A chat message to post.
+#[derive(Debug, Clone, Default)]
+pub struct Post {
+    pub content: String,
+    /// Private: only this member (and the sender) get it.
+    pub to: Option<String>,
+    pub action: bool,
+    /// Acknowledge with this `ref` once the message is stored.
+    pub reference: Option<u64>,
 }
 
 /// Hub settings fixed at start.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
     /// Send each message back to its sender too.
     pub echo: bool,
+    /// Messages replayed to a visible member on join.
+    pub history: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            echo: false,
+            history: 50,
+        }
+    }
 }
 
 pub struct Hub {
     config: HubConfig,
+    store: Arc<dyn Store>,
     next_member: AtomicU64,
     /// One std mutex for all rooms. It is never held across an `.await` (the hub has none):
-    /// fan-out under it is a loop of non-blocking `try_send`s, so contention stays short.
+    /// fan-out under it is a loop of non-blocking `try_send`s, and the store answers from
+    /// memory, so it is held briefly.
     state: Mutex<State>,
 }
 
@@ -84,6 +131,8 @@ struct State {
 #[derive(Default)]
 struct Room {
     members: HashMap<MemberId, Member>,
+    /// Members that are not quiet.
+    visible: usize,
     /// Id of the last chat message in this room.
     last_id: u64,
 }
@@ -96,10 +145,6 @@ struct Member {
 }
 
 impl Room {
-    fn visible(&self) -> usize {
-        self.members.values().filter(|m| !m.quiet).count()
-    }
-
     /// Queues `frame` for every member but `skip`. Returns how many accepted it and the members
     /// whose outbox was full.
     fn fan_out(&self, frame: &Message, skip: Option<MemberId>) -> (usize, Vec<MemberId>) {
@@ -118,6 +163,17 @@ impl Room {
         }
         (delivered, slow)
     }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| !m.quiet)
+            .map(|m| m.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 fn system(event: Notice, room: &str, name: &str, message: String, count: usize) -> Message {
@@ -132,10 +188,19 @@ fn system(event: Notice, room: &str, name: &str, message: String, count: usize) 
     .to_frame()
 }
 
+fn presence(room: &str, count: usize) -> Message {
+    Event::Presence(PresenceEvent {
+        room: room.to_owned(),
+        count,
+    })
+    .to_frame()
+}
+
 impl Hub {
-    pub fn new(config: HubConfig) -> Hub {
+    pub fn new(config: HubConfig, store: Arc<dyn Store>) -> Hub {
         Hub {
             config,
+            store,
             next_member: AtomicU64::new(1),
             state: Mutex::new(State::default()),
         }
@@ -148,9 +213,11 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a member to a room. A visible member gets a welcome and the room a join notice,
-    /// both queued before any later message can reach the new member.
+    /// Adds a member to a room. A visible member gets a welcome, then the room's recent
+    /// history (or, resuming, what it missed) and a `synced` marker, all queued before any
+    /// later message can reach it; the room gets a join notice and a presence count.
     pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<(MemberId, String), JoinError> {
+        protocol::validate_room(&req.room).map_err(JoinError::InvalidRoom)?;
         let id = MemberId(self.next_member.fetch_add(1, Ordering::Relaxed));
         let name = match req.name {
             Some(n) => {
@@ -167,75 +234,243 @@ impl Hub {
             }
             state.names.insert(name.clone(), id);
         }
-        state.rooms_by_member.insert(id, req.room.clone());
-        let room = state.rooms.entry(req.room.clone()).or_default();
-        room.members.insert(
-            id,
-            Member {
-                name: name.clone(),
-                quiet: req.quiet,
-                frames: outbox.frames.clone(),
-                evict: Some(outbox.evict),
-            },
-        );
-        if !req.quiet {
-            let count = room.visible();
+        let member = Member {
+            name: name.clone(),
+            quiet: req.quiet,
+            frames: outbox.frames,
+            evict: Some(outbox.evict),
+        };
+        let replay = Replay {
+            since: req.since,
+            history: req.history.or((!req.quiet).then_some(self.config.history)),
+        };
+        let slow = self.enter(state, id, member, &req.room, replay);
+        evict_all(state, slow);
+        Ok((id, name))
+    }
+
+    /// Puts a member into a room and does the greeting: welcome, history, notices.
+    fn enter(
+        &self,
+        state: &mut State,
+        id: MemberId,
+        member: Member,
+        room_name: &str,
+        replay: Replay,
+    ) -> Vec<MemberId> {
+        state.rooms_by_member.insert(id, room_name.to_owned());
+        let room = state
+            .rooms
+            .entry(room_name.to_owned())
+            .or_insert_with(|| Room {
+                last_id: self.store.last_id(room_name),
+                ..Room::default()
+            });
+        let (quiet, name, frames) = (member.quiet, member.name.clone(), member.frames.clone());
+        room.members.insert(id, member);
+        if !quiet {
+            room.visible += 1;
+            let count = room.visible;
             let others = if count == 1 {
                 "you are the only one here".to_owned()
             } else {
                 format!("{count} people here")
             };
-            let welcome = system(
-                Notice::Welcome,
-                &req.room,
-                &name,
-                format!("Welcome to wschat, {name}! {others}."),
-                count,
-            );
-            // A fresh outbox has room for its first frame; if not, the member is already gone.
-            let _ = outbox.frames.try_send(welcome);
-            let notice = system(
-                Notice::Join,
-                &req.room,
-                &name,
-                format!("{name} joined the chat"),
-                count,
-            );
-            let (_, slow) = room.fan_out(&notice, Some(id));
-            evict_all(state, slow);
+            let welcome = format!("Welcome to wschat, {name}! You are in {room_name}; {others}.");
+            let _ = frames.try_send(system(Notice::Welcome, room_name, &name, welcome, count));
         }
-        Ok((id, name))
+        self.replay(&frames, room_name, room.last_id, replay);
+        if quiet {
+            return Vec::new();
+        }
+        let notice = system(
+            Notice::Join,
+            room_name,
+            &name,
+            format!("{name} joined the chat"),
+            room.visible,
+        );
+        let (_, mut slow) = room.fan_out(&notice, Some(id));
+        slow.extend(room.fan_out(&presence(room_name, room.visible), Some(id)).1);
+        slow
+    }
+
+    /// Queues history for a member that just entered a room. What does not fit in the
+    /// outbox is announced as a gap, never dropped silently.
+    fn replay(&self, frames: &mpsc::Sender<Message>, room: &str, last_id: u64, replay: Replay) {
+        // Leave room in the outbox for the live messages that follow.
+        let fits = frames.max_capacity().saturating_sub(8).max(1);
+        let (missed, messages) = match (replay.since, replay.history) {
+            (Some(since), _) => {
+                let found = self.store.since(room, since, fits + 1);
+                if found.messages.len() > fits {
+                    // More than fits: send the latest, and say how many older ones are skipped.
+                    let recent = self.store.recent(room, fits);
+                    let first = recent.first().map_or(last_id + 1, |m| m.id);
+                    (first.saturating_sub(since + 1), recent)
+                } else {
+                    (found.missed, found.messages)
+                }
+            }
+            (None, Some(n)) if n > 0 => (0, self.store.recent(room, n.min(fits))),
+            (None, Some(_)) => (0, Vec::new()),
+            (None, None) => return,
+        };
+        if missed > 0 {
+            let gap = Event::Gap(GapEvent {
+                room: room.to_owned(),
+                missed,
+                message: format!("missed {missed} message(s) that are no longer kept"),
+            });
+            let _ = frames.try_send(gap.to_frame());
+        }
+        for mut message in messages {
+            message.history = true;
+            let _ = frames.try_send(Event::Chat(message).to_frame());
+        }
+        let synced = Event::Synced(SyncedEvent {
+            room: room.to_owned(),
+            id: last_id,
+        });
+        let _ = frames.try_send(synced.to_frame());
+    }
+
+    /// Moves a member to another room: a leave notice in the old one, a full greeting in the new.
+    pub fn move_to(&self, id: MemberId, room: &str) -> Result<(), JoinError> {
+        protocol::validate_room(room).map_err(JoinError::InvalidRoom)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.rooms_by_member.get(&id).is_some_and(|r| r == room) {
+            return Ok(());
+        }
+        let Some((member, mut slow)) = take(state, id) else {
+            return Ok(());
+        };
+        let replay = Replay {
+            since: None,
+            history: (!member.quiet).then_some(self.config.history),
+        };
+        if !member.quiet {
+            // `take` released the name; the member keeps it.
+            state.names.insert(member.name.clone(), id);
+        }
+        slow.extend(self.enter(state, id, member, room, replay));
+        evict_all(state, slow);
+        Ok(())
     }
 
     /// Removes a member (a no-op if it was already evicted) and tells its room.
     pub fn leave(&self, id: MemberId) {
         let mut guard = self.lock();
-        if let Some(slow) = remove(&mut guard, id) {
+        if let Some((_, slow)) = take(&mut guard, id) {
             evict_all(&mut guard, slow);
         }
     }
 
-    /// Posts a chat message from `from` to its room. `None` if `from` is no longer a member.
-    pub fn chat(&self, from: MemberId, content: String) -> Option<Posted> {
+    /// Posts a chat message from `from`: to its room, or privately to one member.
+    pub fn chat(&self, from: MemberId, post: Post) -> Result<(), ChatError> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let room_name = state.rooms_by_member.get(&from)?.clone();
-        let room = state.rooms.get_mut(&room_name)?;
-        let username = room.members.get(&from)?.name.clone();
+        let room_name = state
+            .rooms_by_member
+            .get(&from)
+            .ok_or(ChatError::Gone)?
+            .clone();
+        let room = state.rooms.get_mut(&room_name).ok_or(ChatError::Gone)?;
+        let sender = room.members.get(&from).ok_or(ChatError::Gone)?;
+        let username = sender.name.clone();
+        let sender_frames = sender.frames.clone();
+        if let Some(to) = post.to {
+            return self.private(
+                state,
+                from,
+                &room_name,
+                username,
+                &to,
+                post.content,
+                post.action,
+                post.reference,
+            );
+        }
         room.last_id += 1;
         let id = room.last_id;
-        let frame = Event::Chat(ChatEvent {
+        let event = ChatEvent {
             id,
             room: room_name,
             username,
-            message: content,
+            message: post.content,
             timestamp: protocol::timestamp(),
-        })
-        .to_frame();
+            to: None,
+            private: false,
+            action: post.action,
+            history: false,
+        };
+        let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
+        let on_durable = post.reference.map(|reference| {
+            let ack = Event::Ack(AckEvent {
+                reference,
+                id,
+                delivered,
+            })
+            .to_frame();
+            Box::new(move || {
+                // A full outbox here means the sender is being evicted as slow anyway.
+                let _ = sender_frames.try_send(ack);
+            }) as crate::store::OnDurable
+        });
+        self.store.append(event, on_durable);
         evict_all(state, slow);
-        Some(Posted { id, delivered })
+        Ok(())
+    }
+
+    /// Delivers a private message to the member called `to`, and a copy to the sender.
+    #[allow(clippy::too_many_arguments)]
+    fn private(
+        &self,
+        state: &mut State,
+        from: MemberId,
+        room: &str,
+        username: String,
+        to: &str,
+        content: String,
+        action: bool,
+        reference: Option<u64>,
+    ) -> Result<(), ChatError> {
+        let target = state
+            .names
+            .get(to)
+            .and_then(|id| Some((*id, state.rooms_by_member.get(id)?)))
+            .and_then(|(id, r)| state.rooms.get(r)?.members.get(&id));
+        let Some(target) = target else {
+            return Err(ChatError::NoSuchMember(to.to_owned()));
+        };
+        let event = Event::Chat(ChatEvent {
+            id: 0,
+            room: room.to_owned(),
+            username,
+            message: content,
+            timestamp: protocol::timestamp(),
+            to: Some(to.to_owned()),
+            private: true,
+            action,
+            history: false,
+        });
+        let frame = event.to_frame();
+        let delivered = usize::from(target.frames.try_send(frame.clone()).is_ok());
+        if let Some(sender) = state.rooms.get(room).and_then(|r| r.members.get(&from)) {
+            let _ = sender.frames.try_send(frame);
+            if let Some(reference) = reference {
+                let ack = Event::Ack(AckEvent {
+                    reference,
+                    id: 0,
+                    delivered,
+                });
+                let _ = sender.frames.try_send(ack.to_frame());
+            }
+        }
+        Ok(())
     }
 
     /// Relays a frame unchanged to the sender's room (raw mode). Returns how many accepted it.
@@ -291,30 +526,71 @@ impl Hub {
             &room_name,
             new,
             format!("{old} is now known as {new}"),
-            room.visible(),
+            room.visible,
         );
         let (_, slow) = room.fan_out(&notice, None);
         evict_all(state, slow);
         Ok(())
     }
 
+    /// The rooms that have visible members, with their counts, by name.
+    pub fn rooms(&self) -> Message {
+        let state = self.lock();
+        let mut rooms: Vec<RoomInfo> = state
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.visible > 0)
+            .map(|(name, r)| RoomInfo {
+                name: name.clone(),
+                count: r.visible,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        Event::Rooms(RoomsEvent { rooms }).to_frame()
+    }
+
+    /// The visible members of `id`'s room.
+    pub fn who(&self, id: MemberId) -> Message {
+        let state = self.lock();
+        let room = state.rooms_by_member.get(&id).cloned().unwrap_or_default();
+        let members = state.rooms.get(&room).map(Room::names).unwrap_or_default();
+        Event::Who(WhoEvent { room, members }).to_frame()
+    }
+
     /// Number of members in a room, quiet ones included.
     pub fn members(&self, room: &str) -> usize {
         self.lock().rooms.get(room).map_or(0, |r| r.members.len())
     }
+
+    /// Connections and rooms, for metrics and logs.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.rooms_by_member.len(), state.rooms.len())
+    }
 }
 
-/// Removes a member, returning the members found slow while announcing it; `None` if absent.
-fn remove(state: &mut State, id: MemberId) -> Option<Vec<MemberId>> {
+/// What history a member gets on entering a room.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    since: Option<u64>,
+    history: Option<usize>,
+}
+
+/// Takes a member out of its room, announcing it; returns the member and any members found
+/// slow while announcing. `None` if it was not there.
+fn take(state: &mut State, id: MemberId) -> Option<(Member, Vec<MemberId>)> {
     let room_name = state.rooms_by_member.remove(&id)?;
     let room = state.rooms.get_mut(&room_name)?;
     let member = room.members.remove(&id)?;
-    if !member.quiet && state.names.get(&member.name) == Some(&id) {
-        state.names.remove(&member.name);
+    if !member.quiet {
+        room.visible -= 1;
+        if state.names.get(&member.name) == Some(&id) {
+            state.names.remove(&member.name);
+        }
     }
     let mut slow = Vec::new();
     if room.members.is_empty() {
-        // An empty room leaves nothing behind.
+        // An empty room leaves nothing behind here (its history is the store's).
         state.rooms.remove(&room_name);
     } else if !member.quiet {
         let name = &member.name;
@@ -323,11 +599,12 @@ fn remove(state: &mut State, id: MemberId) -> Option<Vec<MemberId>> {
             &room_name,
             name,
             format!("{name} left the chat"),
-            room.visible(),
+            room.visible,
         );
         slow = room.fan_out(&notice, None).1;
+        slow.extend(room.fan_out(&presence(&room_name, room.visible), None).1);
     }
-    Some(slow)
+    Some((member, slow))
 }
 
 /// Evicts slow members; announcing their departure may find more, so this runs to a fixpoint.
@@ -343,7 +620,7 @@ fn evict_all(state: &mut State, mut slow: Vec<MemberId>) {
         if let Some(evict) = evict {
             let _ = evict.send(close::SLOW_CONSUMER);
         }
-        if let Some(more) = remove(state, id) {
+        if let Some((_, more)) = take(state, id) {
             slow.extend(more);
         }
     }
@@ -352,6 +629,21 @@ fn evict_all(state: &mut State, mut slow: Vec<MemberId>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+
+    fn hub(config: HubConfig) -> Hub {
+        Hub::new(config, Arc::new(MemoryStore::new(100)))
+    }
+
+    fn say(hub: &Hub, from: &TestMember, text: &str) -> Result<(), ChatError> {
+        hub.chat(
+            from.id,
+            Post {
+                content: text.into(),
+                ..Post::default()
+            },
+        )
+    }
 
     struct TestMember {
         id: MemberId,
@@ -377,6 +669,7 @@ mod tests {
             room: room.into(),
             name: name.map(Into::into),
             quiet,
+            ..JoinRequest::default()
         };
         let (id, name) = hub.join(
             req,
@@ -413,38 +706,65 @@ mod tests {
 
     #[test]
     fn chat_reaches_everyone_but_the_sender() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let mut a = join(&hub, "lobby", Some("alice"), false, 16);
         let mut b = join(&hub, "lobby", Some("bob"), false, 16);
         let mut c = join(&hub, "lobby", Some("carol"), false, 16);
-        let posted = hub.chat(b.id, "hi".into()).unwrap();
+        hub.chat(
+            b.id,
+            Post {
+                content: "hi".into(),
+                reference: Some(9),
+                ..Post::default()
+            },
+        )
+        .unwrap();
+        let acks: Vec<AckEvent> = events(&mut b)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Ack(a) => Some(a),
+                _ => None,
+            })
+            .collect();
         assert_eq!(
-            posted,
-            Posted {
+            acks,
+            vec![AckEvent {
+                reference: 9,
                 id: 1,
                 delivered: 2
-            }
+            }]
         );
         assert_eq!(chats(&mut a), vec![("bob".into(), "hi".into())]);
         assert_eq!(chats(&mut c), vec![("bob".into(), "hi".into())]);
         assert!(chats(&mut b).is_empty());
-        assert_eq!(hub.chat(a.id, "again".into()).unwrap().id, 2);
+        say(&hub, &a, "again").unwrap();
+        let ids: Vec<u64> = events(&mut b)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Chat(c) => Some(c.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec![2]);
     }
 
     #[test]
     fn echo_sends_back_to_the_sender() {
-        let hub = Hub::new(HubConfig { echo: true });
+        let hub = hub(HubConfig {
+            echo: true,
+            history: 50,
+        });
         let mut a = join(&hub, "lobby", Some("alice"), false, 16);
-        assert_eq!(hub.chat(a.id, "me".into()).unwrap().delivered, 1);
+        say(&hub, &a, "me").unwrap();
         assert_eq!(chats(&mut a), vec![("alice".into(), "me".into())]);
     }
 
     #[test]
     fn rooms_are_separate_and_empty_rooms_vanish() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let a = join(&hub, "one", Some("alice"), false, 16);
         let mut b = join(&hub, "two", Some("bob"), false, 16);
-        assert_eq!(hub.chat(a.id, "x".into()).unwrap().delivered, 0);
+        say(&hub, &a, "x").unwrap();
         assert!(chats(&mut b).is_empty());
         hub.leave(a.id);
         assert_eq!(hub.members("one"), 0);
@@ -453,11 +773,11 @@ mod tests {
 
     #[test]
     fn welcome_join_leave_and_rename_notices() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let mut a = join(&hub, "lobby", Some("alice"), false, 16);
         let welcome = events(&mut a);
         assert!(
-            matches!(&welcome[..], [Event::System(s)] if s.event == Notice::Welcome && s.count == Some(1))
+            matches!(&welcome[..], [Event::System(s), Event::Synced(_)] if s.event == Notice::Welcome && s.count == Some(1))
         );
         let b = join(&hub, "lobby", Some("bob"), false, 16);
         hub.rename(b.id, "robert").unwrap();
@@ -484,12 +804,12 @@ mod tests {
 
     #[test]
     fn quiet_members_are_silent_and_hold_no_name() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let mut a = join(&hub, "lobby", Some("alice"), false, 16);
         events(&mut a);
         let q = join(&hub, "lobby", Some("alice"), true, 16);
         assert_eq!(q.name, "alice");
-        hub.chat(q.id, "scripted".into());
+        say(&hub, &q, "scripted").unwrap();
         hub.leave(q.id);
         assert_eq!(chats(&mut a), vec![("alice".into(), "scripted".into())]);
         assert!(events(&mut a).is_empty());
@@ -497,7 +817,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_validated() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let _a = join(&hub, "lobby", Some("alice"), false, 16);
         assert_eq!(
             try_join(&hub, "other", Some("alice"), false, 16).err(),
@@ -518,13 +838,13 @@ mod tests {
 
     #[test]
     fn a_full_outbox_evicts_only_that_member() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let mut fast = join(&hub, "lobby", Some("fast"), false, 64);
         let mut slow = join(&hub, "lobby", Some("slow"), false, 2);
         let sender = join(&hub, "lobby", Some("sender"), true, 64);
         events(&mut fast);
         for i in 0..10 {
-            hub.chat(sender.id, format!("m{i}"));
+            say(&hub, &sender, &format!("m{i}")).unwrap();
         }
         assert_eq!(slow.evicted.try_recv(), Ok(close::SLOW_CONSUMER));
         let got = chats(&mut fast);
@@ -536,11 +856,198 @@ mod tests {
 
     #[test]
     fn leaving_twice_is_harmless() {
-        let hub = Hub::new(HubConfig::default());
+        let hub = hub(HubConfig::default());
         let a = join(&hub, "lobby", Some("alice"), false, 16);
         hub.leave(a.id);
         hub.leave(a.id);
-        assert!(hub.chat(a.id, "ghost".into()).is_none());
+        assert_eq!(say(&hub, &a, "ghost"), Err(ChatError::Gone));
         assert_eq!(hub.relay(a.id, Message::text("x")), 0);
+    }
+
+    fn history_of(m: &mut TestMember) -> (Vec<String>, Vec<Event>) {
+        let mut texts = Vec::new();
+        let mut others = Vec::new();
+        for e in events(m) {
+            match e {
+                Event::Chat(c) if c.history => texts.push(c.message),
+                Event::System(_) => {}
+                other => others.push(other),
+            }
+        }
+        (texts, others)
+    }
+
+    fn join_with(hub: &Hub, req: JoinRequest, cap: usize) -> TestMember {
+        let (tx, rx) = mpsc::channel(cap);
+        let (etx, erx) = oneshot::channel();
+        let (id, name) = hub
+            .join(
+                req,
+                Outbox {
+                    frames: tx,
+                    evict: etx,
+                },
+            )
+            .unwrap();
+        TestMember {
+            id,
+            name,
+            rx,
+            evicted: erx,
+        }
+    }
+
+    #[test]
+    fn joiners_get_recent_history_then_synced() {
+        let hub = hub(HubConfig {
+            echo: false,
+            history: 2,
+        });
+        let a = join(&hub, "lobby", Some("alice"), false, 16);
+        for i in 1..=3 {
+            say(&hub, &a, &format!("m{i}")).unwrap();
+        }
+        let mut b = join(&hub, "lobby", Some("bob"), false, 16);
+        let (texts, others) = history_of(&mut b);
+        assert_eq!(texts, vec!["m2", "m3"]);
+        assert_eq!(
+            others,
+            vec![Event::Synced(SyncedEvent {
+                room: "lobby".into(),
+                id: 3
+            })]
+        );
+        // A quiet sender gets no history unless it asks.
+        let mut q = join(&hub, "lobby", Some("q"), true, 16);
+        assert!(events(&mut q).is_empty());
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
+        let store = Arc::new(MemoryStore::new(3));
+        let hub = Hub::new(HubConfig::default(), store);
+        let a = join(&hub, "lobby", Some("alice"), false, 16);
+        for i in 1..=5 {
+            say(&hub, &a, &format!("m{i}")).unwrap();
+        }
+        let resume = |since, name: &str| JoinRequest {
+            room: "lobby".into(),
+            name: Some(name.into()),
+            since: Some(since),
+            ..JoinRequest::default()
+        };
+        let mut b = join_with(&hub, resume(3, "bob"), 16);
+        assert_eq!(history_of(&mut b).0, vec!["m4", "m5"]);
+        // Only m3..m5 are kept: resuming after m1 misses m2, and is told so.
+        let mut c = join_with(&hub, resume(1, "carol"), 16);
+        let (texts, others) = history_of(&mut c);
+        assert_eq!(texts, vec!["m3", "m4", "m5"]);
+        assert!(matches!(&others[0], Event::Gap(g) if g.missed == 1));
+        // Up to date: nothing replayed, no gap.
+        let mut d = join_with(&hub, resume(5, "dave"), 16);
+        let (texts, others) = history_of(&mut d);
+        assert!(texts.is_empty());
+        assert_eq!(others.len(), 1);
+    }
+
+    #[test]
+    fn a_resume_larger_than_the_outbox_is_cut_with_a_gap() {
+        let hub = hub(HubConfig::default());
+        let a = join(&hub, "lobby", Some("alice"), false, 64);
+        for i in 1..=40 {
+            say(&hub, &a, &format!("m{i}")).unwrap();
+        }
+        let req = JoinRequest {
+            room: "lobby".into(),
+            name: Some("bob".into()),
+            since: Some(0),
+            ..JoinRequest::default()
+        };
+        let mut b = join_with(&hub, req, 20);
+        let (texts, others) = history_of(&mut b);
+        // 20 frames: welcome, gap, 12 messages... whatever fits, the newest, and a gap first.
+        let Event::Gap(gap) = &others[0] else {
+            panic!("{others:?}")
+        };
+        assert_eq!(gap.missed as usize + texts.len(), 40);
+        assert_eq!(texts.last().map(String::as_str), Some("m40"));
+    }
+
+    #[test]
+    fn private_messages_reach_only_their_target() {
+        let hub = hub(HubConfig::default());
+        let mut a = join(&hub, "one", Some("alice"), false, 16);
+        let mut b = join(&hub, "two", Some("bob"), false, 16);
+        let mut c = join(&hub, "one", Some("carol"), false, 16);
+        events(&mut a);
+        events(&mut b);
+        events(&mut c);
+        let post = Post {
+            content: "psst".into(),
+            to: Some("bob".into()),
+            ..Post::default()
+        };
+        hub.chat(a.id, post.clone()).unwrap();
+        let got = |m: &mut TestMember| -> Vec<ChatEvent> {
+            events(m)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Chat(c) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        };
+        let to_bob = got(&mut b);
+        assert_eq!(to_bob.len(), 1);
+        assert!(to_bob[0].private && to_bob[0].to.as_deref() == Some("bob"));
+        assert_eq!(got(&mut a).len(), 1, "the sender gets its copy");
+        assert!(got(&mut c).is_empty());
+        let to_nobody = Post {
+            to: Some("zed".into()),
+            ..post
+        };
+        assert_eq!(
+            hub.chat(a.id, to_nobody),
+            Err(ChatError::NoSuchMember("zed".into()))
+        );
+    }
+
+    #[test]
+    fn moving_rooms_rooms_and_who() {
+        let hub = hub(HubConfig::default());
+        let mut a = join(&hub, "lobby", Some("alice"), false, 32);
+        let _b = join(&hub, "lobby", Some("bob"), false, 32);
+        hub.move_to(a.id, "dev").unwrap();
+        assert!(hub.move_to(a.id, "bad room").is_err());
+        let Message::Text(rooms) = hub.rooms() else {
+            panic!()
+        };
+        let rooms: Event = serde_json::from_str(&rooms).unwrap();
+        assert_eq!(
+            rooms,
+            Event::Rooms(RoomsEvent {
+                rooms: vec![
+                    RoomInfo {
+                        name: "dev".into(),
+                        count: 1
+                    },
+                    RoomInfo {
+                        name: "lobby".into(),
+                        count: 1
+                    }
+                ]
+            })
+        );
+        let Message::Text(who) = hub.who(a.id) else {
+            panic!()
+        };
+        assert!(who.contains(r#""members":["alice"]"#), "{who}");
+        // The name moved with its holder.
+        assert!(try_join(&hub, "x", Some("alice"), false, 4).is_err());
+        let welcomes = events(&mut a)
+            .into_iter()
+            .filter(|e| matches!(e, Event::System(s) if s.event == Notice::Welcome))
+            .count();
+        assert_eq!(welcomes, 2);
     }
 }

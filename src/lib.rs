@@ -13,3 +13,4 @@ pub mod hub;
 pub mod protocol;
 pub mod server;
 pub mod signals;
+pub mod store;

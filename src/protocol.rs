@@ -39,13 +39,23 @@ pub mod close {
 /// A message from a client, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// A chat line for the client's room. `reference`, when present, asks for an [`Event::Ack`].
+    /// A chat line for the client's room, or for one member when `to` is set.
+    /// `reference`, when present, asks for an [`Event::Ack`].
     Chat {
         content: String,
         reference: Option<u64>,
+        to: Option<String>,
+        /// An action (`/me waves`), shown as `* alice waves`.
+        action: bool,
     },
     /// Take a new name (the tutorial protocol's `setUsername`).
     SetName { name: String },
+    /// Move to another room.
+    Join { room: String },
+    /// List rooms with their member counts.
+    Rooms,
+    /// List the members of the client's room.
+    Who,
 }
 
 /// Why a client frame could not be decoded. Each maps to an error event; the connection stays.
@@ -92,6 +102,10 @@ struct RawInbound {
     username: Option<String>,
     #[serde(rename = "ref")]
     reference: Option<u64>,
+    to: Option<String>,
+    #[serde(default)]
+    action: bool,
+    room: Option<String>,
 }
 
 /// Decodes one text frame. A frame whose first non-blank character is not `{` is plain chat
@@ -101,6 +115,8 @@ pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
         return Ok(Inbound::Chat {
             content: text.to_owned(),
             reference: None,
+            to: None,
+            action: false,
         });
     }
     let raw: RawInbound =
@@ -121,6 +137,8 @@ pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
             Ok(Inbound::Chat {
                 content,
                 reference: raw.reference,
+                to: raw.to,
+                action: raw.action,
             })
         }
         "setUsername" => {
@@ -130,6 +148,15 @@ pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
             })?;
             Ok(Inbound::SetName { name })
         }
+        "join" => {
+            let room = raw.room.ok_or(DecodeError::MissingField {
+                kind: "join",
+                field: "room",
+            })?;
+            Ok(Inbound::Join { room })
+        }
+        "rooms" => Ok(Inbound::Rooms),
+        "who" => Ok(Inbound::Who),
         _ => Err(DecodeError::UnknownType(kind)),
     }
 }
@@ -154,20 +181,85 @@ pub enum Event {
     System(SystemEvent),
     Ack(AckEvent),
     Error(ErrorEvent),
+    Presence(PresenceEvent),
+    Gap(GapEvent),
+    Synced(SyncedEvent),
+    Rooms(RoomsEvent),
+    Who(WhoEvent),
     /// A type this client does not know yet (newer servers may add types).
     #[serde(other)]
     Unknown,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatEvent {
-    /// Increasing within the room, assigned by the server.
+    /// Increasing within the room, assigned by the server; absent (0) on private messages,
+    /// which are not part of a room's history.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub id: u64,
     pub room: String,
     pub username: String,
     pub message: String,
     /// RFC 3339, UTC, milliseconds.
     pub timestamp: String,
+    /// Private messages: the one member it was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub private: bool,
+    /// An action line (`/me`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub action: bool,
+    /// Sent from history (on join or resume), not live.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub history: bool,
+}
+
+/// How many are in a room, sent to the room on every visible join and leave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub room: String,
+    pub count: usize,
+}
+
+/// Messages a resuming client missed that are no longer kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapEvent {
+    pub room: String,
+    pub missed: u64,
+    pub message: String,
+}
+
+/// History replay is over; live messages follow. `id` is the room's latest message id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedEvent {
+    pub room: String,
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsEvent {
+    pub rooms: Vec<RoomInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoEvent {
+    pub room: String,
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,7 +281,8 @@ pub struct AckEvent {
     /// The `ref` the client sent.
     #[serde(rename = "ref")]
     pub reference: u64,
-    /// Id the server gave the message.
+    /// Id the server gave the message (absent for private messages).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub id: u64,
     /// How many other members the message was queued for.
     pub delivered: usize,
@@ -227,19 +320,28 @@ pub fn timestamp() -> String {
 
 /// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, letters, digits, `_ - .` only.
 pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_word("name", name)
+}
+
+/// Checks a room name: the same rules as a user name.
+pub fn validate_room(room: &str) -> Result<(), String> {
+    validate_word("room name", room)
+}
+
+fn validate_word(what: &str, name: &str) -> Result<(), String> {
     let chars = name.chars().count();
     if chars == 0 {
-        return Err("a name cannot be empty".into());
+        return Err(format!("a {what} cannot be empty"));
     }
     if chars > MAX_NAME_CHARS {
-        return Err(format!("a name has at most {MAX_NAME_CHARS} characters"));
+        return Err(format!("a {what} has at most {MAX_NAME_CHARS} characters"));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
         return Err(format!(
-            "'{}' is not allowed in a name (letters, digits, '_', '-', '.')",
+            "'{}' is not allowed in a {what} (letters, digits, '_', '-', '.')",
             c.escape_default()
         ));
     }
@@ -256,7 +358,9 @@ mod tests {
             decode("hello there").unwrap(),
             Inbound::Chat {
                 content: "hello there".into(),
-                reference: None
+                reference: None,
+                to: None,
+                action: false
             }
         );
     }
@@ -267,7 +371,9 @@ mod tests {
             decode(r#"{"type":"chat","content":"hi"}"#).unwrap(),
             Inbound::Chat {
                 content: "hi".into(),
-                reference: None
+                reference: None,
+                to: None,
+                action: false
             }
         );
         assert_eq!(
@@ -278,9 +384,26 @@ mod tests {
             decode(r#"{"type":"chat","content":"x","ref":7,"extra":1}"#).unwrap(),
             Inbound::Chat {
                 content: "x".into(),
-                reference: Some(7)
+                reference: Some(7),
+                to: None,
+                action: false
             }
         );
+        assert_eq!(
+            decode(r#"{"type":"chat","content":"psst","to":"bob","action":true}"#).unwrap(),
+            Inbound::Chat {
+                content: "psst".into(),
+                reference: None,
+                to: Some("bob".into()),
+                action: true
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","room":"dev"}"#).unwrap(),
+            Inbound::Join { room: "dev".into() }
+        );
+        assert_eq!(decode(r#"{"type":"who"}"#).unwrap(), Inbound::Who);
+        assert_eq!(decode(r#"{"type":"rooms"}"#).unwrap(), Inbound::Rooms);
     }
 
     #[test]
@@ -309,6 +432,10 @@ mod tests {
             username: "bob".into(),
             message: "hi".into(),
             timestamp: "2026-01-01T00:00:00.000Z".into(),
+            to: None,
+            private: false,
+            action: false,
+            history: false,
         });
         let Message::Text(t) = e.to_frame() else {
             panic!("not text")
@@ -317,6 +444,7 @@ mod tests {
         assert_eq!(v["type"], "chat");
         assert_eq!(v["username"], "bob");
         assert_eq!(v["message"], "hi");
+        assert!(v.get("history").is_none() && v.get("private").is_none());
         assert_eq!(serde_json::from_str::<Event>(&t).unwrap(), e);
         assert_eq!(
             serde_json::from_str::<Event>(r#"{"type":"future","x":1}"#).unwrap(),

@@ -35,6 +35,10 @@ pub struct Target {
     /// A quiet connection is not announced to the room and holds no name.
     pub quiet: bool,
     pub connect_timeout: Duration,
+    /// Resume: ask for every message after this id.
+    pub since: Option<u64>,
+    /// Ask for this many messages of history on join.
+    pub history: Option<usize>,
 }
 
 pub struct Connection {
@@ -82,6 +86,12 @@ impl Target {
             }
             if self.quiet {
                 query.append_pair("quiet", "1");
+            }
+            if let Some(since) = self.since {
+                query.append_pair("since", &since.to_string());
+            }
+            if let Some(history) = self.history {
+                query.append_pair("history", &history.to_string());
             }
         }
         url
@@ -204,10 +214,12 @@ mod tests {
             room: Some("dev ops".into()),
             quiet: true,
             connect_timeout: Duration::from_secs(1),
+            since: Some(4),
+            history: None,
         };
         assert_eq!(
             target.handshake_url().as_str(),
-            "ws://h:1/?x=1&name=bob&room=dev+ops&quiet=1"
+            "ws://h:1/?x=1&name=bob&room=dev+ops&quiet=1&since=4"
         );
     }
 }

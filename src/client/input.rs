@@ -45,6 +45,8 @@ pub struct Terminal {
     pub printer: Printer,
     /// True when a person is typing at a prompt (not a pipe).
     pub interactive: bool,
+    /// Set by the user of `lines` once it has seen the end of input.
+    pub finished: bool,
     _restore: Option<restore::TermiosGuard>,
 }
 
@@ -75,6 +77,7 @@ pub fn start(prompt: &str) -> Terminal {
                     lines,
                     printer: Printer::Prompt(Box::new(printer)),
                     interactive: true,
+                    finished: false,
                     _restore: guard,
                 };
             }
@@ -93,6 +96,7 @@ pub fn start(prompt: &str) -> Terminal {
         lines,
         printer: Printer::Stdout,
         interactive: false,
+        finished: false,
         _restore: None,
     }
 }

@@ -1,18 +1,20 @@
-//! `wschat join`: stay in a room, print what arrives, send what is typed.
+//! `wschat join`: stay in a room, print what arrives, send what is typed; reconnect and
+//! resume when the connection is lost.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
 use super::input::{self, Input, Printer};
 use super::render::Renderer;
 use super::{close, connection_lost, decode_event, server_closed, Sink, Stream};
-use crate::exit::{fail, Exit};
-use crate::protocol::{Event, Notice};
+use crate::exit::{exit_for, fail, Exit};
+use crate::protocol::{close as codes, Event, Notice};
 use crate::signals::Signals;
 
 #[derive(Debug, Clone)]
@@ -22,21 +24,33 @@ pub struct JoinConfig {
     pub count: Option<u64>,
     /// Exit 0 after this long.
     pub duration: Option<Duration>,
+    /// Reconnect (and resume) when the connection is lost.
+    pub reconnect: bool,
     /// NDJSON output.
     pub json: bool,
 }
 
-const HELP: &str = "commands: /name NEW (rename), /quit (leave), /help; \
-a line starting with // sends it with one / removed";
+const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
+/name NEW, /quit, /help; a line starting with // sends it with one / removed";
+
+/// First and longest pause between reconnection attempts.
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What a typed line asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Command<'a> {
     Say(&'a str),
+    Me(&'a str),
+    Msg(&'a str, &'a str),
+    Join(&'a str),
     Rename(&'a str),
+    Rooms,
+    Who,
     Quit,
     Help,
-    Unknown(&'a str),
+    /// A command used wrongly or unknown: the message to show.
+    Bad(String),
 }
 
 fn parse_line(line: &str) -> Command<'_> {
@@ -48,14 +62,25 @@ fn parse_line(line: &str) -> Command<'_> {
         return Command::Say(line);
     };
     let (verb, rest) = command.split_once(' ').unwrap_or((command, ""));
-    match (verb, rest.trim()) {
-        ("quit" | "exit" | "q", _) => Command::Quit,
-        ("help" | "?", _) => Command::Help,
-        ("name" | "nick", new) if !new.is_empty() => Command::Rename(new),
-        _ => Command::Unknown(verb),
+    let rest = rest.trim();
+    match verb {
+        "quit" | "exit" | "q" => Command::Quit,
+        "help" | "?" => Command::Help,
+        "rooms" => Command::Rooms,
+        "who" => Command::Who,
+        "name" | "nick" if !rest.is_empty() => Command::Rename(rest),
+        "join" if !rest.is_empty() => Command::Join(rest),
+        "me" if !rest.is_empty() => Command::Me(rest),
+        "msg" => match rest.split_once(' ') {
+            Some((to, text)) if !text.trim().is_empty() => Command::Msg(to, text.trim()),
+            _ => Command::Bad("usage: /msg NAME TEXT".into()),
+        },
+        "name" | "nick" | "join" | "me" => Command::Bad(format!("usage: /{verb} ARGUMENT")),
+        _ => Command::Bad(format!("unknown command '/{verb}' (try /help)")),
     }
 }
 
+/// State that lives across reconnections.
 struct Session {
     kind: ServerKind,
     url: String,
@@ -63,8 +88,24 @@ struct Session {
     name: String,
     renderer: Renderer,
     printer: Printer,
-    connected: bool,
+    /// Room the server last put this client in.
+    room: Option<String>,
+    /// Id of the last message seen in `room`: the resume point.
+    last_id: Option<u64>,
+    /// Whether this connection's history replay is what the client missed (a resume) rather
+    /// than context from before it first joined.
+    resuming: bool,
+    /// Whether this connection's first welcome was seen (later ones are room moves).
+    greeted: bool,
     received: u64,
+}
+
+/// How one connection ended.
+enum Ending {
+    /// The client is done, with this exit code.
+    Done(Exit),
+    /// The connection was lost or closed by the server; this is the error if it is not retried.
+    Lost { error: anyhow::Error, retry: bool },
 }
 
 impl Session {
@@ -79,7 +120,12 @@ impl Session {
         }
     }
 
-    /// Handles one frame from the server. Returns how many chat messages it carried.
+    fn local(&mut self, text: &str) -> anyhow::Result<()> {
+        let line = self.renderer.local(text);
+        self.print(line)
+    }
+
+    /// Handles one frame from the server. Returns how many new chat messages it carried.
     fn receive(&mut self, message: Message) -> anyhow::Result<u64> {
         match (self.kind, message) {
             (ServerKind::Wschat, Message::Text(text)) => {
@@ -88,20 +134,7 @@ impl Session {
                     self.print(line)?;
                     return Ok(0);
                 };
-                if let Event::System(system) = &event {
-                    if system.event == Notice::Welcome && !self.connected {
-                        self.connected = true;
-                        let line =
-                            self.renderer
-                                .connected(&self.url, true, Some(system.message.as_str()));
-                        self.print(line)?;
-                        return Ok(0);
-                    }
-                }
-                if let Some(line) = self.renderer.event(&event, &value) {
-                    self.print(line)?;
-                }
-                Ok(u64::from(matches!(event, Event::Chat(_))))
+                self.event(event, value)
             }
             (_, Message::Text(text)) => {
                 let line = self.renderer.relay_text(&text);
@@ -117,49 +150,112 @@ impl Session {
         }
     }
 
+    fn event(&mut self, mut event: Event, mut value: serde_json::Value) -> anyhow::Result<u64> {
+        let mut counts = 0;
+        match &mut event {
+            Event::System(system) if system.event == Notice::Welcome => {
+                if self.room.as_deref() != Some(system.room.as_str()) {
+                    // A new room: ids there are unrelated to the last one's.
+                    self.room = Some(system.room.clone());
+                    self.last_id = None;
+                    self.resuming = false;
+                }
+                if !self.greeted {
+                    self.greeted = true;
+                    let line =
+                        self.renderer
+                            .connected(&self.url, true, Some(system.message.as_str()));
+                    return self.print(line).map(|()| 0);
+                }
+            }
+            Event::Chat(chat) if chat.id > 0 => {
+                if self.last_id.is_some_and(|last| chat.id <= last) {
+                    // Already seen before a reconnection.
+                    return Ok(0);
+                }
+                self.last_id = Some(chat.id);
+                if chat.history && self.resuming {
+                    // Missed while disconnected: new to this client, so shown as live.
+                    chat.history = false;
+                    value["history"] = serde_json::Value::Bool(false);
+                }
+                counts = u64::from(!chat.history);
+            }
+            Event::Chat(chat) => counts = u64::from(chat.username != self.name),
+            Event::Synced(synced) => {
+                if self.last_id.is_some_and(|last| synced.id < last) {
+                    // The server's history restarted (it keeps history in memory).
+                    self.last_id = Some(synced.id);
+                }
+                self.last_id = self.last_id.or(Some(synced.id));
+                self.resuming = false;
+            }
+            _ => {}
+        }
+        if let Some(line) = self.renderer.event(&event, &value) {
+            self.print(line)?;
+        }
+        Ok(counts)
+    }
+
     /// Acts on a typed line. Returns `false` when the user asked to leave.
     async fn typed(&mut self, sink: &mut Sink, line: &str) -> anyhow::Result<bool> {
+        let wschat = self.kind == ServerKind::Wschat;
         let frame = match parse_line(line) {
             Command::Quit => return Ok(false),
-            Command::Help => {
-                let line = self.renderer.local(HELP);
-                self.print(line)?;
-                return Ok(true);
-            }
-            Command::Unknown(verb) => {
-                let line = self
-                    .renderer
-                    .local(&format!("error: unknown command '/{verb}' (try /help)"));
-                self.print(line)?;
-                return Ok(true);
+            Command::Help => return self.local(HELP).map(|()| true),
+            Command::Bad(message) => {
+                return self.local(&format!("error: {message}")).map(|()| true)
             }
             Command::Say(text) if text.trim().is_empty() => return Ok(true),
-            Command::Say(text) => match self.kind {
-                ServerKind::Wschat => json!({"type": "chat", "content": text}).to_string(),
-                ServerKind::Relay => format!("{} says: {text}", self.name),
-            },
-            Command::Rename(new) => match self.kind {
-                ServerKind::Wschat => json!({"type": "setUsername", "username": new}).to_string(),
-                ServerKind::Relay => {
-                    self.name = new.to_owned();
-                    return Ok(true);
-                }
-            },
+            Command::Say(text) if wschat => json!({"type": "chat", "content": text}),
+            Command::Say(text) => json!(format!("{} says: {text}", self.name)),
+            Command::Me(text) if wschat => json!({"type": "chat", "content": text, "action": true}),
+            Command::Me(text) => json!(format!("* {} {text}", self.name)),
+            Command::Msg(to, text) if wschat => json!({"type": "chat", "content": text, "to": to}),
+            Command::Rename(new) if wschat => json!({"type": "setUsername", "username": new}),
+            Command::Rename(new) => {
+                self.name = new.to_owned();
+                return Ok(true);
+            }
+            Command::Join(room) if wschat => json!({"type": "join", "room": room}),
+            Command::Rooms if wschat => json!({"type": "rooms"}),
+            Command::Who if wschat => json!({"type": "who"}),
+            Command::Msg(..) | Command::Join(_) | Command::Rooms | Command::Who => {
+                return self
+                    .local("error: a plain relay has no rooms, names or private messages")
+                    .map(|()| true);
+            }
         };
-        sink.send(Message::text(frame))
+        let text = match frame {
+            serde_json::Value::String(text) => text,
+            object => object.to_string(),
+        };
+        sink.send(Message::text(text))
             .await
             .map_err(|e| connection_lost(&self.url, Some(e)))?;
         Ok(true)
     }
 }
 
+/// Close codes after which reconnecting would only fail the same way.
+fn is_terminal(frame: Option<&CloseFrame>) -> bool {
+    frame.is_some_and(|f| {
+        matches!(
+            u16::from(f.code),
+            1000 | 1002 | 1003 | 1007 | 1008 | 1009 | codes::NAME_REJECTED
+        )
+    })
+}
+
 pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
     let mut signals = Signals::new()?;
-    let connection = tokio::select! {
-        connection = connect::connect(&config.target) => connection?,
+    let mut target = config.target.clone();
+    // The first connection must work: a wrong URL or a name taken fails at once.
+    let mut connection = tokio::select! {
+        connection = connect::connect(&target) => connection?,
         exit = signals.recv() => return Ok(exit),
     };
-    let (mut sink, mut stream) = connection.socket.split();
     let name = &config.target.name;
     let mut terminal = input::start(&format!("{name}> "));
     let mut session = Session {
@@ -168,75 +264,134 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         name: name.clone(),
         renderer: Renderer::new(name, config.json),
         printer: std::mem::replace(&mut terminal.printer, Printer::Stdout),
-        connected: false,
+        room: None,
+        last_id: None,
+        resuming: false,
+        greeted: false,
         received: 0,
     };
-    if session.kind == ServerKind::Relay {
-        session.connected = true;
-        let line = session.renderer.connected(&session.url, false, None);
-        session.print(line)?;
-    }
-    let result = converse(
-        &config,
-        &mut session,
-        &mut terminal,
-        &mut signals,
-        &mut sink,
-        &mut stream,
-    )
-    .await;
-    match result {
-        Ok(exit) => {
-            close(&mut sink, &mut stream).await;
-            Ok(exit)
+    let deadline = config.duration.map(|d| Instant::now() + d);
+    let mut attempt = 0u32;
+    loop {
+        let (mut sink, mut stream) = connection.socket.split();
+        session.kind = connection.kind;
+        session.greeted = false;
+        if session.kind == ServerKind::Relay {
+            let line = session.renderer.connected(&session.url, false, None);
+            session.print(line)?;
         }
-        Err(e) if crate::exit::exit_for(&e) == Exit::Success => {
-            close(&mut sink, &mut stream).await;
-            Ok(Exit::Success)
+        let ending = converse(
+            &config,
+            deadline,
+            &mut session,
+            &mut terminal,
+            &mut signals,
+            &mut sink,
+            &mut stream,
+        )
+        .await;
+        let (error, retry) = match ending {
+            Ok(Ending::Done(exit)) => {
+                close(&mut sink, &mut stream).await;
+                return Ok(exit);
+            }
+            Err(e) if exit_for(&e) == Exit::Success => {
+                close(&mut sink, &mut stream).await;
+                return Ok(Exit::Success);
+            }
+            Err(e) => return Err(e),
+            Ok(Ending::Lost { error, retry }) => (error, retry),
+        };
+        if !(config.reconnect && retry) {
+            return Err(error);
         }
-        Err(e) => Err(e),
+        // Reconnect until it works, the time is up, or a signal says stop.
+        connection = loop {
+            attempt += 1;
+            let pause = backoff(attempt);
+            eprintln!(
+                "wschat: {error:#}; reconnecting in {}",
+                humantime::format_duration(Duration::from_millis(pause.as_millis() as u64))
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = sleep_until(deadline) => return Ok(Exit::Success),
+                exit = signals.recv() => return Ok(exit),
+            }
+            target.room = session.room.clone().or(target.room);
+            target.since = session.last_id;
+            session.resuming = session.last_id.is_some();
+            tokio::select! {
+                result = connect::connect(&target) => match result {
+                    Ok(connection) => break connection,
+                    Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
+                    Err(e) => eprintln!("wschat: {e:#}"),
+                },
+                () = sleep_until(deadline) => return Ok(Exit::Success),
+                exit = signals.recv() => return Ok(exit),
+            }
+        };
+        attempt = 0;
     }
+}
+
+/// Exponential backoff with full jitter: a random pause up to 250 ms × 2^(attempt-1), at most 10 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_START
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 async fn converse(
     config: &JoinConfig,
+    deadline: Option<Instant>,
     session: &mut Session,
     terminal: &mut input::Terminal,
     signals: &mut Signals,
     sink: &mut Sink,
     stream: &mut Stream,
-) -> anyhow::Result<Exit> {
-    let deadline = config.duration.map(|d| Instant::now() + d);
-    let mut reading_input = true;
+) -> anyhow::Result<Ending> {
     loop {
         tokio::select! {
             next = stream.next() => match next {
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(server_closed(&session.url, frame.as_ref()));
+                    return Ok(Ending::Lost {
+                        retry: !is_terminal(frame.as_ref()),
+                        error: server_closed(&session.url, frame.as_ref()),
+                    });
                 }
                 Some(Ok(message)) => {
                     session.received += session.receive(message)?;
                     if config.count.is_some_and(|n| session.received >= n) {
-                        return Ok(Exit::Success);
+                        return Ok(Ending::Done(Exit::Success));
                     }
                 }
-                Some(Err(e)) => return Err(connection_lost(&session.url, Some(e))),
-                None => return Err(connection_lost(&session.url, None::<String>)),
+                Some(Err(e)) => return Ok(Ending::Lost {
+                    error: connection_lost(&session.url, Some(e)),
+                    retry: true,
+                }),
+                None => return Ok(Ending::Lost {
+                    error: connection_lost(&session.url, None::<String>),
+                    retry: true,
+                }),
             },
-            input = terminal.lines.recv(), if reading_input => match input {
+            input = terminal.lines.recv(), if !terminal.finished => match input {
                 Some(Input::Line(line)) => {
                     if !session.typed(sink, &line).await? {
-                        return Ok(Exit::Success);
+                        return Ok(Ending::Done(Exit::Success));
                     }
                 }
                 // Ctrl-D at a prompt leaves; the end of piped input does not (a background
                 // job in a script has no stdin, and should keep listening).
-                Some(Input::End) | None if terminal.interactive => return Ok(Exit::Success),
-                Some(Input::End) | None => reading_input = false,
-                Some(Input::Interrupt) => return Ok(Exit::Interrupted),
+                Some(Input::End) | None if terminal.interactive => {
+                    return Ok(Ending::Done(Exit::Success));
+                }
+                Some(Input::End) | None => terminal.finished = true,
+                Some(Input::Interrupt) => return Ok(Ending::Done(Exit::Interrupted)),
             },
-            () = sleep_until(deadline) => return Ok(Exit::Success),
-            exit = signals.recv() => return Ok(exit),
+            () = sleep_until(deadline) => return Ok(Ending::Done(Exit::Success)),
+            exit = signals.recv() => return Ok(Ending::Done(exit)),
         }
     }
 }
@@ -258,8 +413,32 @@ mod tests {
         assert_eq!(parse_line("//etc/passwd"), Command::Say("/etc/passwd"));
         assert_eq!(parse_line("/quit"), Command::Quit);
         assert_eq!(parse_line("/name  bob "), Command::Rename("bob"));
-        assert_eq!(parse_line("/name"), Command::Unknown("name"));
-        assert_eq!(parse_line("/dance now"), Command::Unknown("dance"));
+        assert_eq!(
+            parse_line("/msg bob see you  "),
+            Command::Msg("bob", "see you")
+        );
+        assert_eq!(parse_line("/me waves"), Command::Me("waves"));
+        assert_eq!(parse_line("/join dev"), Command::Join("dev"));
+        assert_eq!(parse_line("/rooms"), Command::Rooms);
+        assert_eq!(parse_line("/who"), Command::Who);
+        assert!(matches!(parse_line("/name"), Command::Bad(_)));
+        assert!(matches!(parse_line("/msg bob"), Command::Bad(_)));
+        assert!(matches!(parse_line("/dance now"), Command::Bad(_)));
         assert_eq!(parse_line("/help"), Command::Help);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for attempt in 1..40 {
+            let pause = backoff(attempt);
+            let ceiling = BACKOFF_START
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_MAX);
+            assert!(
+                pause <= ceiling && pause >= ceiling / 2,
+                "{attempt}: {pause:?}"
+            );
+        }
+        assert!(backoff(30) <= BACKOFF_MAX);
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use colored::Colorize;
 use serde_json::{json, Value};
 
-use crate::protocol::{Event, Notice};
+use crate::protocol::{ChatEvent, Event, Notice};
 
 /// Shows control characters (other than none) as escapes: `\n`, `\u{1b}`.
 pub fn escape_control(text: &str) -> Cow<'_, str> {
@@ -71,12 +71,7 @@ impl Renderer {
             return Some(value.to_string());
         }
         match event {
-            Event::Chat(chat) => Some(format!(
-                "{} received: {} says: {}",
-                self.tag(),
-                escape_control(&chat.username).bold(),
-                escape_control(&chat.message)
-            )),
+            Event::Chat(chat) => Some(self.chat(chat)),
             Event::System(system) => {
                 let label = match system.event {
                     Notice::Welcome => "welcome:",
@@ -95,9 +90,47 @@ impl Renderer {
                 "error:".red(),
                 escape_control(&error.message)
             )),
-            Event::Ack(_) => None,
+            Event::Gap(gap) => Some(format!(
+                "{} {} {}",
+                self.tag(),
+                "system:".yellow(),
+                escape_control(&gap.message)
+            )),
+            Event::Rooms(rooms) => {
+                let list: Vec<String> = rooms
+                    .rooms
+                    .iter()
+                    .map(|r| format!("{} ({})", escape_control(&r.name), r.count))
+                    .collect();
+                Some(self.line("rooms:", &list.join(", ")))
+            }
+            Event::Who(who) => Some(self.line(
+                &format!("in {}:", escape_control(&who.room)),
+                &who.members.join(", "),
+            )),
+            // Counts are in the join and leave notices; `synced` only matters to programs.
+            Event::Ack(_) | Event::Presence(_) | Event::Synced(_) => None,
             Event::Unknown => Some(self.line("unknown event:", &value.to_string())),
         }
+    }
+
+    fn chat(&self, chat: &ChatEvent) -> String {
+        let from = escape_control(&chat.username).bold();
+        let text = escape_control(&chat.message);
+        let said = if chat.action {
+            format!("* {from} {text}")
+        } else {
+            format!("{from} says: {text}")
+        };
+        let label = match (&chat.to, chat.private, chat.history) {
+            (Some(to), true, _) if to == &self.name && chat.username != self.name => {
+                "private:".magenta().to_string()
+            }
+            (Some(to), true, _) => format!("{} {}:", "private to".magenta(), escape_control(to)),
+            (_, _, true) => "history:".dimmed().to_string(),
+            _ => "received:".to_owned(),
+        };
+        format!("{} {label} {said}", self.tag())
     }
 
     /// A text frame from a relay.
@@ -128,7 +161,6 @@ impl Renderer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ChatEvent;
 
     fn chat(from: &str, text: &str) -> (Event, Value) {
         let event = Event::Chat(ChatEvent {
@@ -137,6 +169,10 @@ mod tests {
             username: from.into(),
             message: text.into(),
             timestamp: "t".into(),
+            to: None,
+            private: false,
+            action: false,
+            history: false,
         });
         let value = serde_json::to_value(&event).unwrap();
         (event, value)

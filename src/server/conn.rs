@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Shared;
-use crate::hub::{JoinError, JoinRequest, MemberId, Outbox};
-use crate::protocol::{self, close, AckEvent, Event, Inbound};
+use crate::hub::{ChatError, JoinRequest, MemberId, Outbox, Post};
+use crate::protocol::{self, close, Event, Inbound};
 
 /// How long a connection waits for the peer's close frame after sending its own.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,6 +31,10 @@ pub(super) struct Params {
     pub name: Option<String>,
     pub room: String,
     pub quiet: bool,
+    /// Resume after this message id.
+    pub since: Option<u64>,
+    /// Replay this many recent messages instead of the server's default.
+    pub history: Option<usize>,
 }
 
 impl Params {
@@ -39,12 +43,17 @@ impl Params {
             name: None,
             room: protocol::DEFAULT_ROOM.to_owned(),
             quiet: false,
+            since: None,
+            history: None,
         };
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "name" | "username" if !value.is_empty() => params.name = Some(value.into_owned()),
                 "room" if !value.is_empty() => params.room = value.into_owned(),
                 "quiet" => params.quiet = matches!(&*value, "" | "1" | "true" | "yes"),
+                // An unreadable number is ignored: the client gets the default history.
+                "since" => params.since = value.parse().ok(),
+                "history" => params.history = value.parse().ok(),
                 _ => {}
             }
         }
@@ -126,8 +135,10 @@ pub(super) async fn run<S>(
     let request = JoinRequest {
         room: params.room.clone(),
         name: params.name.clone(),
-        // A raw relay announces nobody.
+        // A raw relay announces nobody and replays nothing.
         quiet: params.quiet || raw,
+        since: params.since.filter(|_| !raw),
+        history: if raw { Some(0) } else { params.history },
     };
     let outbox = Outbox {
         frames: frames.clone(),
@@ -139,11 +150,7 @@ pub(super) async fn run<S>(
             Some(id)
         }
         Err(e) => {
-            let code = match e {
-                JoinError::NameTaken(_) => "name_taken",
-                JoinError::InvalidName(_) => "invalid_name",
-            };
-            let _ = frames.try_send(Event::error(code, e.to_string(), None).to_frame());
+            let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
             closer.close(close::NAME_REJECTED, "name rejected");
             tracing::info!(%peer, "refused: {e}");
             None
@@ -243,31 +250,47 @@ pub(super) async fn run<S>(
 
 /// Handles one JSON-mode text frame; returns the reply for the sender, if any.
 fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
+    let hub = &shared.hub;
     match protocol::decode(text) {
-        Ok(Inbound::Chat { content, reference }) => {
+        Ok(Inbound::Chat {
+            content,
+            reference,
+            to,
+            action,
+        }) => {
             if content.trim().is_empty() {
                 return Some(Event::error("empty_message", "empty message", reference).to_frame());
             }
-            // `None`: this member was just evicted; its connection is closing.
-            let posted = shared.hub.chat(id, content)?;
-            reference.map(|reference| {
-                Event::Ack(AckEvent {
-                    reference,
-                    id: posted.id,
-                    delivered: posted.delivered,
-                })
-                .to_frame()
-            })
+            let post = Post {
+                content,
+                to,
+                action,
+                reference,
+            };
+            match hub.chat(id, post) {
+                Ok(()) => None,
+                Err(ChatError::NoSuchMember(name)) => Some(
+                    Event::error(
+                        "no_such_member",
+                        format!("nobody is called '{name}'"),
+                        reference,
+                    )
+                    .to_frame(),
+                ),
+                // This member was just evicted; its connection is closing.
+                Err(ChatError::Gone) => None,
+            }
         }
-        Ok(Inbound::SetName { name }) => match shared.hub.rename(id, &name) {
-            Ok(()) => None,
-            Err(e @ JoinError::NameTaken(_)) => {
-                Some(Event::error("name_taken", e.to_string(), None).to_frame())
-            }
-            Err(e @ JoinError::InvalidName(_)) => {
-                Some(Event::error("invalid_name", e.to_string(), None).to_frame())
-            }
-        },
+        Ok(Inbound::SetName { name }) => hub
+            .rename(id, &name)
+            .err()
+            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
+        Ok(Inbound::Join { room }) => hub
+            .move_to(id, &room)
+            .err()
+            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
+        Ok(Inbound::Rooms) => Some(hub.rooms()),
+        Ok(Inbound::Who) => Some(hub.who(id)),
         Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),
     }
 }
@@ -328,12 +351,16 @@ mod tests {
             Params {
                 name: Some("alice".into()),
                 room: "dev".into(),
-                quiet: true
+                quiet: true,
+                since: None,
+                history: None,
             }
         );
         let p = Params::from_query("username=b%C3%A9a&room=");
         assert_eq!(p.name.as_deref(), Some("béa"));
         assert_eq!(p.room, "lobby");
         assert!(!p.quiet);
+        let p = Params::from_query("since=41&history=0");
+        assert_eq!((p.since, p.history), (Some(41), Some(0)));
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, HubConfig};
+use crate::store::Store;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How long shutdown waits for clients to answer the close frame.
     pub grace: Duration,
+    /// Messages replayed to a member joining a room.
+    pub history: usize,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +42,7 @@ impl Default for ServerConfig {
             outbox_frames: 1024,
             max_message_bytes: 64 * 1024,
             grace: Duration::from_secs(5),
+            history: 50,
         }
     }
 }
@@ -54,14 +58,19 @@ struct Shared {
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then closes every
-/// client with 1001 and waits at most `config.grace` for them to go.
+/// client with 1001, waits at most `config.grace` for them to go, and flushes the store.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
+    store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let hub_config = HubConfig {
+        echo: config.echo,
+        history: config.history,
+    };
     let shared = Arc::new(Shared {
-        hub: Hub::new(HubConfig { echo: config.echo }),
+        hub: Hub::new(hub_config, store.clone()),
         config,
         stopping: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -105,5 +114,8 @@ pub async fn run(
             shared.tasks.len()
         );
     }
+    // Every acknowledged message is already stored; this writes what was sent but not yet
+    // committed. It blocks, so it runs off the async threads.
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
 }

@@ -1,0 +1,42 @@
+//! Chat history: where a room's messages are kept, behind one trait with two implementations.
+//!
+//! - [`MemoryStore`] (the default): the last `keep` messages of each room, in memory.
+//! - [`SqliteStore`] (`--db FILE`): the same in-memory window in front of a SQLite file that
+//!   keeps everything, durable across restarts and crashes.
+//!
+//! The hub calls a store while holding its lock, so every method here returns at memory
+//! speed: durable writes happen on the store's own thread, in batches, and report back
+//! through the `on_durable` callback (the hub acknowledges a message only then).
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use crate::protocol::ChatEvent;
+
+/// Called once a message is stored as durably as the store can.
+pub type OnDurable = Box<dyn FnOnce() + Send>;
+
+/// Messages a resuming client gets: how many it missed that are no longer kept, then the rest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub missed: u64,
+    pub messages: Vec<ChatEvent>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Id of the latest message of `room` (0 if none).
+    fn last_id(&self, room: &str) -> u64;
+    /// Records a message; `on_durable` runs once it is stored (at once for memory).
+    fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>);
+    /// The latest `limit` messages of `room`, oldest first.
+    fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent>;
+    /// The messages after `id`, oldest first, at most `limit`.
+    fn since(&self, room: &str, id: u64, limit: usize) -> Since;
+    /// Number of messages kept across all rooms (for metrics).
+    fn kept(&self) -> usize;
+    /// Writes everything pending and stops writing. Called once at shutdown.
+    fn close(&self) {}
+}

@@ -1,0 +1,269 @@
+//! History in a SQLite file (`--db FILE`): everything kept, durable across restarts.
+//!
+//! Writes go to one writer thread that commits whatever has queued up in one transaction
+//! (WAL, `synchronous=FULL`), then runs each message's `on_durable`: a message is acknowledged
+//! only once it is on disk, and a burst costs one commit, not one per message. Recent messages
+//! are served from an in-memory window, so the hub never waits on the disk for them.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::memory::MemoryStore;
+use super::{OnDurable, Since, Store};
+use crate::protocol::ChatEvent;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    room      TEXT    NOT NULL,
+    id        INTEGER NOT NULL,
+    username  TEXT    NOT NULL,
+    message   TEXT    NOT NULL,
+    timestamp TEXT    NOT NULL,
+    action    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+";
+
+/// Most messages committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+type Write = (ChatEvent, Option<OnDurable>);
+
+pub struct SqliteStore {
+    cache: MemoryStore,
+    keep: usize,
+    /// Reads of older history and of rooms not yet in the window. WAL lets them run while the
+    /// writer commits.
+    reader: Mutex<Connection>,
+    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn open(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!("database {} is not in WAL mode ({mode})", path.display());
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn row_to_event(room: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEvent> {
+    Ok(ChatEvent {
+        id: row.get::<_, i64>(0)?.try_into().unwrap_or(0),
+        room: room.to_owned(),
+        username: row.get(1)?,
+        message: row.get(2)?,
+        timestamp: row.get(3)?,
+        to: None,
+        private: false,
+        action: row.get(4)?,
+        history: false,
+    })
+}
+
+fn id_param(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and starts its writer thread.
+    pub fn open(path: &Path, keep: usize) -> anyhow::Result<SqliteStore> {
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("cannot create tables in {}", path.display()))?;
+        let reader = open(path)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("wschat-sqlite".into())
+            .spawn(move || write_loop(conn, rx))
+            .context("cannot start the database writer")?;
+        Ok(SqliteStore {
+            cache: MemoryStore::new(keep),
+            keep: keep.max(1),
+            reader: Mutex::new(reader),
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads a room's window from disk the first time the room is used.
+    fn load(&self, room: &str) {
+        if self.cache.knows(room) {
+            return;
+        }
+        let loaded = (|| -> rusqlite::Result<(u64, Vec<ChatEvent>)> {
+            let conn = self.reader();
+            let last: Option<i64> = conn
+                .query_row(
+                    "SELECT MAX(id) FROM messages WHERE room = ?1",
+                    params![room],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .flatten();
+            let mut statement = conn.prepare_cached(
+                "SELECT id, username, message, timestamp, action FROM messages
+                 WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let mut messages = statement
+                .query_map(params![room, self.keep as i64], |row| {
+                    row_to_event(room, row)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            messages.reverse();
+            Ok((last.map_or(0, |l| l.try_into().unwrap_or(0)), messages))
+        })();
+        match loaded {
+            Ok((last_id, messages)) => self.cache.seed(room, last_id, messages),
+            Err(e) => tracing::error!(room, "cannot read history: {e}"),
+        }
+    }
+
+    fn read_after(&self, room: &str, id: u64, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
+        let conn = self.reader();
+        let mut statement = conn.prepare_cached(
+            "SELECT id, username, message, timestamp, action FROM messages
+             WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = statement.query_map(
+            params![room, id_param(id), i64::try_from(limit).unwrap_or(i64::MAX)],
+            |row| row_to_event(room, row),
+        )?;
+        rows.collect()
+    }
+}
+
+impl Store for SqliteStore {
+    fn last_id(&self, room: &str) -> u64 {
+        self.load(room);
+        self.cache.last_id(room)
+    }
+
+    fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
+        self.load(&message.room);
+        self.cache.append(message.clone(), None);
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match writes.as_ref() {
+            Some(tx) => {
+                if tx.send((message, on_durable)).is_err() {
+                    tracing::error!("database writer has stopped; message not stored");
+                }
+            }
+            None => tracing::error!("database is closed; message not stored"),
+        }
+    }
+
+    fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
+        self.load(room);
+        self.cache.recent(room, limit)
+    }
+
+    fn since(&self, room: &str, id: u64, limit: usize) -> Since {
+        self.load(room);
+        // The window holds everything after `id`: no need for the disk.
+        if self
+            .cache
+            .oldest(room)
+            .is_none_or(|oldest| oldest <= id + 1)
+        {
+            return self.cache.since(room, id, limit);
+        }
+        match self.read_after(room, id, limit) {
+            Ok(mut messages) => {
+                // Anything newer than what is committed is in the window.
+                let last = messages.last().map_or(id, |m| m.id);
+                let more = self
+                    .cache
+                    .since(room, last, limit - messages.len().min(limit));
+                messages.extend(more.messages);
+                Since {
+                    missed: 0,
+                    messages,
+                }
+            }
+            Err(e) => {
+                tracing::error!(room, "cannot read history: {e}");
+                self.cache.since(room, id, limit)
+            }
+        }
+    }
+
+    fn kept(&self) -> usize {
+        self.cache.kept()
+    }
+
+    fn close(&self) {
+        let sender = self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(sender);
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            if writer.join().is_err() {
+                tracing::error!("database writer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Commits queued messages in batches until every sender is gone.
+fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>) {
+    while let Ok(first) = writes.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match writes.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        match commit(&mut conn, &batch) {
+            Ok(()) => {
+                for (_, on_durable) in batch {
+                    if let Some(done) = on_durable {
+                        done();
+                    }
+                }
+            }
+            // The senders get no acknowledgement, so they know the messages are not safe.
+            Err(e) => tracing::error!("cannot store {} message(s): {e}", batch.len()),
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO messages (room, id, username, message, timestamp, action)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (m, _) in batch {
+            insert.execute(params![
+                m.room,
+                id_param(m.id),
+                m.username,
+                m.message,
+                m.timestamp,
+                m.action
+            ])?;
+        }
+    }
+    tx.commit()
+}
