@@ -42,6 +42,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
         }
         Mode::Join(config) => client::join::run(config).await,
         Mode::Send(config) => client::send::run(config).await,
+        Mode::History(config) => client::history::run(config).await,
         Mode::Completions(shell) => {
             generated::completions(shell, &mut std::io::stdout());
             Ok(Exit::Success)

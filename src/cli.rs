@@ -8,6 +8,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::connect::{self, Target};
+use crate::client::history::HistoryConfig;
 use crate::client::join::JoinConfig;
 use crate::client::send::SendConfig;
 use crate::exit;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Send messages and exit once the server has acknowledged them.
     #[command(after_help = exit::TABLE)]
     Send(SendArgs),
+    /// Print a room's history (from a running server) and exit.
+    #[command(after_help = exit::TABLE)]
+    History(HistoryArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions {
         #[arg(value_enum)]
@@ -147,6 +151,18 @@ pub struct SendArgs {
     pub timeout: Duration,
 }
 
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only messages after this id (what a client that saw ID missed).
+    #[arg(long, value_name = "ID")]
+    pub since: Option<u64>,
+    /// At most this many of the latest messages (without --since).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: usize,
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
 }
@@ -169,6 +185,7 @@ pub enum Mode {
     },
     Join(JoinConfig),
     Send(SendConfig),
+    History(HistoryConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -179,6 +196,8 @@ fn usage(message: impl std::fmt::Display) -> clap::Error {
 impl ClientArgs {
     fn target(&self, name: &str, quiet: bool) -> Result<Target, clap::Error> {
         protocol::validate_name(name).map_err(|e| usage(format!("invalid NAME '{name}': {e}")))?;
+        protocol::validate_room(&self.room)
+            .map_err(|e| usage(format!("invalid --room '{}': {e}", self.room)))?;
         let url = connect::parse_url(&self.url).map_err(usage)?;
         Ok(Target {
             url,
@@ -244,6 +263,16 @@ impl Cli {
                     wait: a.wait,
                     min_recipients: a.min_recipients,
                     ack_timeout: a.timeout,
+                    json: a.client.json,
+                })
+            }
+            Command::History(a) => {
+                let mut target = a.client.target("history", true)?;
+                target.room = Some(a.client.room.clone());
+                target.since = a.since;
+                target.history = Some(a.limit);
+                Mode::History(HistoryConfig {
+                    target,
                     json: a.client.json,
                 })
             }

@@ -2,6 +2,7 @@
 //! layer and one renderer.
 
 pub mod connect;
+pub mod history;
 pub mod input;
 pub mod join;
 pub mod render;

@@ -40,3 +40,6 @@ pub trait Store: Send + Sync + 'static {
     /// Writes everything pending and stops writing. Called once at shutdown.
     fn close(&self) {}
 }
+
+#[cfg(test)]
+mod tests;

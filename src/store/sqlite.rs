@@ -45,8 +45,11 @@ pub struct SqliteStore {
 }
 
 fn open(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path)
-        .with_context(|| format!("cannot open database {}", path.display()))?;
+    open_unlabelled(path).with_context(|| format!("cannot open database {}", path.display()))
+}
+
+fn open_unlabelled(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {

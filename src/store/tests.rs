@@ -1,0 +1,118 @@
+//! One suite, run against every store.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::{MemoryStore, SqliteStore, Store};
+use crate::protocol::ChatEvent;
+
+fn message(room: &str, id: u64) -> ChatEvent {
+    ChatEvent {
+        id,
+        room: room.into(),
+        username: "bob".into(),
+        message: format!("m{id}"),
+        timestamp: "2026-11-22T00:00:00.000Z".into(),
+        to: None,
+        private: false,
+        action: id % 2 == 0,
+        history: false,
+    }
+}
+
+fn ids(messages: &[ChatEvent]) -> Vec<u64> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// Appends `n` messages to `room` and waits until all are durable.
+fn fill(store: &dyn Store, room: &str, range: std::ops::RangeInclusive<u64>) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let expected = range.clone().count();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for id in range {
+        let done = done.clone();
+        let tx = tx.clone();
+        store.append(
+            message(room, id),
+            Some(Box::new(move || {
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == expected {
+                    let _ = tx.send(());
+                }
+            })),
+        );
+    }
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("every append is reported durable");
+}
+
+fn suite(store: &dyn Store, keep: usize) {
+    assert_eq!(store.last_id("lobby"), 0);
+    assert!(store.recent("lobby", 10).is_empty());
+    fill(store, "lobby", 1..=5);
+    fill(store, "dev", 1..=2);
+    assert_eq!(store.last_id("lobby"), 5);
+    assert_eq!(store.last_id("dev"), 2);
+    assert_eq!(ids(&store.recent("lobby", 3)), vec![3, 4, 5]);
+    assert_eq!(ids(&store.recent("lobby", 100)), vec![1, 2, 3, 4, 5]);
+    let since = store.since("lobby", 2, 100);
+    assert_eq!((since.missed, ids(&since.messages)), (0, vec![3, 4, 5]));
+    assert_eq!(ids(&store.since("lobby", 2, 2).messages), vec![3, 4]);
+    assert!(store.since("lobby", 5, 100).messages.is_empty());
+    // Fields survive the round trip.
+    assert_eq!(store.recent("dev", 1), vec![message("dev", 2)]);
+    // Past the window, older messages are either served (durable stores) or reported missed.
+    fill(store, "lobby", 6..=(keep as u64 + 10));
+    let since = store.since("lobby", 0, 10_000);
+    assert_eq!(
+        since.missed + since.messages.len() as u64,
+        keep as u64 + 10,
+        "every message is either replayed or counted as missed"
+    );
+    let first = since.messages.first().map_or(0, |m| m.id);
+    assert_eq!(first, since.missed + 1, "no hole between the gap and the replay");
+    assert!(store.kept() > 0);
+}
+
+#[test]
+fn memory_store() {
+    let store = MemoryStore::new(8);
+    suite(&store, 8);
+    let since = store.since("lobby", 0, 100);
+    assert_eq!(since.missed, 10, "memory keeps only its window");
+}
+
+#[test]
+fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("chat.db"), 8).unwrap();
+    suite(&store, 8);
+    let since = store.since("lobby", 0, 100);
+    assert_eq!(since.missed, 0, "the database keeps everything");
+}
+
+#[test]
+fn sqlite_history_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    {
+        let store = SqliteStore::open(&path, 4).unwrap();
+        fill(&store, "lobby", 1..=10);
+        store.close();
+    }
+    let store = SqliteStore::open(&path, 4).unwrap();
+    assert_eq!(store.last_id("lobby"), 10);
+    assert_eq!(ids(&store.recent("lobby", 2)), vec![9, 10]);
+    assert_eq!(
+        ids(&store.since("lobby", 0, 100).messages),
+        (1..=10).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sqlite_refuses_a_file_that_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "this is not a database, just some text that is long enough").unwrap();
+    let error = SqliteStore::open(&path, 4).err().expect("not a database");
+    assert!(format!("{error:#}").contains("notes.txt"), "{error:#}");
+}
