@@ -29,6 +29,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a chat server (HTTP and WebSocket on one port)')
             [CompletionResult]::new('join', 'join', [CompletionResultType]::ParameterValue, 'Join a room: print what arrives, send each line typed or piped in')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
+            [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -40,6 +41,9 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--max-message-bytes', '--max-message-bytes', [CompletionResultType]::ParameterName, 'Largest message accepted from a client, in bytes; larger ones close it with 1009')
             [CompletionResult]::new('--outbox', '--outbox', [CompletionResultType]::ParameterName, 'Frames queued for one client before it counts as too slow and is closed with 4008')
             [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'How long shutdown waits for clients to answer the close frame')
+            [CompletionResult]::new('--history', '--history', [CompletionResultType]::ParameterName, 'Messages of a room''s history sent to each member that joins it')
+            [CompletionResult]::new('--keep', '--keep', [CompletionResultType]::ParameterName, 'Messages kept in memory per room, for history and resume')
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'Keep history in this SQLite file, durable across restarts (created if missing)')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('--echo', '--echo', [CompletionResultType]::ParameterName, 'Send each message back to its sender too')
             [CompletionResult]::new('--raw', '--raw', [CompletionResultType]::ParameterName, 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices')
@@ -55,6 +59,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--for', '--for', [CompletionResultType]::ParameterName, 'Exit 0 after this long (e.g. 30s, 5m)')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per line instead of text')
+            [CompletionResult]::new('--no-reconnect', '--no-reconnect', [CompletionResultType]::ParameterName, 'Exit (code 5) when the connection is lost instead of reconnecting')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
@@ -72,6 +77,18 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'wschat;history' {
+            [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Server URL (ws://, wss://; http:// and host:port also work)')
+            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Room to join')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up connecting after this long')
+            [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only messages after this id (what a client that saw ID missed)')
+            [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most this many of the latest messages (without --since)')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per line instead of text')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'wschat;completions' {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -82,6 +99,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run a chat server (HTTP and WebSocket on one port)')
             [CompletionResult]::new('join', 'join', [CompletionResultType]::ParameterValue, 'Join a room: print what arrives, send each line typed or piped in')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
+            [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -93,6 +111,9 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             break
         }
         'wschat;help;send' {
+            break
+        }
+        'wschat;help;history' {
             break
         }
         'wschat;help;completions' {

@@ -22,6 +22,9 @@ _wschat() {
             wschat,help)
                 cmd="wschat__subcmd__help"
                 ;;
+            wschat,history)
+                cmd="wschat__subcmd__history"
+                ;;
             wschat,join)
                 cmd="wschat__subcmd__join"
                 ;;
@@ -36,6 +39,9 @@ _wschat() {
                 ;;
             wschat__subcmd__help,help)
                 cmd="wschat__subcmd__help__subcmd__help"
+                ;;
+            wschat__subcmd__help,history)
+                cmd="wschat__subcmd__help__subcmd__history"
                 ;;
             wschat__subcmd__help,join)
                 cmd="wschat__subcmd__help__subcmd__join"
@@ -53,7 +59,7 @@ _wschat() {
 
     case "${cmd}" in
         wschat)
-            opts="-h -V --color --help --version serve join send completions help"
+            opts="-h -V --color --help --version serve join send history completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -89,7 +95,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help)
-            opts="serve join send completions help"
+            opts="serve join send history completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -117,6 +123,20 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -172,8 +192,46 @@ _wschat() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        wschat__subcmd__history)
+            opts="-h --url --room --json --connect-timeout --since --limit --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         wschat__subcmd__join)
-            opts="-h --url --room --json --connect-timeout --count --for --color --help"
+            opts="-h --url --room --json --connect-timeout --count --for --no-reconnect --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -253,7 +311,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__serve)
-            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --color --help"
+            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --history --keep --db --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -280,6 +338,18 @@ _wschat() {
                     return 0
                     ;;
                 --grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --history)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

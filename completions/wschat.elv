@@ -26,6 +26,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand serve 'Run a chat server (HTTP and WebSocket on one port)'
             cand join 'Join a room: print what arrives, send each line typed or piped in'
             cand send 'Send messages and exit once the server has acknowledged them'
+            cand history 'Print a room''s history (from a running server) and exit'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -36,6 +37,9 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --max-message-bytes 'Largest message accepted from a client, in bytes; larger ones close it with 1009'
             cand --outbox 'Frames queued for one client before it counts as too slow and is closed with 4008'
             cand --grace 'How long shutdown waits for clients to answer the close frame'
+            cand --history 'Messages of a room''s history sent to each member that joins it'
+            cand --keep 'Messages kept in memory per room, for history and resume'
+            cand --db 'Keep history in this SQLite file, durable across restarts (created if missing)'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --echo 'Send each message back to its sender too'
             cand --raw 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices'
@@ -50,6 +54,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --for 'Exit 0 after this long (e.g. 30s, 5m)'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --json 'Print one JSON object per line instead of text'
+            cand --no-reconnect 'Exit (code 5) when the connection is lost instead of reconnecting'
             cand -h 'Print help'
             cand --help 'Print help'
         }
@@ -65,6 +70,17 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'wschat;history'= {
+            cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
+            cand --room 'Room to join'
+            cand --connect-timeout 'Give up connecting after this long'
+            cand --since 'Only messages after this id (what a client that saw ID missed)'
+            cand --limit 'At most this many of the latest messages (without --since)'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --json 'Print one JSON object per line instead of text'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'wschat;completions'= {
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand -h 'Print help'
@@ -74,6 +90,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand serve 'Run a chat server (HTTP and WebSocket on one port)'
             cand join 'Join a room: print what arrives, send each line typed or piped in'
             cand send 'Send messages and exit once the server has acknowledged them'
+            cand history 'Print a room''s history (from a running server) and exit'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -82,6 +99,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
         &'wschat;help;join'= {
         }
         &'wschat;help;send'= {
+        }
+        &'wschat;help;history'= {
         }
         &'wschat;help;completions'= {
         }

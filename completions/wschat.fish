@@ -32,6 +32,7 @@ complete -c wschat -n "__fish_wschat_needs_command" -s V -l version -d 'Print ve
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
@@ -39,6 +40,9 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -s p -l port -d 'Po
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-message-bytes -d 'Largest message accepted from a client, in bytes; larger ones close it with 1009' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l outbox -d 'Frames queued for one client before it counts as too slow and is closed with 4008' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How long shutdown waits for clients to answer the close frame' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l history -d 'Messages of a room\'s history sent to each member that joins it' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l keep -d 'Messages kept in memory per room, for history and resume' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l db -d 'Keep history in this SQLite file, durable across restarts (created if missing)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -54,6 +58,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l json -d 'Print one JSON object per line instead of text'
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l no-reconnect -d 'Exit (code 5) when the connection is lost instead of reconnecting'
 complete -c wschat -n "__fish_wschat_using_subcommand join" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to join' -r
@@ -66,12 +71,23 @@ always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l json -d 'Print one JSON object per line instead of text'
 complete -c wschat -n "__fish_wschat_using_subcommand send" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l room -d 'Room to join' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l since -d 'Only messages after this id (what a client that saw ID missed)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l limit -d 'At most this many of the latest messages (without --since)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l json -d 'Print one JSON object per line instead of text'
+complete -c wschat -n "__fish_wschat_using_subcommand history" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -69,7 +69,11 @@ fn suite(store: &dyn Store, keep: usize) {
         "every message is either replayed or counted as missed"
     );
     let first = since.messages.first().map_or(0, |m| m.id);
-    assert_eq!(first, since.missed + 1, "no hole between the gap and the replay");
+    assert_eq!(
+        first,
+        since.missed + 1,
+        "no hole between the gap and the replay"
+    );
     assert!(store.kept() > 0);
 }
 
@@ -112,7 +116,11 @@ fn sqlite_history_survives_reopening() {
 fn sqlite_refuses_a_file_that_is_not_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
-    std::fs::write(&path, "this is not a database, just some text that is long enough").unwrap();
+    std::fs::write(
+        &path,
+        "this is not a database, just some text that is long enough",
+    )
+    .unwrap();
     let error = SqliteStore::open(&path, 4).err().expect("not a database");
     assert!(format!("{error:#}").contains("notes.txt"), "{error:#}");
 }
