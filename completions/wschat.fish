@@ -43,6 +43,17 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How lo
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l history -d 'Messages of a room\'s history sent to each member that joins it' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l keep -d 'Messages kept in memory per room, for history and resume' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l db -d 'Keep history in this SQLite file, durable across restarts (created if missing)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l rate -d 'Messages per second one connection may send; past --burst it is slowed, then closed with 4029. 0: no limit' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l burst -d 'Messages a connection may send at once before --rate applies' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-clients -d 'Open connections allowed; more are refused with HTTP 503. 0: no limit' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-per-ip -d 'Open connections allowed from one address. 0 (the default): no limit, as every client behind a load balancer or NAT shares one address' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l ping-interval -d 'Ping clients this often; one silent for two intervals is dropped. 0s: never' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l handshake-timeout -d 'Longest time a client may take to send its request headers' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token -d 'Clients must present this token (CLI: --token; browsers: ?token=)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token-file -d 'Read the token from this file (its first line)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l allow-origin -d 'Also accept WebSocket connections from pages of this origin (e.g. https://chat.example.com; * for any). Repeatable' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l log-format -d 'Log format on stderr' -r -f -a "text\t''
+json\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -52,6 +63,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -s h -l help -d 'Pr
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l count -d 'Exit 0 after receiving this many chat messages' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l for -d 'Exit 0 after this long (e.g. 30s, 5m)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
@@ -63,6 +75,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -s h -l help -d 'Pri
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l wait -d 'After delivery, print what arrives for this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l min-recipients -d 'Fail (exit 6) unless each message reached at least N other members' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l timeout -d 'Fail (exit 7) when the server has not acknowledged within this long' -r
@@ -74,6 +87,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand send" -s h -l help -d 'Pri
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l since -d 'Only messages after this id (what a client that saw ID missed)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l limit -d 'At most this many of the latest messages (without --since)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''

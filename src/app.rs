@@ -19,6 +19,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             port,
             config,
             store,
+            ..
         } => {
             let store: Arc<dyn Store> = match store {
                 StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),

@@ -13,7 +13,7 @@ use crate::client::join::JoinConfig;
 use crate::client::send::SendConfig;
 use crate::exit;
 use crate::protocol;
-use crate::server::ServerConfig;
+use crate::server::{Access, ServerConfig};
 
 const ABOUT: &str = "WebSocket chat: a server and its command-line clients in one binary";
 
@@ -95,6 +95,50 @@ pub struct ServeArgs {
     /// Keep history in this SQLite file, durable across restarts (created if missing).
     #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
     pub db: Option<PathBuf>,
+    /// Messages per second one connection may send; past --burst it is slowed, then closed
+    /// with 4029. 0: no limit.
+    #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
+    pub rate: f64,
+    /// Messages a connection may send at once before --rate applies.
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    pub burst: u32,
+    /// Open connections allowed; more are refused with HTTP 503. 0: no limit.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_clients: usize,
+    /// Open connections allowed from one address. 0 (the default): no limit, as every client
+    /// behind a load balancer or NAT shares one address.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_per_ip: usize,
+    /// Ping clients this often; one silent for two intervals is dropped. 0s: never.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    pub ping_interval: Duration,
+    /// Longest time a client may take to send its request headers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Duration,
+    /// Clients must present this token (CLI: --token; browsers: ?token=).
+    #[arg(
+        long,
+        env = "WSCHAT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// Read the token from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Also accept WebSocket connections from pages of this origin (e.g.
+    /// https://chat.example.com; * for any). Repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Connection options shared by the clients.
@@ -112,6 +156,9 @@ pub struct ClientArgs {
     /// Give up connecting after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -182,11 +229,36 @@ pub enum Mode {
         port: u16,
         config: ServerConfig,
         store: StoreChoice,
+        log_format: LogFormat,
     },
     Join(JoinConfig),
     Send(SendConfig),
     History(HistoryConfig),
     Completions(clap_complete::Shell),
+}
+
+/// The server's token, from --token or the first line of --token-file.
+fn server_token(
+    token: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, clap::Error> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read --token-file {}: {e}", path.display())))?
+            .lines()
+            .next()
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned(),
+        None => match token {
+            Some(token) => token,
+            None => return Ok(None),
+        },
+    };
+    if token.is_empty() {
+        return Err(usage("the token is empty"));
+    }
+    Ok(Some(token))
 }
 
 fn usage(message: impl std::fmt::Display) -> clap::Error {
@@ -207,6 +279,7 @@ impl ClientArgs {
             connect_timeout: self.connect_timeout,
             since: None,
             history: None,
+            token: self.token.clone(),
         })
     }
 }
@@ -216,6 +289,32 @@ impl Cli {
     pub fn into_mode(self) -> Result<Mode, clap::Error> {
         Ok(match self.command {
             Command::Serve(a) => Mode::Serve {
+                config: ServerConfig {
+                    history: a.history,
+                    echo: a.echo,
+                    raw: a.raw,
+                    // Both ranges are enforced by clap and fit in usize.
+                    outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
+                    max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
+                    grace: a.grace,
+                    rate: if a.rate.is_finite() && a.rate >= 0.0 {
+                        a.rate
+                    } else {
+                        return Err(usage(
+                            "--rate must be a number of messages per second, 0 or more",
+                        ));
+                    },
+                    burst: a.burst,
+                    max_clients: a.max_clients,
+                    max_per_ip: a.max_per_ip,
+                    ping_interval: (!a.ping_interval.is_zero()).then_some(a.ping_interval),
+                    header_timeout: a.handshake_timeout,
+                    access: Access {
+                        token: server_token(a.token, a.token_file.as_deref())?,
+                        allowed_origins: a.allow_origin,
+                    },
+                },
+                log_format: a.log_format,
                 host: a.host,
                 port: a.port,
                 store: {
@@ -225,15 +324,6 @@ impl Cli {
                         Some(path) => StoreChoice::Sqlite { path, keep },
                         None => StoreChoice::Memory { keep },
                     }
-                },
-                config: ServerConfig {
-                    history: a.history,
-                    echo: a.echo,
-                    raw: a.raw,
-                    // Both ranges are enforced by clap and fit in usize.
-                    outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
-                    max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
-                    grace: a.grace,
                 },
             },
             Command::Join(a) => {

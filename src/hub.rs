@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::metrics::Metrics;
 use crate::protocol::{
     self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
     SyncedEvent, SystemEvent, WhoEvent,
@@ -112,6 +113,7 @@ impl Default for HubConfig {
 pub struct Hub {
     config: HubConfig,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     next_member: AtomicU64,
     /// One std mutex for all rooms. It is never held across an `.await` (the hub has none):
     /// fan-out under it is a loop of non-blocking `try_send`s, and the store answers from
@@ -197,10 +199,11 @@ fn presence(room: &str, count: usize) -> Message {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig, store: Arc<dyn Store>) -> Hub {
+    pub fn new(config: HubConfig, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Hub {
         Hub {
             config,
             store,
+            metrics,
             next_member: AtomicU64::new(1),
             state: Mutex::new(State::default()),
         }
@@ -408,6 +411,7 @@ impl Hub {
         let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
         let on_durable = post.reference.map(|reference| {
             let ack = Event::Ack(AckEvent {
                 reference,
@@ -415,9 +419,12 @@ impl Hub {
                 delivered,
             })
             .to_frame();
+            let metrics = self.metrics.clone();
             Box::new(move || {
                 // A full outbox here means the sender is being evicted as slow anyway.
-                let _ = sender_frames.try_send(ack);
+                if sender_frames.try_send(ack).is_ok() {
+                    Metrics::inc(&metrics.acks);
+                }
             }) as crate::store::OnDurable
         });
         self.store.append(event, on_durable);
@@ -486,6 +493,7 @@ impl Hub {
         };
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
         evict_all(state, slow);
         delivered
     }
@@ -632,7 +640,7 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn hub(config: HubConfig) -> Hub {
-        Hub::new(config, Arc::new(MemoryStore::new(100)))
+        Hub::new(config, Arc::new(MemoryStore::new(100)), Arc::default())
     }
 
     fn say(hub: &Hub, from: &TestMember, text: &str) -> Result<(), ChatError> {
@@ -925,7 +933,7 @@ mod tests {
     #[test]
     fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
         let store = Arc::new(MemoryStore::new(3));
-        let hub = Hub::new(HubConfig::default(), store);
+        let hub = Hub::new(HubConfig::default(), store, Arc::default());
         let a = join(&hub, "lobby", Some("alice"), false, 16);
         for i in 1..=5 {
             say(&hub, &a, &format!("m{i}")).unwrap();

@@ -10,6 +10,7 @@ pub mod client;
 pub mod exit;
 pub mod generated;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod signals;

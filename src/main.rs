@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use wschat::cli::{Cli, ColorChoice, Mode};
+use wschat::cli::{Cli, ColorChoice, LogFormat, Mode};
 use wschat::exit::{exit_for, Exit};
 
 fn main() -> ExitCode {
@@ -51,14 +51,17 @@ fn main() -> ExitCode {
 /// Logs go to stderr: `info` for the server, warnings only for the clients.
 /// `WSCHAT_LOG` overrides (e.g. `WSCHAT_LOG=debug`).
 fn init_logging(mode: &Mode) {
-    let default = match mode {
-        Mode::Serve { .. } => "info",
-        _ => "warn",
+    let (default, json) = match mode {
+        Mode::Serve { log_format, .. } => ("info", *log_format == LogFormat::Json),
+        _ => ("warn", false),
     };
     let filter = EnvFilter::try_from_env("WSCHAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

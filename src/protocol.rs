@@ -30,6 +30,10 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the server accepts.
     pub const TOO_BIG: u16 = 1009;
+    /// Missing or wrong token (browsers; CLI clients get HTTP 401); do not retry.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The client sent faster than `--rate` for too long; reconnect later, more slowly.
+    pub const RATE_LIMITED: u16 = 4029;
     /// The client did not read fast enough and its queue filled; reconnect and resume.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The name asked for at connect is taken or invalid; do not retry with the same name.

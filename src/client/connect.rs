@@ -39,6 +39,8 @@ pub struct Target {
     pub since: Option<u64>,
     /// Ask for this many messages of history on join.
     pub history: Option<usize>,
+    /// Sent as `Authorization: Bearer`.
+    pub token: Option<String>,
 }
 
 pub struct Connection {
@@ -105,8 +107,17 @@ fn client_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
-async fn handshake(url: &Url, subprotocol: bool) -> Result<(Socket, Response), WsError> {
+async fn handshake(
+    url: &Url,
+    token: Option<&str>,
+    subprotocol: bool,
+) -> Result<(Socket, Response), WsError> {
     let mut request = url.as_str().into_client_request()?;
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| WsError::HttpFormat(e.into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
     if subprotocol {
         request.headers_mut().insert(
             "sec-websocket-protocol",
@@ -122,10 +133,11 @@ async fn handshake(url: &Url, subprotocol: bool) -> Result<(Socket, Response), W
 pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let url = target.handshake_url();
     let attempt = async {
-        match handshake(&url, true).await {
+        let token = target.token.as_deref();
+        match handshake(&url, token, true).await {
             Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
                 SubProtocolError::NoSubProtocol,
-            ))) => handshake(&url, false).await,
+            ))) => handshake(&url, token, false).await,
             other => other,
         }
     };
@@ -216,6 +228,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             since: Some(4),
             history: None,
+            token: None,
         };
         assert_eq!(
             target.handshake_url().as_str(),

@@ -243,7 +243,7 @@ fn is_terminal(frame: Option<&CloseFrame>) -> bool {
     frame.is_some_and(|f| {
         matches!(
             u16::from(f.code),
-            1000 | 1002 | 1003 | 1007 | 1008 | 1009 | codes::NAME_REJECTED
+            1000 | 1002 | 1003 | 1007 | 1008 | 1009 | codes::NAME_REJECTED | codes::UNAUTHORIZED
         )
     })
 }

@@ -71,7 +71,7 @@ pub fn server_closed(url: &str, frame: Option<&CloseFrame>) -> anyhow::Error {
         return fail(Exit::ServerGone, format!("{url} closed the connection"));
     };
     let code = u16::from(frame.code);
-    let exit = if code == protocol::close::NAME_REJECTED {
+    let exit = if code == protocol::close::NAME_REJECTED || code == protocol::close::UNAUTHORIZED {
         Exit::HandshakeRejected
     } else {
         Exit::ServerGone

@@ -18,8 +18,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::limits::{RateLimit, Verdict};
 use super::Shared;
 use crate::hub::{ChatError, JoinRequest, MemberId, Outbox, Post};
+use crate::metrics::Metrics;
 use crate::protocol::{self, close, Event, Inbound};
 
 /// How long a connection waits for the peer's close frame after sending its own.
@@ -117,9 +119,13 @@ pub(super) async fn run<S>(
     ws: WebSocketStream<S>,
     params: Params,
     peer: SocketAddr,
+    authorized: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = shared.metrics.clone();
+    Metrics::inc(&metrics.connections_total);
+    Metrics::inc(&metrics.connections_open);
     let (sink, mut stream) = ws.split();
     let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
     let (close_request, close_rx) = oneshot::channel();
@@ -132,31 +138,27 @@ pub(super) async fn run<S>(
     };
 
     let raw = shared.config.raw;
-    let request = JoinRequest {
-        room: params.room.clone(),
-        name: params.name.clone(),
-        // A raw relay announces nobody and replays nothing.
-        quiet: params.quiet || raw,
-        since: params.since.filter(|_| !raw),
-        history: if raw { Some(0) } else { params.history },
-    };
-    let outbox = Outbox {
-        frames: frames.clone(),
-        evict,
-    };
-    let member = match shared.hub.join(request, outbox) {
-        Ok((id, name)) => {
-            tracing::info!(%peer, name, room = params.room, quiet = params.quiet, "connected");
-            Some(id)
-        }
-        Err(e) => {
-            let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
-            closer.close(close::NAME_REJECTED, "name rejected");
-            tracing::info!(%peer, "refused: {e}");
-            None
-        }
+    let member = if authorized {
+        join(&shared, &params, raw, &frames, evict, &mut closer, peer)
+    } else {
+        Metrics::inc(&metrics.auth_failures);
+        let reply = Event::error("unauthorized", "missing or wrong token", None);
+        let _ = frames.try_send(reply.to_frame());
+        closer.close(close::UNAUTHORIZED, "missing or wrong token");
+        tracing::info!(%peer, "refused: missing or wrong token");
+        None
     };
 
+    let now = Instant::now();
+    let mut rate = RateLimit::new(shared.config.rate, shared.config.burst, now);
+    // Reading resumes at this instant when the sender is over its rate.
+    let mut paused: Option<Instant> = None;
+    let ping_every = shared.config.ping_interval;
+    let mut ping = tokio::time::interval_at(
+        now + ping_every.unwrap_or(Duration::from_secs(3600)),
+        ping_every.unwrap_or(Duration::from_secs(3600)),
+    );
+    let mut last_heard = now;
     let mut evict_pending = member.is_some();
     loop {
         tokio::select! {
@@ -166,6 +168,7 @@ pub(super) async fn run<S>(
             code = &mut evicted, if evict_pending => {
                 evict_pending = false;
                 if let Ok(code) = code {
+                    Metrics::inc(&metrics.slow_disconnects);
                     closer.close(code, "too slow: outbox full");
                 }
             }
@@ -173,7 +176,21 @@ pub(super) async fn run<S>(
                 closer.ending = Some(Ending::CloseTimedOut);
                 break;
             }
-            next = stream.next() => {
+            () = sleep_until(paused), if paused.is_some() => paused = None,
+            _ = ping.tick(), if ping_every.is_some() => {
+                let silence = last_heard.elapsed();
+                if ping_every.is_some_and(|every| silence > every * 2) {
+                    Metrics::inc(&metrics.dead_peer_disconnects);
+                    closer.ending = Some(Ending::ClientVanished(format!(
+                        "no answer to pings for {}s", silence.as_secs()
+                    )));
+                    break;
+                }
+                // A full outbox is handled as a slow consumer elsewhere; skipping a ping is fine.
+                let _ = frames.try_send(Message::Ping(Default::default()));
+            }
+            next = stream.next(), if paused.is_none() => {
+                last_heard = Instant::now();
                 let Some(id) = member.filter(|_| !closer.is_closing()) else {
                     // Closing: wait for the peer's close frame, ignore anything else.
                     match next {
@@ -181,40 +198,24 @@ pub(super) async fn run<S>(
                         Some(Ok(_)) => continue,
                     }
                 };
-                match next {
-                    Some(Ok(Message::Text(text))) if raw => {
-                        shared.hub.relay(id, Message::Text(text));
-                    }
-                    Some(Ok(Message::Binary(bytes))) if raw => {
-                        shared.hub.relay(id, Message::Binary(bytes));
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = handle_text(&shared, id, &text) {
-                            if frames.try_send(reply).is_err() {
-                                closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
-                            }
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = Event::error(
-                            "unsupported",
-                            "binary frames are not part of the wschat protocol; send text",
-                            None,
-                        );
-                        if frames.try_send(reply.to_frame()).is_err() {
-                            closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
-                        }
-                    }
+                let message = match next {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
                     Some(Ok(Message::Close(_))) | None => {
                         closer.ending = Some(Ending::ClientClosed);
                         break;
                     }
-                    // tungstenite answers pings itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    // tungstenite answers pings itself; a pong only proves the peer is alive.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Err(e)) => {
                         match e {
-                            WsError::Capacity(_) => closer.close(close::TOO_BIG, "message too big"),
-                            WsError::Utf8(_) => closer.close(close::INVALID_PAYLOAD, "invalid UTF-8"),
+                            WsError::Capacity(_) => {
+                                Metrics::inc(&metrics.oversize_disconnects);
+                                closer.close(close::TOO_BIG, "message too big");
+                            }
+                            WsError::Utf8(_) => {
+                                Metrics::inc(&metrics.invalid_utf8_disconnects);
+                                closer.close(close::INVALID_PAYLOAD, "invalid UTF-8");
+                            }
                             WsError::Protocol(_) => closer.close(1002, "protocol error"),
                             _ => {}
                         }
@@ -225,6 +226,42 @@ pub(super) async fn run<S>(
                         }
                         // The stream is unusable after an error: do not wait for a reply.
                         break;
+                    }
+                };
+                Metrics::inc(&metrics.messages_in);
+                Metrics::add(&metrics.bytes_in, message.len() as u64);
+                match rate.take(Instant::now()) {
+                    Verdict::Pass => {}
+                    Verdict::Delay(pause) => {
+                        Metrics::inc(&metrics.rate_limited);
+                        paused = Some(Instant::now() + pause);
+                    }
+                    Verdict::Disconnect => {
+                        Metrics::inc(&metrics.rate_limit_disconnects);
+                        closer.close(close::RATE_LIMITED, "sending too fast");
+                        continue;
+                    }
+                }
+                let reply = match message {
+                    Message::Text(_) | Message::Binary(_) if raw => {
+                        shared.hub.relay(id, message);
+                        None
+                    }
+                    Message::Text(text) => handle_text(&shared, id, &text),
+                    _ => Some(
+                        Event::error(
+                            "unsupported",
+                            "binary frames are not part of the wschat protocol; send text",
+                            None,
+                        )
+                        .to_frame(),
+                    ),
+                };
+                if let Some(reply) = reply {
+                    Metrics::inc(&metrics.replies);
+                    if frames.try_send(reply).is_err() {
+                        Metrics::inc(&metrics.slow_disconnects);
+                        closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
                     }
                 }
             }
@@ -245,7 +282,51 @@ pub(super) async fn run<S>(
     {
         writer.abort();
     }
+    Metrics::dec(&metrics.connections_open);
     tracing::info!(%peer, "disconnected: {ending}");
+}
+
+/// Joins the hub as the handshake asked. `None` (with a close under way) if refused.
+fn join(
+    shared: &Shared,
+    params: &Params,
+    raw: bool,
+    frames: &mpsc::Sender<Message>,
+    evict: oneshot::Sender<u16>,
+    closer: &mut Closer,
+    peer: SocketAddr,
+) -> Option<MemberId> {
+    let request = JoinRequest {
+        room: params.room.clone(),
+        name: params.name.clone(),
+        // A raw relay announces nobody and replays nothing.
+        quiet: params.quiet || raw,
+        since: params.since.filter(|_| !raw),
+        history: if raw { Some(0) } else { params.history },
+    };
+    let outbox = Outbox {
+        frames: frames.clone(),
+        evict,
+    };
+    match shared.hub.join(request, outbox) {
+        Ok((id, name)) => {
+            tracing::info!(%peer, name, room = params.room, quiet = params.quiet, "connected");
+            Some(id)
+        }
+        Err(e) => {
+            let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
+            closer.close(close::NAME_REJECTED, "name or room rejected");
+            tracing::info!(%peer, "refused: {e}");
+            None
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Handles one JSON-mode text frame; returns the reply for the sender, if any.

@@ -14,17 +14,22 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::access::TokenCheck;
 use super::conn::{self, Params};
 use super::Shared;
+use crate::metrics::{Metrics, Snapshot};
 use crate::protocol;
 
 type Body = Full<Bytes>;
+
+/// Largest HTTP request head accepted (hyper answers 431 past it).
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 /// Serves one TCP connection: HTTP requests until one upgrades or the server stops.
 pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -36,6 +41,11 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         })
     };
     let connection = http1::Builder::new()
+        // Bounded requests: at most 16 KiB of headers, 100 of them, sent within the timeout.
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .max_headers(100)
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -57,6 +67,22 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Respo
         return upgrade(shared, req, peer);
     }
     match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let (members, rooms) = shared.hub.counts();
+            let snapshot = Snapshot {
+                rooms,
+                members,
+                history_messages: shared.store.kept(),
+                draining: shared.stopping.is_cancelled(),
+            };
+            let mut response =
+                Response::new(Full::new(Bytes::from(shared.metrics.render(&snapshot))));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if shared.stopping.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -80,8 +106,8 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Respo
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -126,9 +152,51 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
         );
         return response;
     };
+    let metrics = &shared.metrics;
+    if !shared.config.access.origin_allowed(req.headers()) {
+        Metrics::inc(&metrics.origin_rejections);
+        tracing::info!(%peer, origin = ?req.headers().get(header::ORIGIN), "refused: origin not allowed");
+        return text(
+            StatusCode::FORBIDDEN,
+            "this origin may not open a WebSocket here (see 'wschat serve --allow-origin')\n",
+        );
+    }
+    let query = req.uri().query().unwrap_or("");
+    let query_token = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    let authorized = match shared
+        .config
+        .access
+        .check_token(req.headers(), query_token.as_deref())
+    {
+        TokenCheck::Accepted => true,
+        TokenCheck::CloseAfterUpgrade => false,
+        TokenCheck::RefuseHttp => {
+            Metrics::inc(&metrics.auth_failures);
+            tracing::info!(%peer, "refused: wrong token");
+            let mut response = text(StatusCode::UNAUTHORIZED, "wrong token\n");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
+    let slot = match shared.capacity.acquire(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            Metrics::inc(&metrics.capacity_rejections);
+            tracing::warn!(%peer, "refused: {why}");
+            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        }
+    };
     let wants_subprotocol =
         header_has_token(&req, header::SEC_WEBSOCKET_PROTOCOL, protocol::SUBPROTOCOL);
-    let params = Params::from_query(req.uri().query().unwrap_or(""));
+    let params = Params::from_query(query);
 
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(shared.config.max_message_bytes))
@@ -149,7 +217,8 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
                     Some(ws_config),
                 )
                 .await;
-                conn::run(shared, ws, params, peer).await;
+                conn::run(shared, ws, params, peer, authorized).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
         }

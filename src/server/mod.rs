@@ -3,8 +3,12 @@
 //! The caller binds the listener and chooses what ends the server, so tests bind
 //! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
 
+mod access;
 mod conn;
 mod http;
+mod limits;
+
+pub use access::Access;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
 use crate::store::Store;
+use limits::Capacity;
 
 /// Settings of a running server.
 #[derive(Debug, Clone)]
@@ -32,6 +38,18 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Messages replayed to a member joining a room.
     pub history: usize,
+    /// Messages per second one connection may send (0: no limit), and the burst allowed.
+    pub rate: f64,
+    pub burst: u32,
+    /// Open WebSocket connections allowed, in all and per client address (0: no limit).
+    pub max_clients: usize,
+    pub max_per_ip: usize,
+    /// Ping each client this often; one that stays silent for two intervals is dropped.
+    pub ping_interval: Option<Duration>,
+    /// Longest time a client may take to send its HTTP request headers.
+    pub header_timeout: Duration,
+    /// Token and Origin rules.
+    pub access: Access,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +61,13 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             grace: Duration::from_secs(5),
             history: 50,
+            rate: 20.0,
+            burst: 40,
+            max_clients: 100_000,
+            max_per_ip: 0,
+            ping_interval: Some(Duration::from_secs(20)),
+            header_timeout: Duration::from_secs(10),
+            access: Access::default(),
         }
     }
 }
@@ -55,6 +80,9 @@ struct Shared {
     stopping: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
+    capacity: Arc<Capacity>,
+    store: Arc<dyn Store>,
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then closes every
@@ -69,11 +97,15 @@ pub async fn run(
         echo: config.echo,
         history: config.history,
     };
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
-        hub: Hub::new(hub_config, store.clone()),
+        hub: Hub::new(hub_config, store.clone(), metrics.clone()),
+        capacity: Capacity::new(config.max_clients, config.max_per_ip),
         config,
         stopping: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        metrics,
+        store: store.clone(),
     });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);

@@ -1,0 +1,200 @@
+//! Counters for `GET /metrics`, in the Prometheus text format. Plain atomics: updating one is a
+//! single relaxed add, cheap enough for the broadcast path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Frames queued for clients (one per recipient).
+    pub deliveries: AtomicU64,
+    pub acks: AtomicU64,
+    pub replies: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub rate_limit_disconnects: AtomicU64,
+    pub oversize_disconnects: AtomicU64,
+    pub invalid_utf8_disconnects: AtomicU64,
+    pub dead_peer_disconnects: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub origin_rejections: AtomicU64,
+    pub capacity_rejections: AtomicU64,
+}
+
+/// Gauges read at scrape time from elsewhere.
+pub struct Snapshot {
+    pub rooms: usize,
+    pub members: usize,
+    pub history_messages: usize,
+    pub draining: bool,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 16] = [
+            (
+                "connections_total",
+                "WebSocket connections accepted",
+                get(&self.connections_total),
+            ),
+            (
+                "messages_received_total",
+                "Frames received from clients",
+                get(&self.messages_in),
+            ),
+            (
+                "bytes_received_total",
+                "Payload bytes received from clients",
+                get(&self.bytes_in),
+            ),
+            (
+                "deliveries_total",
+                "Frames queued for clients, one per recipient",
+                get(&self.deliveries),
+            ),
+            (
+                "acks_total",
+                "Messages acknowledged to their sender",
+                get(&self.acks),
+            ),
+            (
+                "replies_total",
+                "Answers sent to one client: errors, rooms and who lists",
+                get(&self.replies),
+            ),
+            (
+                "slow_consumer_disconnects_total",
+                "Clients closed with 4008 for reading too slowly",
+                get(&self.slow_disconnects),
+            ),
+            (
+                "rate_limited_total",
+                "Messages delayed by the per-connection rate limit",
+                get(&self.rate_limited),
+            ),
+            (
+                "rate_limit_disconnects_total",
+                "Clients closed with 4029 for flooding",
+                get(&self.rate_limit_disconnects),
+            ),
+            (
+                "oversize_disconnects_total",
+                "Clients closed with 1009 for an oversize message",
+                get(&self.oversize_disconnects),
+            ),
+            (
+                "invalid_utf8_disconnects_total",
+                "Clients closed with 1007 for invalid UTF-8",
+                get(&self.invalid_utf8_disconnects),
+            ),
+            (
+                "dead_peer_disconnects_total",
+                "Clients dropped for not answering pings",
+                get(&self.dead_peer_disconnects),
+            ),
+            (
+                "auth_failures_total",
+                "Handshakes refused for a missing or wrong token",
+                get(&self.auth_failures),
+            ),
+            (
+                "origin_rejections_total",
+                "Handshakes refused for a foreign Origin",
+                get(&self.origin_rejections),
+            ),
+            (
+                "capacity_rejections_total",
+                "Connections refused by --max-clients or --max-per-ip",
+                get(&self.capacity_rejections),
+            ),
+            (
+                "connections_open",
+                "Open WebSocket connections",
+                get(&self.connections_open),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} {kind}\nwschat_{name} {value}"
+            );
+        }
+        let gauges = [
+            ("rooms", "Rooms with members", snapshot.rooms as u64),
+            (
+                "members",
+                "Members in rooms, quiet senders included",
+                snapshot.members as u64,
+            ),
+            (
+                "history_messages",
+                "Messages held in the in-memory history window",
+                snapshot.history_messages as u64,
+            ),
+            (
+                "draining",
+                "1 while the server is shutting down",
+                u64::from(snapshot.draining),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} gauge\nwschat_{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::inc(&m.connections_total);
+        Metrics::add(&m.deliveries, 41);
+        let text = m.render(&Snapshot {
+            rooms: 2,
+            members: 3,
+            history_messages: 7,
+            draining: false,
+        });
+        assert!(
+            text.contains("# TYPE wschat_connections_total counter\nwschat_connections_total 1\n")
+        );
+        assert!(text.contains("wschat_deliveries_total 41\n"));
+        assert!(text.contains("# TYPE wschat_rooms gauge\nwschat_rooms 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(name.starts_with("wschat_"), "{line}");
+            value.parse::<u64>().unwrap();
+        }
+    }
+}
