@@ -323,7 +323,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__serve)
-            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --history --keep --db --rate --burst --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --log-format --color --help"
+            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --history --keep --db --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -370,6 +370,10 @@ _wschat() {
                     return 0
                     ;;
                 --burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --flood-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

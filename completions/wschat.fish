@@ -43,8 +43,9 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How lo
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l history -d 'Messages of a room\'s history sent to each member that joins it' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l keep -d 'Messages kept in memory per room, for history and resume' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l db -d 'Keep history in this SQLite file, durable across restarts (created if missing)' -r -F
-complete -c wschat -n "__fish_wschat_using_subcommand serve" -l rate -d 'Messages per second one connection may send; past --burst it is slowed, then closed with 4029. 0: no limit' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l rate -d 'Messages per second one connection may send; past --burst it is read more slowly, and after --flood-timeout of that it is closed with 4029. 0: no limit' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l burst -d 'Messages a connection may send at once before --rate applies' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l flood-timeout -d 'How long a connection may stay over --rate before it is closed' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-clients -d 'Open connections allowed; more are refused with HTTP 503. 0: no limit' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-per-ip -d 'Open connections allowed from one address. 0 (the default): no limit, as every client behind a load balancer or NAT shares one address' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l ping-interval -d 'Ping clients this often; one silent for two intervals is dropped. 0s: never' -r

@@ -95,13 +95,16 @@ pub struct ServeArgs {
     /// Keep history in this SQLite file, durable across restarts (created if missing).
     #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
     pub db: Option<PathBuf>,
-    /// Messages per second one connection may send; past --burst it is slowed, then closed
-    /// with 4029. 0: no limit.
+    /// Messages per second one connection may send; past --burst it is read more slowly, and
+    /// after --flood-timeout of that it is closed with 4029. 0: no limit.
     #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
     pub rate: f64,
     /// Messages a connection may send at once before --rate applies.
     #[arg(long, default_value_t = 40, value_name = "N")]
     pub burst: u32,
+    /// How long a connection may stay over --rate before it is closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub flood_timeout: Duration,
     /// Open connections allowed; more are refused with HTTP 503. 0: no limit.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_clients: usize,
@@ -305,6 +308,7 @@ impl Cli {
                         ));
                     },
                     burst: a.burst,
+                    flood_timeout: a.flood_timeout,
                     max_clients: a.max_clients,
                     max_per_ip: a.max_per_ip,
                     ping_interval: (!a.ping_interval.is_zero()).then_some(a.ping_interval),

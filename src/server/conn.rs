@@ -150,7 +150,12 @@ pub(super) async fn run<S>(
     };
 
     let now = Instant::now();
-    let mut rate = RateLimit::new(shared.config.rate, shared.config.burst, now);
+    let mut rate = RateLimit::new(
+        shared.config.rate,
+        shared.config.burst,
+        shared.config.flood_timeout,
+        now,
+    );
     // Reading resumes at this instant when the sender is over its rate.
     let mut paused: Option<Instant> = None;
     let ping_every = shared.config.ping_interval;

@@ -7,36 +7,41 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A token bucket for one connection's messages. Over the rate, messages are first delayed
-/// (the connection is simply read more slowly, as IRC servers do); a sender that keeps going
-/// builds up a debt, and past `burst` messages of debt it is disconnected.
+/// A token bucket for one connection's messages. Over the rate, the connection is read more
+/// slowly (its messages wait in TCP, as IRC servers delay a fast talker); a sender that stays
+/// over the rate for longer than `flood_timeout` without a break is disconnected.
 #[derive(Debug)]
 pub struct RateLimit {
     /// Messages per second; 0 disables the limit.
     rate: f64,
     burst: f64,
+    flood_timeout: Duration,
     tokens: f64,
     updated: Instant,
+    /// When the current stretch of throttling began.
+    throttled_since: Option<Instant>,
 }
 
 /// What to do with a message under the rate limit.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
     Pass,
-    /// Handle it after this pause.
+    /// Handle it, then read nothing more for this long.
     Delay(Duration),
-    /// Too much for too long: disconnect.
+    /// Over the rate for too long: disconnect.
     Disconnect,
 }
 
 impl RateLimit {
-    pub fn new(rate: f64, burst: u32, now: Instant) -> RateLimit {
+    pub fn new(rate: f64, burst: u32, flood_timeout: Duration, now: Instant) -> RateLimit {
         let burst = f64::from(burst.max(1));
         RateLimit {
             rate,
             burst,
+            flood_timeout,
             tokens: burst,
             updated: now,
+            throttled_since: None,
         }
     }
 
@@ -49,8 +54,11 @@ impl RateLimit {
         self.updated = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - 1.0;
         if self.tokens >= 0.0 {
-            Verdict::Pass
-        } else if -self.tokens > self.burst {
+            self.throttled_since = None;
+            return Verdict::Pass;
+        }
+        let since = *self.throttled_since.get_or_insert(now);
+        if now.saturating_duration_since(since) > self.flood_timeout {
             Verdict::Disconnect
         } else {
             Verdict::Delay(Duration::from_secs_f64(-self.tokens / self.rate))
@@ -122,24 +130,33 @@ mod tests {
     #[test]
     fn rate_limit_passes_a_burst_then_delays_then_disconnects() {
         let start = Instant::now();
-        let mut limit = RateLimit::new(10.0, 5, start);
+        let flood = Duration::from_secs(2);
+        let mut limit = RateLimit::new(10.0, 5, flood, start);
         for _ in 0..5 {
             assert_eq!(limit.take(start), Verdict::Pass);
         }
         assert!(matches!(limit.take(start), Verdict::Delay(d) if d.as_millis() == 100));
-        for _ in 0..4 {
-            assert!(matches!(limit.take(start), Verdict::Delay(_)));
+        // A sender read at exactly the allowed pace stays throttled...
+        let mut now = start;
+        for _ in 0..20 {
+            now += Duration::from_millis(100);
+            assert!(matches!(limit.take(now), Verdict::Delay(_)), "{now:?}");
         }
-        assert_eq!(limit.take(start), Verdict::Disconnect);
+        // ...and is cut off once that lasts longer than the flood timeout.
+        now += Duration::from_millis(100);
+        assert_eq!(limit.take(now), Verdict::Disconnect);
+        // A sender that pauses gets its burst back and a clean slate.
+        now += Duration::from_secs(5);
+        assert_eq!(limit.take(now), Verdict::Pass);
         // Time refills the bucket.
-        let mut limit = RateLimit::new(10.0, 5, start);
+        let mut limit = RateLimit::new(10.0, 5, flood, start);
         for i in 0..100 {
             assert_eq!(
                 limit.take(start + Duration::from_millis(100 * i)),
                 Verdict::Pass
             );
         }
-        let mut off = RateLimit::new(0.0, 1, start);
+        let mut off = RateLimit::new(0.0, 1, flood, start);
         assert!((0..1000).all(|_| off.take(start) == Verdict::Pass));
     }
 

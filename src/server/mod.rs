@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Messages per second one connection may send (0: no limit), and the burst allowed.
     pub rate: f64,
     pub burst: u32,
+    /// A connection over its rate for this long without a break is closed with 4029.
+    pub flood_timeout: Duration,
     /// Open WebSocket connections allowed, in all and per client address (0: no limit).
     pub max_clients: usize,
     pub max_per_ip: usize,
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             history: 50,
             rate: 20.0,
             burst: 40,
+            flood_timeout: Duration::from_secs(30),
             max_clients: 100_000,
             max_per_ip: 0,
             ping_interval: Some(Duration::from_secs(20)),
