@@ -29,7 +29,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             let address = listener.local_addr()?;
-            let scheme = "ws";
+            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
             {
                 // Scripts wait for this line, so it goes out at once.
                 let mut out = std::io::stdout().lock();

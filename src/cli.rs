@@ -14,6 +14,7 @@ use crate::client::send::SendConfig;
 use crate::exit;
 use crate::protocol;
 use crate::server::{Access, ServerConfig};
+use crate::tls;
 
 const ABOUT: &str = "WebSocket chat: a server and its command-line clients in one binary";
 
@@ -133,6 +134,12 @@ pub struct ServeArgs {
     /// https://chat.example.com; * for any). Repeatable.
     #[arg(long, value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
+    /// Serve wss:// and https:// with this PEM certificate (chain).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -162,6 +169,9 @@ pub struct ClientArgs {
     /// Token for a server started with --token (sent as Authorization: Bearer).
     #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust the CA in this PEM file for wss:// (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +293,10 @@ impl ClientArgs {
             since: None,
             history: None,
             token: self.token.clone(),
+            tls: match &self.ca {
+                Some(ca) => Some(tls::client_config(ca).map_err(|e| usage(format!("{e:#}")))?),
+                None => None,
+            },
         })
     }
 }
@@ -316,6 +330,12 @@ impl Cli {
                     access: Access {
                         token: server_token(a.token, a.token_file.as_deref())?,
                         allowed_origins: a.allow_origin,
+                    },
+                    tls: match (&a.tls_cert, &a.tls_key) {
+                        (Some(cert), Some(key)) => Some(
+                            tls::server_config(cert, key).map_err(|e| usage(format!("{e:#}")))?,
+                        ),
+                        _ => None,
                     },
                 },
                 log_format: a.log_format,

@@ -1,5 +1,6 @@
 //! Opening a client connection: URL handling, the handshake, and telling wschat from a relay.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -9,7 +10,7 @@ use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use crate::exit::{fail, Exit};
@@ -41,6 +42,8 @@ pub struct Target {
     pub history: Option<usize>,
     /// Sent as `Authorization: Bearer`.
     pub token: Option<String>,
+    /// TLS settings for `wss://` with a private CA; `None`: the system's roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct Connection {
@@ -109,9 +112,10 @@ fn client_config() -> WebSocketConfig {
 
 async fn handshake(
     url: &Url,
-    token: Option<&str>,
+    target: &Target,
     subprotocol: bool,
 ) -> Result<(Socket, Response), WsError> {
+    let token = target.token.as_deref();
     let mut request = url.as_str().into_client_request()?;
     if let Some(token) = token {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -124,7 +128,14 @@ async fn handshake(
             HeaderValue::from_static(protocol::SUBPROTOCOL),
         );
     }
-    tokio_tungstenite::connect_async_with_config(request, Some(client_config()), true).await
+    let connector = target.tls.clone().map(Connector::Rustls);
+    tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(client_config()),
+        true,
+        connector,
+    )
+    .await
 }
 
 /// Connects and finds out what kind of server answered. Asks for the `wschat.v1`
@@ -133,11 +144,10 @@ async fn handshake(
 pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let url = target.handshake_url();
     let attempt = async {
-        let token = target.token.as_deref();
-        match handshake(&url, token, true).await {
+        match handshake(&url, target, true).await {
             Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
                 SubProtocolError::NoSubProtocol,
-            ))) => handshake(&url, token, false).await,
+            ))) => handshake(&url, target, false).await,
             other => other,
         }
     };
@@ -229,6 +239,7 @@ mod tests {
             since: Some(4),
             history: None,
             token: None,
+            tls: None,
         };
         assert_eq!(
             target.handshake_url().as_str(),

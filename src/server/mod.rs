@@ -14,7 +14,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Token and Origin rules.
     pub access: Access,
+    /// Serve `wss://` and `https://` with this certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             ping_interval: Some(Duration::from_secs(20)),
             header_timeout: Duration::from_secs(10),
             access: Access::default(),
+            tls: None,
         }
     }
 }
@@ -110,6 +114,7 @@ pub async fn run(
         metrics,
         store: store.clone(),
     });
+    let acceptor = shared.config.tls.clone().map(TlsAcceptor::from);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -120,7 +125,14 @@ pub async fn run(
                     backoff = Duration::from_millis(10);
                     // Chat frames are small and latency matters more than packet count.
                     let _ = stream.set_nodelay(true);
-                    shared.tasks.spawn(http::serve(shared.clone(), stream, peer));
+                    match &acceptor {
+                        None => {
+                            shared.tasks.spawn(http::serve(shared.clone(), stream, peer));
+                        }
+                        Some(acceptor) => {
+                            shared.tasks.spawn(serve_tls(shared.clone(), acceptor.clone(), stream, peer));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Usually out of file descriptors: wait for some to be released rather
@@ -153,4 +165,19 @@ pub async fn run(
     // committed. It blocks, so it runs off the async threads.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
+}
+
+/// Completes the TLS handshake (bounded by the handshake timeout), then serves HTTP over it.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let timeout = shared.config.header_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => http::serve(shared, stream, peer).await,
+        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }
