@@ -1,4 +1,5 @@
-//! The HTTP side of the port: WebSocket upgrades, `/healthz`, and `426` for everything else.
+//! The HTTP side of the port: WebSocket upgrades, the web page at `/`, `/healthz`, and `426`
+//! for everything else.
 //!
 //! tungstenite alone rejects any request that is not an upgrade before user code runs, so hyper
 //! parses every request and hands upgrades to tokio-tungstenite as an already-open socket.
@@ -30,6 +31,10 @@ type Body = Full<Bytes>;
 
 /// Largest HTTP request head accepted (hyper answers 431 past it).
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// The browser client: one self-contained page (HTML, CSS and script inline), served at `/`.
+const PAGE: &str = include_str!("page.html");
+/// The page loads nothing from anywhere: only its own inline script and style, and WebSockets.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:";
 
 /// Serves one TCP connection: HTTP requests until one upgrades or the server stops.
 pub(super) async fn serve<I>(shared: Arc<Shared>, stream: I, peer: SocketAddr)
@@ -86,6 +91,7 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Respo
             );
             response
         }
+        (&Method::GET | &Method::HEAD, "/") => page(),
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if shared.stopping.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -116,6 +122,25 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+fn page() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
