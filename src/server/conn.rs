@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -221,6 +222,8 @@ pub(super) async fn run<S>(
                                 Metrics::inc(&metrics.invalid_utf8_disconnects);
                                 closer.close(close::INVALID_PAYLOAD, "invalid UTF-8");
                             }
+                            // A peer that hung up without a close frame: nobody to tell.
+                            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {}
                             WsError::Protocol(_) => closer.close(1002, "protocol error"),
                             _ => {}
                         }
