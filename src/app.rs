@@ -7,9 +7,14 @@ use tokio::net::TcpListener;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::cli::{Mode, StoreChoice};
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::exit::Exit;
-use crate::store::{MemoryStore, SqliteStore, Store};
+use crate::store::{MemoryStore, RedisStore, SqliteStore, Store};
 use crate::{client, generated, server, signals};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
@@ -17,13 +22,35 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
         Mode::Serve {
             host,
             port,
-            config,
+            mut config,
             store,
             ..
         } => {
+            let cluster_stop = CancellationToken::new();
+            let _stop_cluster = cluster_stop.clone().drop_guard();
             let store: Arc<dyn Store> = match store {
                 StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),
                 StoreChoice::Sqlite { path, keep } => Arc::new(SqliteStore::open(&path, keep)?),
+                StoreChoice::Redis { url, keep } => {
+                    let store = Arc::new(RedisStore::new(keep.min(cluster::WINDOW_MAX)));
+                    let cluster = Cluster::new(
+                        ClusterConfig {
+                            url: url.clone(),
+                            keep,
+                            log_max: cluster::LOG_MAX,
+                        },
+                        store.clone(),
+                    )?;
+                    cluster.start(cluster_stop.clone());
+                    if !cluster.wait_ready(Duration::from_secs(5)).await {
+                        tracing::error!(
+                            "redis {url} does not answer; serving anyway, catching up once it does"
+                        );
+                    }
+                    tracing::info!(instance = cluster.id(), "sharing rooms through redis {url}");
+                    config.cluster = Some(cluster);
+                    store
+                }
             };
             let listener = TcpListener::bind((host.as_str(), port))
                 .await

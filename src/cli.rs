@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Keep history in this SQLite file, durable across restarts (created if missing).
     #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
     pub db: Option<PathBuf>,
+    /// Run as one of several instances sharing rooms, history, names and presence through
+    /// this Redis server (redis://HOST:PORT); see docs/scaling.md.
+    #[arg(long, value_name = "URL", env = "WSCHAT_REDIS", conflicts_with_all = ["db", "raw"])]
+    pub redis: Option<String>,
     /// Messages per second one connection may send; past --burst it is read more slowly, and
     /// after --flood-timeout of that it is closed with 4029. 0: no limit.
     #[arg(long, default_value_t = 20.0, value_name = "PER_SECOND")]
@@ -232,6 +236,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub enum StoreChoice {
     Memory { keep: usize },
     Sqlite { path: PathBuf, keep: usize },
+    Redis { url: String, keep: usize },
 }
 
 /// A validated request for one mode.
@@ -337,6 +342,8 @@ impl Cli {
                         ),
                         _ => None,
                     },
+                    // Connected by `app` (it needs the runtime).
+                    cluster: None,
                 },
                 log_format: a.log_format,
                 host: a.host,
@@ -344,9 +351,10 @@ impl Cli {
                 store: {
                     // Range enforced by clap; fits in usize.
                     let keep = usize::try_from(a.keep).unwrap_or(1000);
-                    match a.db {
-                        Some(path) => StoreChoice::Sqlite { path, keep },
-                        None => StoreChoice::Memory { keep },
+                    match (a.db, a.redis) {
+                        (Some(path), _) => StoreChoice::Sqlite { path, keep },
+                        (None, Some(url)) => StoreChoice::Redis { url, keep },
+                        (None, None) => StoreChoice::Memory { keep },
                     }
                 },
             },

@@ -17,11 +17,23 @@ use crate::protocol::{
     self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
     SyncedEvent, SystemEvent, WhoEvent,
 };
+use crate::relay::{Handover, Origin, Relay};
 use crate::store::Store;
 
 /// Identifies one connection for its whole life in the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MemberId(u64);
+
+impl MemberId {
+    /// The number behind the id (unique within this process), for a relay to carry around.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_raw(raw: u64) -> MemberId {
+        MemberId(raw)
+    }
+}
 
 /// How the hub reaches a member: its frame queue, and a one-shot to ask its connection to close.
 pub struct Outbox {
@@ -114,6 +126,9 @@ pub struct Hub {
     config: HubConfig,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Several instances as one chat: room messages go through the relay's shared log and
+    /// come back through [`Hub::deliver`].
+    relay: Option<Arc<dyn Relay>>,
     next_member: AtomicU64,
     /// One std mutex for all rooms. It is never held across an `.await` (the hub has none):
     /// fan-out under it is a loop of non-blocking `try_send`s, and the store answers from
@@ -204,9 +219,16 @@ impl Hub {
             config,
             store,
             metrics,
+            relay: None,
             next_member: AtomicU64::new(1),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Sends room messages through `relay` instead of fanning them out here.
+    pub fn with_relay(mut self, relay: Arc<dyn Relay>) -> Hub {
+        self.relay = Some(relay);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -395,6 +417,49 @@ impl Hub {
                 post.reference,
             );
         }
+        let handover = self.relay.as_ref().map(|relay| {
+            let message = ChatEvent {
+                id: 0,
+                room: room_name.clone(),
+                username: username.clone(),
+                message: post.content.clone(),
+                timestamp: protocol::timestamp(),
+                to: None,
+                private: false,
+                action: post.action,
+                history: false,
+            };
+            let origin = Origin {
+                member: from,
+                reference: post.reference,
+                delivered_locally: false,
+            };
+            relay.publish(message, origin)
+        });
+        match handover {
+            None => {}
+            Some(Handover::Queued | Handover::Refused) => return Ok(()),
+            Some(Handover::QueuedDeliverLocally) => {
+                // The shared log is unreachable: local members get it now, without an id
+                // (it gets one, and reaches the other instances, once the log is back).
+                let frame = Event::Chat(ChatEvent {
+                    id: 0,
+                    room: room_name,
+                    username,
+                    message: post.content,
+                    timestamp: protocol::timestamp(),
+                    to: None,
+                    private: false,
+                    action: post.action,
+                    history: false,
+                })
+                .to_frame();
+                let (delivered, slow) = room.fan_out(&frame, (!self.config.echo).then_some(from));
+                Metrics::add(&self.metrics.deliveries, delivered as u64);
+                evict_all(state, slow);
+                return Ok(());
+            }
+        }
         room.last_id += 1;
         let id = room.last_id;
         let event = ChatEvent {
@@ -430,6 +495,58 @@ impl Hub {
         self.store.append(event, on_durable);
         evict_all(state, slow);
         Ok(())
+    }
+
+    /// Delivers a room message that came back from the relay's log with its id: fans it out
+    /// to this instance's members of the room (skipping its sender unless `--echo`, and
+    /// skipping everyone if they already got it), records it in the store, and acknowledges it
+    /// to its sender when that sender is a member here. A message this instance already has
+    /// (its id is not past the room's last) is only acknowledged.
+    pub fn deliver(&self, event: ChatEvent, origin: Option<Origin>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let id = event.id;
+        let sender = origin.and_then(|o| {
+            let room = state.rooms_by_member.get(&o.member)?;
+            let member = state.rooms.get(room)?.members.get(&o.member)?;
+            Some((o, member.frames.clone()))
+        });
+        let mut delivered = 0;
+        let mut fresh = true;
+        if let Some(room) = state.rooms.get_mut(&event.room) {
+            fresh = id > room.last_id;
+            if fresh {
+                room.last_id = id;
+                if !origin.is_some_and(|o| o.delivered_locally) {
+                    let frame = Event::Chat(event.clone()).to_frame();
+                    let skip = origin.filter(|_| !self.config.echo).map(|o| o.member);
+                    let slow;
+                    (delivered, slow) = room.fan_out(&frame, skip);
+                    Metrics::add(&self.metrics.deliveries, delivered as u64);
+                    evict_all(state, slow);
+                }
+            }
+        }
+        let on_durable = sender.and_then(|(origin, frames)| {
+            let reference = origin.reference?;
+            let ack = Event::Ack(AckEvent {
+                reference,
+                id,
+                delivered,
+            })
+            .to_frame();
+            let metrics = self.metrics.clone();
+            Some(Box::new(move || {
+                if frames.try_send(ack).is_ok() {
+                    Metrics::inc(&metrics.acks);
+                }
+            }) as crate::store::OnDurable)
+        });
+        if fresh {
+            self.store.append(event, on_durable);
+        } else if let Some(ack) = on_durable {
+            ack();
+        }
     }
 
     /// Delivers a private message to the member called `to`, and a copy to the sender.

@@ -7,11 +7,13 @@
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod exit;
 pub mod generated;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod store;

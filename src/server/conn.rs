@@ -13,15 +13,15 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::limits::{RateLimit, Verdict};
 use super::Shared;
-use crate::hub::{ChatError, JoinRequest, MemberId, Outbox, Post};
+use crate::hub::{ChatError, JoinError, JoinRequest, MemberId, Outbox, Post};
 use crate::metrics::Metrics;
 use crate::protocol::{self, close, Event, Inbound};
 
@@ -84,14 +84,14 @@ impl std::fmt::Display for Ending {
 }
 
 /// The connection's half of the close handshake: ask the writer once, then wait a bounded time.
-struct Closer {
+pub(super) struct Closer {
     request: Option<oneshot::Sender<CloseFrame>>,
     deadline: Option<Instant>,
     ending: Option<Ending>,
 }
 
 impl Closer {
-    fn close(&mut self, code: u16, reason: &'static str) {
+    pub(super) fn close(&mut self, code: u16, reason: &'static str) {
         if let Some(request) = self.request.take() {
             let _ = request.send(CloseFrame {
                 code: CloseCode::from(code),
@@ -139,8 +139,14 @@ pub(super) async fn run<S>(
     };
 
     let raw = shared.config.raw;
+    // What the member holds in Redis when the server shares rooms (`--redis`).
+    let mut seat = None;
     let member = if authorized {
-        join(&shared, &params, raw, &frames, evict, &mut closer, peer)
+        let joined;
+        (joined, seat) =
+            super::cluster_conn::join(&shared, &params, raw, &frames, evict, &mut closer, peer)
+                .await;
+        joined
     } else {
         Metrics::inc(&metrics.auth_failures);
         let reply = Event::error("unauthorized", "missing or wrong token", None);
@@ -255,7 +261,12 @@ pub(super) async fn run<S>(
                         shared.hub.relay(id, message);
                         None
                     }
-                    Message::Text(text) => handle_text(&shared, id, &text),
+                    Message::Text(text) => match seat.as_mut() {
+                        Some(seat) => {
+                            super::cluster_conn::handle_text(&shared, id, seat, &text).await
+                        }
+                        None => handle_text(&shared, id, &text),
+                    },
                     _ => Some(
                         Event::error(
                             "unsupported",
@@ -279,6 +290,9 @@ pub(super) async fn run<S>(
     if let Some(id) = member {
         shared.hub.leave(id);
     }
+    if let Some(seat) = seat {
+        seat.release();
+    }
     drop(frames);
     let ending = closer.ending.take().unwrap_or(Ending::ClientClosed);
     // Dropping the request (if unused) lets the writer finish what is queued and close normally.
@@ -295,7 +309,7 @@ pub(super) async fn run<S>(
 }
 
 /// Joins the hub as the handshake asked. `None` (with a close under way) if refused.
-fn join(
+pub(super) fn join(
     shared: &Shared,
     params: &Params,
     raw: bool,
@@ -322,12 +336,22 @@ fn join(
             Some(id)
         }
         Err(e) => {
-            let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
-            closer.close(close::NAME_REJECTED, "name or room rejected");
-            tracing::info!(%peer, "refused: {e}");
+            refuse(frames, closer, peer, &e);
             None
         }
     }
+}
+
+/// Refuses a member at connect: an error event, then close 4009.
+pub(super) fn refuse(
+    frames: &mpsc::Sender<Message>,
+    closer: &mut Closer,
+    peer: SocketAddr,
+    e: &JoinError,
+) {
+    let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
+    closer.close(close::NAME_REJECTED, "name or room rejected");
+    tracing::info!(%peer, "refused: {e}");
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -338,7 +362,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Handles one JSON-mode text frame; returns the reply for the sender, if any.
-fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
+pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
     let hub = &shared.hub;
     match protocol::decode(text) {
         Ok(Inbound::Chat {

@@ -83,8 +83,11 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Respo
                 history_messages: shared.store.kept(),
                 draining: shared.stopping.is_cancelled(),
             };
-            let mut response =
-                Response::new(Full::new(Bytes::from(shared.metrics.render(&snapshot))));
+            let mut body = shared.metrics.render(&snapshot);
+            if let Some(cluster) = &shared.config.cluster {
+                body.push_str(&cluster.render_metrics());
+            }
+            let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -95,6 +98,10 @@ fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Respo
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if shared.stopping.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(cluster) = &shared.config.cluster {
+                // Still 200: this instance serves its clients while Redis is away.
+                let redis = if cluster.is_up() { "up" } else { "down" };
+                text(StatusCode::OK, format!("ok\nredis: {redis}\n"))
             } else {
                 text(StatusCode::OK, "ok\n")
             }

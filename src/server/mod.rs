@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
 
 mod access;
+mod cluster_conn;
 mod conn;
 mod http;
 mod limits;
@@ -19,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -55,6 +57,8 @@ pub struct ServerConfig {
     pub access: Access,
     /// Serve `wss://` and `https://` with this certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// One of several instances sharing rooms through Redis (`--redis`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             access: Access::default(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -105,8 +110,12 @@ pub async fn run(
         history: config.history,
     };
     let metrics = Arc::new(Metrics::default());
+    let mut hub = Hub::new(hub_config, store.clone(), metrics.clone());
+    if let Some(cluster) = &config.cluster {
+        hub = hub.with_relay(cluster.clone());
+    }
     let shared = Arc::new(Shared {
-        hub: Hub::new(hub_config, store.clone(), metrics.clone()),
+        hub,
         capacity: Capacity::new(config.max_clients, config.max_per_ip),
         config,
         stopping: CancellationToken::new(),
@@ -114,6 +123,9 @@ pub async fn run(
         metrics,
         store: store.clone(),
     });
+    if let Some(cluster) = &shared.config.cluster {
+        cluster_conn::connect_hub(cluster, &shared);
+    }
     let acceptor = shared.config.tls.clone().map(TlsAcceptor::from);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);

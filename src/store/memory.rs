@@ -49,6 +49,22 @@ impl MemoryStore {
         });
     }
 
+    /// Adds messages loaded from elsewhere to `room`'s window (creating it), keeping ids
+    /// unique and in order and the window bounded; `last_id` only ever grows.
+    pub(super) fn merge(&self, room: &str, last_id: u64, messages: Vec<ChatEvent>) {
+        let mut rooms = self.lock();
+        let window = rooms.entry(room.to_owned()).or_default();
+        let newest = messages.iter().map(|m| m.id).max().unwrap_or(0);
+        window.last_id = window.last_id.max(last_id).max(newest);
+        let mut all: std::collections::BTreeMap<u64, ChatEvent> =
+            messages.into_iter().map(|m| (m.id, m)).collect();
+        all.extend(window.messages.drain(..).map(|m| (m.id, m)));
+        window.messages = all.into_values().collect();
+        while window.messages.len() > self.keep {
+            window.messages.pop_front();
+        }
+    }
+
     /// The oldest id the window holds for `room`, if any.
     pub(super) fn oldest(&self, room: &str) -> Option<u64> {
         self.lock()

@@ -3,15 +3,19 @@
 //! - [`MemoryStore`] (the default): the last `keep` messages of each room, in memory.
 //! - [`SqliteStore`] (`--db FILE`): the same in-memory window in front of a SQLite file that
 //!   keeps everything, durable across restarts and crashes.
+//! - [`RedisStore`] (`--redis URL`): the same in-memory window, filled from the Redis streams
+//!   that several instances share (see `crate::cluster`).
 //!
 //! The hub calls a store while holding its lock, so every method here returns at memory
 //! speed: durable writes happen on the store's own thread, in batches, and report back
 //! through the `on_durable` callback (the hub acknowledges a message only then).
 
 mod memory;
+mod redis_store;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
 
 use crate::protocol::ChatEvent;

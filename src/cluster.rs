@@ -1,0 +1,778 @@
+//! Several `wschat serve` instances as one chat, through Redis (`serve --redis URL`).
+//!
+//! Keys (one Redis database shared by every instance):
+//! - `wschat:log`: one stream for all rooms, the shared ordered log. Posting a room message
+//!   appends to it; every instance tails it (XREAD BLOCK from the last entry it delivered) and
+//!   delivers each entry to its local members, so all see the same messages in the same order,
+//!   and an instance cut off from Redis for a while catches up from where it was.
+//!   Bounded with `MAXLEN ~` [`ClusterConfig::log_max`].
+//! - `wschat:room:{room}:seq`: the room's id counter; `wschat:room:{room}`: the room's history,
+//!   one entry per message with stream id `{id}-0` (so resuming is an XRANGE), bounded with
+//!   `MAXLEN ~ --keep`.
+//! - `wschat:post:{instance}:{n}`: remembers for a few minutes the id given to one post, so a
+//!   post retried after a timeout is not appended twice.
+//! - `wschat:name:{name}`: who holds a name (value: the instance id), `EX 30`, refreshed every
+//!   10 s while held and deleted on leave.
+//! - `wschat:presence:{room}`: hash of member name -> instance id; `wschat:instance:{id}`: the
+//!   instance's heartbeat (`EX 30`, refreshed every 10 s). Members of an instance whose heartbeat
+//!   expired are not counted, so a dead instance stops counting within 30 s.
+//!
+//! Posting is one Lua script that increments the room counter and appends to both streams
+//! atomically, so ids are ordered the same way as the log, on every instance.
+//!
+//! No Redis call is made under the hub's lock: the hub only queues posts (a bounded channel),
+//! and everything else (loading a room's history, claiming a name) happens in the connection's
+//! task before it calls the hub. Every call has a timeout; a Redis outage is logged, shown by
+//! `/healthz` and `/metrics`, and retried with backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Script};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::MemberId;
+use crate::protocol::ChatEvent;
+use crate::relay::{Handover, Origin, Relay};
+use crate::store::RedisStore;
+
+/// The shared log of every room's messages.
+pub const LOG_KEY: &str = "wschat:log";
+/// How long a name claim and an instance heartbeat live without being refreshed.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often claims and heartbeats are refreshed.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Longest wait for one Redis command (the tail's blocking read has its own bound).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the tail's XREAD blocks waiting for new entries.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Entries read from the log at once.
+const READ_COUNT: usize = 1000;
+/// Posts waiting to go to Redis (while it is slow or away) before new ones are refused.
+const QUEUE: usize = 10_000;
+/// Backoff between attempts while Redis is unreachable.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Entries kept in the shared log.
+pub const LOG_MAX: usize = 100_000;
+/// Messages kept in memory per room (the Redis stream keeps `--keep`).
+pub const WINDOW_MAX: usize = 1000;
+
+/// Increments the room's counter and appends the message to the room's stream and to the log,
+/// all at once; returns the id. A retried post (same dedupe key) returns the id it already got.
+const POST: &str = r"
+local done = redis.call('GET', KEYS[4])
+if done then return tonumber(done) end
+local id = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], id .. '-0',
+  'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4], 'action', ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*',
+  'room', ARGV[1], 'id', id, 'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4],
+  'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9])
+redis.call('SET', KEYS[4], id, 'EX', 600)
+return id
+";
+
+/// Takes a name for this instance, or extends its lease if this instance holds it already.
+const CLAIM: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes a name if this instance holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// How to reach Redis and how much it keeps.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub url: String,
+    /// Messages kept per room in the room's stream (`--keep`).
+    pub keep: usize,
+    /// Entries kept in the shared log (how far behind an instance may fall and still catch up).
+    pub log_max: usize,
+}
+
+fn room_seq(room: &str) -> String {
+    format!("wschat:room:{room}:seq")
+}
+
+fn room_stream(room: &str) -> String {
+    format!("wschat:room:{room}")
+}
+
+fn name_key(name: &str) -> String {
+    format!("wschat:name:{name}")
+}
+
+fn presence_key(room: &str) -> String {
+    format!("wschat:presence:{room}")
+}
+
+fn instance_key(id: &str) -> String {
+    format!("wschat:instance:{id}")
+}
+
+/// A post waiting for Redis.
+struct Pending {
+    message: ChatEvent,
+    origin: Origin,
+    /// Unique per post: makes a retried post idempotent.
+    serial: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    refused: AtomicU64,
+    delivered: AtomicU64,
+    outages: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// What this instance holds in Redis and must keep alive: names and presence entries.
+#[derive(Default)]
+struct Held {
+    names: HashMap<String, usize>,
+    presence: HashMap<(String, String), usize>,
+}
+
+pub struct Cluster {
+    /// Random per process: a restarted instance is a new instance.
+    id: String,
+    config: ClusterConfig,
+    store: Arc<RedisStore>,
+    /// Every command but the tail's blocking read (which would hold up a shared connection).
+    commands: ConnectionManager,
+    tail: ConnectionManager,
+    post: Script,
+    claim: Script,
+    release: Script,
+    queue: mpsc::Sender<Pending>,
+    queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
+    serial: AtomicU64,
+    /// Redis answered the last command (false until the first answer).
+    up: AtomicBool,
+    /// True once the tail knows where the log ends: posts wait for it, so none is missed.
+    ready: watch::Sender<bool>,
+    held: Mutex<Held>,
+    counters: Counters,
+    /// Where the tail delivers (the hub, once the server runs); until set, into the store.
+    sink: OnceLock<Deliver>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every mutation completes before anything that could panic.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn manager(client: &redis::Client, response: Duration) -> anyhow::Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response));
+    Ok(ConnectionManager::new_lazy_with_config(
+        client.clone(),
+        config,
+    )?)
+}
+
+/// Runs one Redis call with a bound on its time.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("no answer within {COMMAND_TIMEOUT:?}"),
+    }
+}
+
+/// Reads one room-stream entry (`{id}-0` with username, message, timestamp, action).
+fn room_entry(room: &str, entry: &StreamId) -> Option<ChatEvent> {
+    let id = entry.id.split('-').next()?.parse().ok()?;
+    Some(ChatEvent {
+        id,
+        room: room.to_owned(),
+        username: entry.get("username")?,
+        message: entry.get("message")?,
+        timestamp: entry.get("timestamp")?,
+        to: None,
+        private: false,
+        action: entry.get::<String>("action").is_some_and(|a| a == "1"),
+        history: false,
+    })
+}
+
+/// Reads one log entry: the message, and who posted it if that was a member of `me`.
+fn log_entry(me: &str, entry: &StreamId) -> Option<(ChatEvent, Option<Origin>)> {
+    let room: String = entry.get("room")?;
+    let message = ChatEvent {
+        id: entry.get("id")?,
+        room,
+        username: entry.get("username")?,
+        message: entry.get("message")?,
+        timestamp: entry.get("timestamp")?,
+        to: None,
+        private: false,
+        action: entry.get::<String>("action").is_some_and(|a| a == "1"),
+        history: false,
+    };
+    let instance: String = entry.get("instance").unwrap_or_default();
+    let origin = if instance == me {
+        Some(Origin {
+            member: MemberId::from_raw(entry.get("member")?),
+            reference: entry.get::<String>("ref").and_then(|r| r.parse().ok()),
+            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+        })
+    } else {
+        None
+    };
+    Some((message, origin))
+}
+
+/// Where delivered log entries go: the hub (or, in tests, a store).
+pub type Deliver = Arc<dyn Fn(ChatEvent, Option<Origin>) + Send + Sync>;
+
+impl Cluster {
+    /// Prepares the connections (made lazily: serve starts even while Redis is away).
+    pub fn new(config: ClusterConfig, store: Arc<RedisStore>) -> anyhow::Result<Arc<Cluster>> {
+        let client = redis::Client::open(config.url.as_str())
+            .with_context(|| format!("invalid --redis URL '{}'", config.url))?;
+        let (queue, queue_rx) = mpsc::channel(QUEUE);
+        Ok(Arc::new(Cluster {
+            id: format!("{:016x}", fastrand::u64(..)),
+            commands: manager(&client, COMMAND_TIMEOUT)?,
+            tail: manager(&client, BLOCK + COMMAND_TIMEOUT)?,
+            config,
+            store,
+            post: Script::new(POST),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+            queue,
+            queue_rx: Mutex::new(Some(queue_rx)),
+            serial: AtomicU64::new(1),
+            up: AtomicBool::new(false),
+            ready: watch::channel(false).0,
+            held: Mutex::new(Held::default()),
+            counters: Counters::default(),
+            sink: OnceLock::new(),
+        }))
+    }
+
+    /// This instance's id (in the log, name claims and presence entries).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn store(&self) -> &Arc<RedisStore> {
+        &self.store
+    }
+
+    /// Whether Redis answered the last command.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn set_up(&self, up: bool, error: Option<&anyhow::Error>) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        match (was, up) {
+            (true, false) => {
+                self.counters.outages.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "redis {} unreachable: {}; local delivery continues, posts are queued",
+                    self.config.url,
+                    error.map(|e| format!("{e:#}")).unwrap_or_default()
+                );
+            }
+            (false, true) => tracing::info!("redis {} reachable", self.config.url),
+            _ => {}
+        }
+    }
+
+    /// Starts the tasks that post, tail the log and keep claims alive, until `stop`.
+    pub fn start(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(queue) = lock(&self.queue_rx).take() else {
+            return;
+        };
+        tokio::spawn(self.clone().publish_loop(queue, stop.clone()));
+        tokio::spawn(self.clone().tail_loop(stop.clone()));
+        tokio::spawn(self.clone().heartbeat_loop(stop));
+    }
+
+    /// Sends what the tail reads to `deliver` (the hub's [`crate::hub::Hub::deliver`]).
+    pub fn set_sink(&self, deliver: Deliver) {
+        if self.sink.set(deliver).is_err() {
+            tracing::warn!("the log already has a destination");
+        }
+    }
+
+    fn deliver(&self, message: ChatEvent, origin: Option<Origin>) {
+        use crate::store::Store;
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        match self.sink.get() {
+            Some(deliver) => deliver(message, origin),
+            None => self.store.append(message, None),
+        }
+    }
+
+    /// Waits (at most `bound`) until the tail knows where the log ends. False if Redis did not
+    /// answer in time (serve then starts anyway, degraded, and catches up when it can).
+    pub async fn wait_ready(&self, bound: Duration) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(bound, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    async fn publish_loop(
+        self: Arc<Self>,
+        mut queue: mpsc::Receiver<Pending>,
+        stop: CancellationToken,
+    ) {
+        let mut ready = self.ready.subscribe();
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => {}
+            () = stop.cancelled() => return,
+        }
+        loop {
+            let pending = tokio::select! {
+                next = queue.recv() => match next {
+                    Some(pending) => pending,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                match self.publish_one(&pending).await {
+                    Ok(_) => {
+                        self.set_up(true, None);
+                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.set_up(false, Some(&e));
+                        tracing::debug!("post not stored yet: {e:#}");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = stop.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish_one(&self, pending: &Pending) -> anyhow::Result<u64> {
+        let m = &pending.message;
+        let o = &pending.origin;
+        let mut invocation = self.post.prepare_invoke();
+        invocation
+            .key(room_seq(&m.room))
+            .key(room_stream(&m.room))
+            .key(LOG_KEY)
+            .key(format!("wschat:post:{}:{}", self.id, pending.serial))
+            .arg(&m.room)
+            .arg(&m.username)
+            .arg(&m.message)
+            .arg(&m.timestamp)
+            .arg(if m.action { "1" } else { "0" })
+            .arg(&self.id)
+            .arg(o.member.raw())
+            .arg(o.reference.map(|r| r.to_string()).unwrap_or_default())
+            .arg(if o.delivered_locally { "1" } else { "0" })
+            .arg(self.config.keep)
+            .arg(self.config.log_max);
+        let mut connection = self.commands.clone();
+        bounded(invocation.invoke_async::<u64>(&mut connection)).await
+    }
+
+    async fn tail_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: Option<String> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut connection = self.tail.clone();
+        loop {
+            let step = async {
+                let Some(from) = last.clone() else {
+                    // Start at the end of the log: what was said before is history, loaded
+                    // per room when a member joins one.
+                    let _: () =
+                        bounded(connection.set_ex(instance_key(&self.id), "1", LEASE.as_secs()))
+                            .await?;
+                    let newest: StreamRangeReply =
+                        bounded(connection.xrevrange_count(LOG_KEY, "+", "-", 1)).await?;
+                    let end = newest
+                        .ids
+                        .first()
+                        .map_or("0-0".to_owned(), |e| e.id.clone());
+                    last = Some(end);
+                    self.set_up(true, None);
+                    self.ready.send_replace(true);
+                    return anyhow::Ok(());
+                };
+                let options = StreamReadOptions::default()
+                    .block(BLOCK.as_millis() as usize)
+                    .count(READ_COUNT);
+                let reply: Option<StreamReadReply> = connection
+                    .xread_options(&[LOG_KEY], &[from.as_str()], &options)
+                    .await?;
+                for key in reply.map(|r| r.keys).unwrap_or_default() {
+                    for entry in &key.ids {
+                        match log_entry(&self.id, entry) {
+                            Some((message, origin)) => self.deliver(message, origin),
+                            None => {
+                                tracing::warn!(entry = entry.id, "unreadable log entry skipped")
+                            }
+                        }
+                        last = Some(entry.id.clone());
+                    }
+                }
+                Ok(())
+            };
+            let result = tokio::select! {
+                result = step => result,
+                () = stop.cancelled() => return,
+            };
+            match result {
+                Ok(()) => {
+                    self.set_up(true, None);
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    self.set_up(false, Some(&e));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Every [`HEARTBEAT`]: renews this instance's heartbeat, its names and presence entries
+    /// (re-creating them if Redis lost them).
+    async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            if let Err(e) = self.heartbeat().await {
+                self.set_up(false, Some(&e));
+            }
+        }
+        // Leaving: this instance's members no longer count anywhere.
+        let mut connection = self.commands.clone();
+        let _ = bounded(connection.del::<_, ()>(instance_key(&self.id))).await;
+    }
+
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        let (names, presence) = {
+            let held = lock(&self.held);
+            let names: Vec<String> = held.names.keys().cloned().collect();
+            let presence: Vec<(String, String)> = held.presence.keys().cloned().collect();
+            (names, presence)
+        };
+        let mut connection = self.commands.clone();
+        let _: () =
+            bounded(connection.set_ex(instance_key(&self.id), "1", LEASE.as_secs())).await?;
+        for name in names {
+            if !self.claim_raw(&name).await? {
+                tracing::warn!(name, "another instance holds this name too");
+            }
+        }
+        if !presence.is_empty() {
+            let mut pipe = redis::pipe();
+            for (room, name) in &presence {
+                pipe.hset(presence_key(room), name, &self.id).ignore();
+            }
+            let _: () = bounded(pipe.query_async(&mut connection)).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_raw(&self, name: &str) -> anyhow::Result<bool> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(name_key(name))
+            .arg(&self.id)
+            .arg(LEASE.as_secs());
+        let mut connection = self.commands.clone();
+        Ok(bounded(invocation.invoke_async::<i64>(&mut connection)).await? == 1)
+    }
+
+    /// Takes `name` across instances. `Ok(false)`: another instance holds it. When Redis does
+    /// not answer, the name is taken locally only (`Ok(true)`, logged), and the heartbeat claims
+    /// it once Redis is back.
+    pub async fn claim_name(&self, name: &str) -> bool {
+        match self.claim_raw(name).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                self.set_up(false, Some(&e));
+                tracing::warn!(name, "name checked on this instance only: {e:#}");
+            }
+        }
+        *lock(&self.held).names.entry(name.to_owned()).or_default() += 1;
+        true
+    }
+
+    /// Gives back a name taken with [`Cluster::claim_name`].
+    pub async fn release_name(&self, name: &str) {
+        {
+            let mut held = lock(&self.held);
+            let Some(count) = held.names.get_mut(name) else {
+                return;
+            };
+            *count -= 1;
+            if *count > 0 {
+                return;
+            }
+            held.names.remove(name);
+        }
+        let mut invocation = self.release.prepare_invoke();
+        invocation.key(name_key(name)).arg(&self.id);
+        let mut connection = self.commands.clone();
+        if let Err(e) = bounded(invocation.invoke_async::<i64>(&mut connection)).await {
+            tracing::debug!(name, "name not released (its claim expires): {e:#}");
+        }
+    }
+
+    /// Records that `name` is in `room` on this instance (for `who` on every instance).
+    pub async fn enter(&self, room: &str, name: &str) {
+        *lock(&self.held)
+            .presence
+            .entry((room.to_owned(), name.to_owned()))
+            .or_default() += 1;
+        let mut connection = self.commands.clone();
+        if let Err(e) =
+            bounded(connection.hset::<_, _, _, ()>(presence_key(room), name, &self.id)).await
+        {
+            tracing::debug!(room, name, "presence not recorded yet: {e:#}");
+        }
+    }
+
+    /// Undoes [`Cluster::enter`].
+    pub async fn exit(&self, room: &str, name: &str) {
+        {
+            let mut held = lock(&self.held);
+            let key = (room.to_owned(), name.to_owned());
+            let Some(count) = held.presence.get_mut(&key) else {
+                return;
+            };
+            *count -= 1;
+            if *count > 0 {
+                return;
+            }
+            held.presence.remove(&key);
+        }
+        let mut connection = self.commands.clone();
+        if let Err(e) = bounded(connection.hdel::<_, _, ()>(presence_key(room), name)).await {
+            tracing::debug!(room, name, "presence not removed: {e:#}");
+        }
+    }
+
+    /// The members of `room` on every live instance, sorted; `None` if Redis did not answer.
+    pub async fn who(&self, room: &str) -> Option<Vec<String>> {
+        let result = async {
+            let mut connection = self.commands.clone();
+            let members: HashMap<String, String> =
+                bounded(connection.hgetall(presence_key(room))).await?;
+            let instances: Vec<String> = members
+                .values()
+                .cloned()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let mut alive = HashSet::new();
+            if !instances.is_empty() {
+                let keys: Vec<String> = instances.iter().map(|i| instance_key(i)).collect();
+                let beats: Vec<Option<String>> = bounded(connection.mget(&keys)).await?;
+                alive.extend(
+                    instances
+                        .into_iter()
+                        .zip(beats)
+                        .filter(|(_, beat)| beat.is_some())
+                        .map(|(i, _)| i),
+                );
+            }
+            let mut names: Vec<String> = members
+                .into_iter()
+                .filter(|(_, instance)| alive.contains(instance))
+                .map(|(name, _)| name)
+                .collect();
+            names.sort();
+            anyhow::Ok(names)
+        }
+        .await;
+        match result {
+            Ok(names) => Some(names),
+            Err(e) => {
+                self.set_up(false, Some(&e));
+                None
+            }
+        }
+    }
+
+    /// Makes `room`'s history ready in the store before a member joins it: loads the room the
+    /// first time it is used here, and for a member resuming from `since`, what it missed that
+    /// is older than the window (at most `limit` messages). Redis errors are logged; the member
+    /// then gets what this instance has (and a gap event for the rest).
+    pub async fn prepare_room(&self, room: &str, since: Option<u64>, limit: usize) {
+        if let Err(e) = self.load_room(room, since, limit).await {
+            self.set_up(false, Some(&e));
+            tracing::warn!(room, "history not loaded from redis: {e:#}");
+        }
+    }
+
+    async fn load_room(&self, room: &str, since: Option<u64>, limit: usize) -> anyhow::Result<()> {
+        let mut connection = self.commands.clone();
+        if !self.store.is_loaded(room) {
+            let window = self.config.keep.min(WINDOW_MAX);
+            let (last, newest): (Option<u64>, StreamRangeReply) = bounded(
+                redis::pipe()
+                    .atomic()
+                    .get(room_seq(room))
+                    .xrevrange_count(room_stream(room), "+", "-", window)
+                    .query_async(&mut connection),
+            )
+            .await?;
+            let mut messages: Vec<ChatEvent> = newest
+                .ids
+                .iter()
+                .filter_map(|e| room_entry(room, e))
+                .collect();
+            messages.reverse();
+            self.store.load(room, last.unwrap_or(0), messages);
+        }
+        let Some(since) = since else {
+            return Ok(());
+        };
+        let Some(oldest) = self.store.oldest(room).filter(|&o| o > since + 1) else {
+            return Ok(());
+        };
+        let older: StreamRangeReply = bounded(connection.xrange_count(
+            room_stream(room),
+            since + 1,
+            oldest - 1,
+            limit.max(1),
+        ))
+        .await?;
+        let messages = older
+            .ids
+            .iter()
+            .filter_map(|e| room_entry(room, e))
+            .collect();
+        self.store.add_older(room, messages);
+        Ok(())
+    }
+
+    /// Prometheus text for the Redis side, appended to `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let lines: [(&str, &str, &str, u64); 6] = [
+            (
+                "redis_up",
+                "gauge",
+                "1 while Redis answers",
+                u64::from(self.is_up()),
+            ),
+            (
+                "redis_outages_total",
+                "counter",
+                "Times Redis stopped answering",
+                get(&self.counters.outages),
+            ),
+            (
+                "relay_published_total",
+                "counter",
+                "Room messages this instance appended to the shared log",
+                get(&self.counters.published),
+            ),
+            (
+                "relay_queued",
+                "gauge",
+                "Room messages waiting to be appended to the shared log",
+                get(&self.counters.queued),
+            ),
+            (
+                "relay_refused_total",
+                "counter",
+                "Room messages refused because the queue to Redis was full",
+                get(&self.counters.refused),
+            ),
+            (
+                "relay_delivered_total",
+                "counter",
+                "Log entries this instance delivered",
+                get(&self.counters.delivered),
+            ),
+        ];
+        for (name, kind, help, value) in lines {
+            let _ = writeln!(
+                out,
+                "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} {kind}\nwschat_{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+impl Relay for Cluster {
+    fn publish(&self, message: ChatEvent, mut origin: Origin) -> Handover {
+        let deliver_locally = !self.is_up();
+        origin.delivered_locally = deliver_locally;
+        let pending = Pending {
+            message,
+            origin,
+            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+        };
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        match self.queue.try_send(pending) {
+            Ok(()) => {
+                if deliver_locally {
+                    Handover::QueuedDeliverLocally
+                } else {
+                    Handover::Queued
+                }
+            }
+            Err(_) => {
+                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("queue to redis full: message refused");
+                Handover::Refused
+            }
+        }
+    }
+}

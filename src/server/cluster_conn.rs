@@ -1,0 +1,204 @@
+//! What a connection does differently when this server is one of several sharing Redis
+//! (`serve --redis`): before the hub hears of a member, its room's history is made ready and
+//! its name is claimed across instances (both async, outside the hub's lock); `who` asks Redis;
+//! and what the member holds in Redis is given back when it leaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::conn::{self, Closer, Params};
+use super::Shared;
+use crate::cluster::Cluster;
+use crate::hub::{JoinError, MemberId};
+use crate::protocol::{self, Event, Inbound, WhoEvent};
+
+/// What one connection holds in Redis: its room (presence) and name, unless quiet.
+pub(super) struct Seat {
+    cluster: Arc<Cluster>,
+    room: String,
+    name: String,
+    quiet: bool,
+}
+
+impl Seat {
+    /// Gives back the name and presence entry, in the background.
+    pub(super) fn release(self) {
+        if self.quiet {
+            return;
+        }
+        tokio::spawn(async move {
+            self.cluster.exit(&self.room, &self.name).await;
+            self.cluster.release_name(&self.name).await;
+        });
+    }
+}
+
+/// Makes the tail of the shared log deliver to this server's hub.
+pub(super) fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
+    let shared = Arc::downgrade(shared);
+    cluster.set_sink(Arc::new(move |message, origin| {
+        if let Some(shared) = shared.upgrade() {
+            shared.hub.deliver(message, origin);
+        }
+    }));
+}
+
+/// Joins the hub as [`conn::join`] does, after preparing the room and claiming the name in
+/// Redis when the server shares rooms. Returns the member and what it holds in Redis.
+pub(super) async fn join(
+    shared: &Shared,
+    params: &Params,
+    raw: bool,
+    frames: &mpsc::Sender<Message>,
+    evict: oneshot::Sender<u16>,
+    closer: &mut Closer,
+    peer: SocketAddr,
+) -> (Option<MemberId>, Option<Seat>) {
+    let Some(cluster) = shared.config.cluster.clone() else {
+        return (
+            conn::join(shared, params, raw, frames, evict, closer, peer),
+            None,
+        );
+    };
+    // Invalid names and rooms are refused by the hub; nothing to claim for them.
+    if protocol::validate_room(&params.room).is_err()
+        || params
+            .name
+            .as_deref()
+            .is_some_and(|n| protocol::validate_name(n).is_err())
+    {
+        return (
+            conn::join(shared, params, raw, frames, evict, closer, peer),
+            None,
+        );
+    }
+    let quiet = params.quiet || raw;
+    let limit = shared.config.outbox_frames;
+    cluster
+        .prepare_room(&params.room, params.since.filter(|_| !raw), limit)
+        .await;
+    let mut params = params.clone();
+    let name = if quiet {
+        params.name.clone().unwrap_or_default()
+    } else {
+        match claim(&cluster, params.name.as_deref()).await {
+            Ok(name) => name,
+            Err(e) => {
+                conn::refuse(frames, closer, peer, &e);
+                return (None, None);
+            }
+        }
+    };
+    if !quiet {
+        params.name = Some(name.clone());
+        // Before the hub: once the member sees its welcome, `who` anywhere lists it.
+        cluster.enter(&params.room, &name).await;
+    }
+    let seat = Seat {
+        cluster,
+        room: params.room.clone(),
+        name,
+        quiet,
+    };
+    match conn::join(shared, &params, raw, frames, evict, closer, peer) {
+        Some(id) => (Some(id), Some(seat)),
+        None => {
+            seat.release();
+            (None, None)
+        }
+    }
+}
+
+/// Claims `name` (or a new guest name) across instances.
+async fn claim(cluster: &Cluster, name: Option<&str>) -> Result<String, JoinError> {
+    if let Some(name) = name {
+        return if cluster.claim_name(name).await {
+            Ok(name.to_owned())
+        } else {
+            Err(JoinError::NameTaken(name.to_owned()))
+        };
+    }
+    // Guest numbers are per instance, so guests get a random suffix instead.
+    loop {
+        let guest = format!("guest-{:06x}", fastrand::u32(..0x100_0000));
+        if cluster.claim_name(&guest).await {
+            return Ok(guest);
+        }
+    }
+}
+
+/// Handles a text frame, doing in Redis what must be global (names, room moves, `who`);
+/// everything else is handled as without Redis.
+pub(super) async fn handle_text(
+    shared: &Shared,
+    id: MemberId,
+    seat: &mut Seat,
+    text: &str,
+) -> Option<Message> {
+    let hub = &shared.hub;
+    let cluster = seat.cluster.clone();
+    let error = |e: JoinError| Some(Event::error(e.code(), e.to_string(), None).to_frame());
+    match protocol::decode(text) {
+        Ok(Inbound::SetName { name }) if !seat.quiet && name != seat.name => {
+            if let Err(why) = protocol::validate_name(&name) {
+                return error(JoinError::InvalidName(why));
+            }
+            if !cluster.claim_name(&name).await {
+                return error(JoinError::NameTaken(name));
+            }
+            cluster.enter(&seat.room, &name).await;
+            match hub.rename(id, &name) {
+                Ok(()) => {
+                    let old = std::mem::replace(&mut seat.name, name);
+                    cluster.exit(&seat.room, &old).await;
+                    cluster.release_name(&old).await;
+                    None
+                }
+                Err(e) => {
+                    cluster.exit(&seat.room, &name).await;
+                    cluster.release_name(&name).await;
+                    error(e)
+                }
+            }
+        }
+        Ok(Inbound::Join { room }) if room != seat.room => {
+            if let Err(why) = protocol::validate_room(&room) {
+                return error(JoinError::InvalidRoom(why));
+            }
+            cluster.prepare_room(&room, None, 0).await;
+            if !seat.quiet {
+                cluster.enter(&room, &seat.name).await;
+            }
+            match hub.move_to(id, &room) {
+                Ok(()) => {
+                    let old = std::mem::replace(&mut seat.room, room);
+                    if !seat.quiet {
+                        cluster.exit(&old, &seat.name).await;
+                    }
+                    None
+                }
+                Err(e) => {
+                    if !seat.quiet {
+                        cluster.exit(&room, &seat.name).await;
+                    }
+                    error(e)
+                }
+            }
+        }
+        Ok(Inbound::Who) => match cluster.who(&seat.room).await {
+            Some(members) => Some(
+                Event::Who(WhoEvent {
+                    room: seat.room.clone(),
+                    members,
+                })
+                .to_frame(),
+            ),
+            // Redis is away: this instance's members only.
+            None => Some(hub.who(id)),
+        },
+        _ => conn::handle_text(shared, id, text),
+    }
+}
