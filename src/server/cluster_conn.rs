@@ -24,15 +24,13 @@ pub(super) struct Seat {
 }
 
 impl Seat {
-    /// Gives back the name and presence entry, in the background.
-    pub(super) fn release(self) {
+    /// Gives back the name and presence entry (each Redis call is bounded in time).
+    pub(super) async fn release(self) {
         if self.quiet {
             return;
         }
-        tokio::spawn(async move {
-            self.cluster.exit(&self.room, &self.name).await;
-            self.cluster.release_name(&self.name).await;
-        });
+        self.cluster.exit(&self.room, &self.name).await;
+        self.cluster.release_name(&self.name).await;
     }
 }
 
@@ -106,7 +104,7 @@ pub(super) async fn join(
     match conn::join(shared, &params, raw, frames, evict, closer, peer) {
         Some(id) => (Some(id), Some(seat)),
         None => {
-            seat.release();
+            seat.release().await;
             (None, None)
         }
     }

@@ -290,9 +290,6 @@ pub(super) async fn run<S>(
     if let Some(id) = member {
         shared.hub.leave(id);
     }
-    if let Some(seat) = seat {
-        seat.release();
-    }
     drop(frames);
     let ending = closer.ending.take().unwrap_or(Ending::ClientClosed);
     // Dropping the request (if unused) lets the writer finish what is queued and close normally.
@@ -303,6 +300,9 @@ pub(super) async fn run<S>(
         .is_err()
     {
         writer.abort();
+    }
+    if let Some(seat) = seat {
+        seat.release().await;
     }
     Metrics::dec(&metrics.connections_open);
     tracing::info!(%peer, "disconnected: {ending}");

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{MemoryStore, SqliteStore, Store};
+use super::{MemoryStore, RedisStore, SqliteStore, Store};
 use crate::protocol::ChatEvent;
 
 fn message(room: &str, id: u64) -> ChatEvent {
@@ -45,7 +45,14 @@ fn fill(store: &dyn Store, room: &str, range: std::ops::RangeInclusive<u64>) {
         .expect("every append is reported durable");
 }
 
+/// Appends messages numbered `range` to a room, and returns once they are durable.
+type Fill<'a> = &'a dyn Fn(&dyn Store, &str, std::ops::RangeInclusive<u64>);
+
 fn suite(store: &dyn Store, keep: usize) {
+    suite_with(store, keep, &fill);
+}
+
+fn suite_with(store: &dyn Store, keep: usize, fill: Fill<'_>) {
     assert_eq!(store.last_id("lobby"), 0);
     assert!(store.recent("lobby", 10).is_empty());
     fill(store, "lobby", 1..=5);
@@ -92,6 +99,82 @@ fn sqlite_store() {
     suite(&store, 8);
     let since = store.since("lobby", 0, 100);
     assert_eq!(since.missed, 0, "the database keeps everything");
+}
+
+/// The Redis store gets messages only through the shared log: `fill` posts them as a
+/// member would, and waits until the log has delivered them back.
+#[test]
+fn redis_store() {
+    use crate::cluster::testing::RedisServer;
+    use crate::cluster::{Cluster, ClusterConfig};
+    use crate::hub::MemberId;
+    use crate::relay::{Origin, Relay};
+    use std::time::Duration;
+
+    let redis = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let store = Arc::new(RedisStore::new(8));
+    let config = ClusterConfig {
+        url: redis.url.clone(),
+        keep: 1000,
+        log_max: 1000,
+    };
+    let cluster = Cluster::new(config, store.clone()).unwrap();
+    let (delivered, arrivals) = std::sync::mpsc::channel();
+    let sink_store = store.clone();
+    cluster.set_sink(Arc::new(move |message, origin| {
+        sink_store.append(message, None);
+        let _ = delivered.send(origin);
+    }));
+    let stop = tokio_util::sync::CancellationToken::new();
+    cluster.start(stop.clone());
+    assert!(runtime.block_on(cluster.wait_ready(Duration::from_secs(10))));
+    let fill_through_redis = |_: &dyn Store, room: &str, range: std::ops::RangeInclusive<u64>| {
+        let count = range.clone().count();
+        for id in range {
+            let mut m = message(room, id);
+            m.id = 0;
+            let origin = Origin {
+                member: MemberId::from_raw(id),
+                reference: Some(id),
+                delivered_locally: false,
+            };
+            cluster.publish(m, origin);
+        }
+        for _ in 0..count {
+            let origin = arrivals
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the log delivers every post");
+            assert!(origin.is_some(), "this instance is the origin");
+        }
+    };
+    suite_with(&*store, 8, &fill_through_redis);
+    let since = store.since("lobby", 0, 100);
+    assert_eq!(since.missed, 10, "the window holds 8");
+    // A client resuming from further back: the room's stream has it, read before joining.
+    runtime.block_on(cluster.prepare_room("lobby", Some(0), 100));
+    let since = store.since("lobby", 0, 100);
+    assert_eq!(since.missed, 0);
+    assert_eq!(ids(&since.messages), (1..=18).collect::<Vec<_>>());
+    // Another instance starting now loads the rooms from Redis alone.
+    let other_store = Arc::new(RedisStore::new(4));
+    let other = Cluster::new(
+        ClusterConfig {
+            url: redis.url.clone(),
+            keep: 1000,
+            log_max: 1000,
+        },
+        other_store.clone(),
+    )
+    .unwrap();
+    runtime.block_on(other.prepare_room("dev", None, 0));
+    assert_eq!(other_store.last_id("dev"), 2);
+    assert_eq!(
+        other_store.recent("dev", 5),
+        vec![message("dev", 1), message("dev", 2)]
+    );
+    stop.cancel();
 }
 
 #[test]

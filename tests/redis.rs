@@ -1,0 +1,448 @@
+//! Several `wschat serve --redis` instances acting as one chat, against a real `redis-server`
+//! started here on a free port (scripts/test.sh installs it).
+//!
+//! Every wait is for an event (a line printed, a frame received) bounded by `GUARD`; every
+//! child process is killed when its guard is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+/// Upper bound for any single wait. Only reached when something is broken.
+const GUARD: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process whose stdout (or stderr) lines arrive on a channel; killed on drop.
+struct Child2 {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+fn pump(reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Child2 {
+    /// Waits for a line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("no line with {needle:?} ({e}); seen: {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Child2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis-server` with AOF on, in a directory that outlives restarts.
+struct Redis {
+    port: u16,
+    process: Option<Child2>,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            process: None,
+        };
+        redis.restart(dir);
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and directory, and waits until it answers PING.
+    fn restart(&mut self, dir: &Path) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "yes", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let lines = pump(child.stdout.take().expect("piped"));
+        let mut process = Child2 {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        process.wait_for("Ready to accept connections");
+        let mut connection = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to redis-server");
+        let pong: String = redis::cmd("PING").query(&mut connection).expect("PING");
+        assert_eq!(pong, "PONG");
+        self.process = Some(process);
+    }
+
+    /// SIGKILL: no chance to write anything more.
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+}
+
+/// A running `wschat serve --port 0 --redis URL`; its stderr (logs) arrive as lines.
+struct Instance {
+    url: String,
+    addr: String,
+    logs: Child2,
+}
+
+impl Instance {
+    fn start(redis: &str, extra: &[&str]) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--redis",
+                redis,
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env_remove("WSCHAT_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wschat serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let logs = pump(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("listening line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        let addr = url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .to_owned();
+        Instance {
+            url,
+            addr,
+            logs: Child2 {
+                child,
+                lines: logs,
+                seen: Vec::new(),
+            },
+        }
+    }
+
+    fn healthz(&self) -> String {
+        let mut stream = TcpStream::connect(&self.addr).expect("connect");
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+}
+
+type Ws = WebSocket<TcpStream>;
+
+fn connect(url: &str, query: &str) -> Ws {
+    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    tungstenite::client(format!("{url}?{query}").as_str(), stream)
+        .expect("WebSocket handshake")
+        .0
+}
+
+fn next_event(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).unwrap(),
+            Ok(Message::Close(frame)) => {
+                return json!({"type": "close", "frame": format!("{frame:?}")})
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no frame within {GUARD:?}: {e}"),
+        }
+    }
+}
+
+/// Connects a visible member and reads up to its `synced` (the welcome and any history).
+fn member(url: &str, name: &str) -> Ws {
+    let mut ws = connect(url, &format!("name={name}&history=0"));
+    loop {
+        let event = next_event(&mut ws);
+        match event["type"].as_str() {
+            Some("synced") => return ws,
+            Some("error" | "close") => panic!("{name} refused: {event}"),
+            _ => {}
+        }
+    }
+}
+
+fn say(ws: &mut Ws, text: &str, reference: u64) {
+    let frame = json!({"type": "chat", "content": text, "ref": reference}).to_string();
+    ws.send(Message::text(frame)).expect("send");
+}
+
+/// Reads until `n` chat messages arrived (skipping notices and acks); returns (id, text).
+fn chats(ws: &mut Ws, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let event = next_event(ws);
+        if event["type"] == "chat" {
+            got.push((
+                event["id"].as_u64().unwrap_or(0),
+                event["message"].as_str().unwrap_or_default().to_owned(),
+            ));
+        } else if event["type"] == "close" {
+            panic!("closed after {got:?}: {event}");
+        }
+    }
+    got
+}
+
+/// Reads until the ack for `reference`; returns its id.
+fn ack(ws: &mut Ws, reference: u64) -> u64 {
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "ack" && event["ref"] == reference {
+            return event["id"].as_u64().expect("ack id");
+        }
+    }
+}
+
+#[test]
+fn three_instances_deliver_every_message_once_in_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let instances: Vec<Instance> = (0..3).map(|_| Instance::start(&redis.url(), &[])).collect();
+    let mut members: Vec<(String, Ws)> = (0..6)
+        .map(|i| {
+            let name = format!("m{i}");
+            let ws = member(&instances[i % 3].url, &name);
+            (name, ws)
+        })
+        .collect();
+    const EACH: usize = 15;
+    // Everyone talks at once, interleaved across instances.
+    for round in 0..EACH {
+        for (name, ws) in &mut members {
+            say(ws, &format!("{name}:{round}"), round as u64);
+        }
+    }
+    let total = EACH * members.len();
+    let mut orders = Vec::new();
+    for (name, ws) in &mut members {
+        let got = chats(ws, total - EACH);
+        let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        let unique: HashSet<&str> = texts.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            texts.len(),
+            "{name} got a duplicate: {texts:?}"
+        );
+        assert!(
+            !texts.iter().any(|t| t.starts_with(&format!("{name}:"))),
+            "{name} got its own message back"
+        );
+        let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{name}: ids out of order: {ids:?}"
+        );
+        orders.push(got);
+    }
+    // The same order everywhere: one id per text, the same on every member.
+    let mut id_of: HashMap<String, u64> = HashMap::new();
+    for got in &orders {
+        for (id, text) in got {
+            let first = *id_of.entry(text.clone()).or_insert(*id);
+            assert_eq!(first, *id, "{text} has two ids");
+        }
+    }
+    assert_eq!(id_of.len(), total);
+    let all: HashSet<u64> = id_of.values().copied().collect();
+    assert_eq!(all, (1..=total as u64).collect(), "ids are 1..={total}");
+}
+
+#[test]
+fn a_client_resumes_on_another_instance_without_gap_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let mut talker = member(&b.url, "talker");
+    let mut alice = member(&a.url, "alice");
+    for i in 1..=5 {
+        say(&mut talker, &format!("before {i}"), i);
+    }
+    let seen = chats(&mut alice, 5);
+    let last = seen.last().unwrap().0;
+    drop(alice);
+    // While alice is away.
+    for i in 1..=4 {
+        say(&mut talker, &format!("away {i}"), 10 + i);
+        ack(&mut talker, 10 + i);
+    }
+    let mut alice = connect(&b.url, &format!("name=alice&since={last}"));
+    let mut replayed = Vec::new();
+    loop {
+        let event = next_event(&mut alice);
+        match event["type"].as_str() {
+            Some("chat") => {
+                assert_eq!(event["history"], true);
+                replayed.push(event["message"].as_str().unwrap().to_owned());
+            }
+            Some("gap") => panic!("unexpected gap: {event}"),
+            Some("synced") => {
+                assert_eq!(event["id"], last + 4);
+                break;
+            }
+            Some("error" | "close") => panic!("refused: {event}"),
+            _ => {}
+        }
+    }
+    assert_eq!(replayed, ["away 1", "away 2", "away 3", "away 4"]);
+    say(&mut talker, "live", 99);
+    assert_eq!(chats(&mut alice, 1), [(last + 5, "live".to_owned())]);
+}
+
+#[test]
+fn names_are_global_and_who_lists_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let alice = member(&a.url, "alice");
+    let mut second = connect(&b.url, "name=alice");
+    let refusal = next_event(&mut second);
+    assert_eq!(refusal["type"], "error", "{refusal}");
+    assert_eq!(refusal["code"], "name_taken");
+    let close = next_event(&mut second);
+    assert!(
+        close["frame"].as_str().unwrap_or_default().contains("4009"),
+        "{close}"
+    );
+    let mut bob = member(&b.url, "bob");
+    bob.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+    loop {
+        let event = next_event(&mut bob);
+        if event["type"] == "who" {
+            assert_eq!(event["members"], json!(["alice", "bob"]));
+            break;
+        }
+    }
+    // A name given back is free everywhere.
+    drop(alice);
+    a.logs.wait_for("disconnected");
+    let mut again = connect(&b.url, "name=alice");
+    loop {
+        let event = next_event(&mut again);
+        match event["type"].as_str() {
+            Some("synced") => break,
+            Some("error" | "close") => panic!("alice still taken: {event}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn instances_recover_when_redis_restarts_and_keep_acknowledged_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let mut instances: Vec<Instance> = (0..3).map(|_| Instance::start(&redis.url(), &[])).collect();
+    let mut m0 = member(&instances[0].url, "m0");
+    let mut m1 = member(&instances[1].url, "m1");
+    let mut m2 = member(&instances[2].url, "m2");
+    let mut m3 = member(&instances[1].url, "m3");
+    for i in 1..=3 {
+        say(&mut m0, &format!("before {i}"), i);
+        assert_eq!(ack(&mut m0, i), i);
+    }
+    for ws in [&mut m1, &mut m2, &mut m3] {
+        assert_eq!(chats(ws, 3).last().unwrap(), &(3, "before 3".to_owned()));
+    }
+
+    redis.kill();
+    for instance in &mut instances {
+        instance.logs.wait_for("unreachable");
+        assert!(instance.healthz().contains("\r\n\r\nok\nredis: down\n"));
+    }
+    // Redis is away: local members still get it (without an id), the rest once it is back.
+    say(&mut m1, "during", 4);
+    assert_eq!(chats(&mut m3, 1), [(0, "during".to_owned())]);
+
+    redis.restart(dir.path());
+    let back = format!("{} reachable", redis.url());
+    for instance in &mut instances {
+        instance.logs.wait_for(&back);
+    }
+    assert_eq!(ack(&mut m1, 4), 4, "acknowledged once stored in Redis");
+    assert_eq!(chats(&mut m0, 1), [(4, "during".to_owned())]);
+    assert_eq!(chats(&mut m2, 1), [(4, "during".to_owned())]);
+    say(&mut m2, "after", 5);
+    for ws in [&mut m0, &mut m1, &mut m3] {
+        // m3 does not get "during" a second time: the next chat is "after".
+        assert_eq!(chats(ws, 1), [(5, "after".to_owned())]);
+    }
+    for instance in &instances {
+        assert!(instance.healthz().contains("redis: up"));
+    }
+    // Everything acknowledged before the restart is still in history, on every instance.
+    for instance in &instances {
+        let mut reader = connect(&instance.url, "quiet=1&history=100");
+        let mut history = Vec::new();
+        loop {
+            let event = next_event(&mut reader);
+            match event["type"].as_str() {
+                Some("chat") => history.push(event["message"].as_str().unwrap().to_owned()),
+                Some("synced") => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            history,
+            ["before 1", "before 2", "before 3", "during", "after"]
+        );
+    }
+}
