@@ -208,7 +208,11 @@ fn next_event(ws: &mut Ws) -> Value {
 
 /// Connects a visible member and reads up to its `synced` (the welcome and any history).
 fn member(url: &str, name: &str) -> Ws {
-    let mut ws = connect(url, &format!("name={name}&history=0"));
+    member_in(url, name, "lobby")
+}
+
+fn member_in(url: &str, name: &str, room: &str) -> Ws {
+    let mut ws = connect(url, &format!("name={name}&room={room}&history=0"));
     loop {
         let event = next_event(&mut ws);
         match event["type"].as_str() {
@@ -445,4 +449,128 @@ fn instances_recover_when_redis_restarts_and_keep_acknowledged_history() {
             ["before 1", "before 2", "before 3", "during", "after"]
         );
     }
+}
+
+/// Round trips of `n` messages from `sender` to `receiver`, one at a time; sorted.
+fn round_trips(sender: &mut Ws, receiver: &mut Ws, n: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        say(sender, &format!("ping {i}"), i as u64);
+        let got = chats(receiver, 1);
+        times.push(started.elapsed());
+        assert_eq!(got[0].1, format!("ping {i}"));
+    }
+    times.sort();
+    times
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Measures what a hop through Redis costs: sender and receiver on one plain instance (no
+/// Redis), on one instance with Redis, and on two instances. Prints the figures quoted in
+/// docs/scaling.md (`cargo test --release --test redis latency -- --nocapture`).
+#[test]
+fn latency_across_instances_compared_with_one_instance() {
+    const N: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let fast = ["--rate", "0"];
+    let plain = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--rate", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wschat serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().trim_start_matches("listening on ").to_owned();
+        (
+            Child2 {
+                child,
+                lines: mpsc::channel().1,
+                seen: Vec::new(),
+            },
+            url,
+        )
+    };
+    let a = Instance::start(&redis.url(), &fast);
+    let b = Instance::start(&redis.url(), &fast);
+    let mut figures = Vec::new();
+    for (label, from, to) in [
+        ("one instance, no redis", &plain.1, &plain.1),
+        ("one instance, redis", &a.url, &a.url),
+        ("two instances, redis", &a.url, &b.url),
+    ] {
+        let room = format!("room{}", figures.len());
+        let mut sender = connect(from, &format!("name=s{room}&room={room}&history=0"));
+        let mut receiver = member_in(to, &format!("r{room}"), &room);
+        // Warm up, then measure.
+        round_trips(&mut sender, &mut receiver, 20);
+        let times = round_trips(&mut sender, &mut receiver, N);
+        figures.push((label, percentile(&times, 0.5), percentile(&times, 0.99)));
+    }
+    let base = figures[0].1.as_secs_f64();
+    for (label, p50, p99) in &figures {
+        println!(
+            "latency {label}: p50 {p50:?} p99 {p99:?} ({:.1}x the p50 of one instance)",
+            p50.as_secs_f64() / base
+        );
+    }
+}
+
+fn who(ws: &mut Ws) -> Value {
+    ws.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "who" {
+            return event["members"].clone();
+        }
+    }
+}
+
+/// An instance that dies without cleaning up stops counting once its heartbeat expires (at
+/// most 30 s): its names and heartbeat live on leases that only it renews.
+#[test]
+fn a_dead_instance_stops_counting_when_its_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let line = a.logs.wait_for("sharing rooms through redis");
+    let id = line
+        .split("instance=")
+        .nth(1)
+        .map(|rest| rest.trim().trim_matches('"').to_owned())
+        .expect("instance id in the log");
+    let b = Instance::start(&redis.url(), &[]);
+    let _alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    assert_eq!(who(&mut bob), json!(["alice", "bob"]));
+
+    // SIGKILL: no leave, no cleanup.
+    drop(a);
+    let mut connection = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    for key in [
+        format!("wschat:instance:{id}"),
+        "wschat:name:alice".to_owned(),
+    ] {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut connection).unwrap();
+        assert!(
+            (1..=30).contains(&ttl),
+            "{key} expires within 30 s (TTL {ttl})"
+        );
+    }
+    // Let the heartbeat expire now rather than wait for it.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("wschat:instance:{id}"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(who(&mut bob), json!(["bob"]));
 }
