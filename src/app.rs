@@ -27,6 +27,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             ..
         } => {
             let cluster_stop = CancellationToken::new();
+            let mut cluster_handle = None;
             let _stop_cluster = cluster_stop.clone().drop_guard();
             let store: Arc<dyn Store> = match store {
                 StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),
@@ -48,7 +49,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                         );
                     }
                     tracing::info!(instance = cluster.id(), "sharing rooms through redis {url}");
-                    config.cluster = Some(cluster);
+                    config.cluster = Some(cluster.clone());
+                    cluster_handle = Some(cluster);
                     store
                 }
             };
@@ -65,6 +67,9 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             }
             tracing::info!(%address, raw = config.raw, echo = config.echo, "serving");
             server::run(listener, config, store, signals::shutdown()).await?;
+            if let Some(cluster) = cluster_handle {
+                cluster.close().await;
+            }
             tracing::info!("stopped");
             Ok(Exit::Success)
         }

@@ -67,9 +67,15 @@ pub const WINDOW_MAX: usize = 1000;
 
 /// Increments the room's counter and appends the message to the room's stream and to the log,
 /// all at once; returns the id. A retried post (same dedupe key) returns the id it already got.
+/// ARGV[12] is the room's latest id as the posting instance knows it: if Redis restarted
+/// without its data, the counter resumes from there, so ids never go backwards.
 const POST: &str = r"
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
+local known = tonumber(ARGV[12])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < known then
+  redis.call('SET', KEYS[1], known)
+end
 local id = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], id .. '-0',
   'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4], 'action', ARGV[5])
@@ -391,6 +397,7 @@ impl Cluster {
     }
 
     async fn publish_one(&self, pending: &Pending) -> anyhow::Result<u64> {
+        use crate::store::Store;
         let m = &pending.message;
         let o = &pending.origin;
         let mut invocation = self.post.prepare_invoke();
@@ -409,7 +416,8 @@ impl Cluster {
             .arg(o.reference.map(|r| r.to_string()).unwrap_or_default())
             .arg(if o.delivered_locally { "1" } else { "0" })
             .arg(self.config.keep)
-            .arg(self.config.log_max);
+            .arg(self.config.log_max)
+            .arg(self.store.last_id(&m.room));
         let mut connection = self.commands.clone();
         bounded(invocation.invoke_async::<u64>(&mut connection)).await
     }
@@ -485,15 +493,12 @@ impl Cluster {
         loop {
             tokio::select! {
                 _ = every.tick() => {}
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => return,
             }
             if let Err(e) = self.heartbeat().await {
                 self.set_up(false, Some(&e));
             }
         }
-        // Leaving: this instance's members no longer count anywhere.
-        let mut connection = self.commands.clone();
-        let _ = bounded(connection.del::<_, ()>(instance_key(&self.id))).await;
     }
 
     async fn heartbeat(&self) -> anyhow::Result<()> {
@@ -695,6 +700,15 @@ impl Cluster {
             .collect();
         self.store.add_older(room, messages);
         Ok(())
+    }
+
+    /// Stops counting this instance's members everywhere (at shutdown, once its connections
+    /// are closed; an instance that dies instead stops counting when its heartbeat expires).
+    pub async fn close(&self) {
+        let mut connection = self.commands.clone();
+        if let Err(e) = bounded(connection.del::<_, ()>(instance_key(&self.id))).await {
+            tracing::debug!("instance heartbeat not removed (it expires): {e:#}");
+        }
     }
 
     /// Prometheus text for the Redis side, appended to `/metrics`.

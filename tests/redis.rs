@@ -574,3 +574,89 @@ fn a_dead_instance_stops_counting_when_its_lease_expires() {
         .unwrap();
     assert_eq!(who(&mut bob), json!(["bob"]));
 }
+
+fn redis_command(url: &str, args: &[&str]) -> redis::Value {
+    let mut connection = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let mut command = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command.query(&mut connection).unwrap()
+}
+
+/// `wschat history` against an instance that never saw the room: served from the room's
+/// stream, with the same gap line as the embedded stores when Redis no longer keeps the start.
+#[test]
+fn history_and_gap_come_from_redis_on_any_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let mut talker = member(&a.url, "talker");
+    for i in 1..=10 {
+        say(&mut talker, &format!("m{i}"), i);
+        assert_eq!(ack(&mut talker, i), i);
+    }
+    // Redis keeps only the last 3 (what `MAXLEN ~ --keep` eventually does to a long room).
+    redis_command(&redis.url(), &["XTRIM", "wschat:room:lobby", "MAXLEN", "3"]);
+    let b = Instance::start(&redis.url(), &[]);
+    let history = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .args(["history", "--url", &b.url])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run wschat history");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                // "#8 TIMESTAMP talker says: m8" without the timestamp.
+                let mut words = l.splitn(3, ' ');
+                let first = words.next().unwrap_or_default().to_owned();
+                if first == "#" {
+                    l.to_owned()
+                } else {
+                    words.next();
+                    format!("{first} {}", words.next().unwrap_or_default())
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        history(&["--since", "0"]),
+        [
+            "# missed 7 message(s) that are no longer kept",
+            "#8 talker says: m8",
+            "#9 talker says: m9",
+            "#10 talker says: m10"
+        ]
+    );
+    assert_eq!(
+        history(&["--limit", "2"]),
+        ["#9 talker says: m9", "#10 talker says: m10"]
+    );
+}
+
+/// Redis restarted without its data (no persistence): ids go on from where the instances
+/// were, never backwards, so nothing is mistaken for a message already delivered.
+#[test]
+fn ids_never_go_back_when_redis_loses_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let mut m0 = member(&a.url, "m0");
+    let mut m1 = member(&b.url, "m1");
+    for i in 1..=3 {
+        say(&mut m0, &format!("m{i}"), i);
+        assert_eq!(ack(&mut m0, i), i);
+    }
+    assert_eq!(chats(&mut m1, 3).last().unwrap().0, 3);
+    redis_command(&redis.url(), &["FLUSHALL"]);
+    say(&mut m0, "after the loss", 4);
+    assert_eq!(ack(&mut m0, 4), 4);
+    assert_eq!(chats(&mut m1, 1), [(4, "after the loss".to_owned())]);
+}
