@@ -179,6 +179,8 @@ pub struct Cluster {
     counters: Counters,
     /// Where the tail delivers (the hub, once the server runs); until set, into the store.
     sink: OnceLock<Deliver>,
+    /// Visible members per room on the other live instances, as last counted.
+    census: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -287,6 +289,7 @@ impl Cluster {
             held: Mutex::new(Held::default()),
             counters: Counters::default(),
             sink: OnceLock::new(),
+            census: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -607,45 +610,58 @@ impl Cluster {
         }
     }
 
+    /// The members of `room` on every live instance, with their instance.
+    async fn members(&self, room: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let mut connection = self.commands.clone();
+        let members: HashMap<String, String> =
+            bounded(connection.hgetall(presence_key(room))).await?;
+        let instances: Vec<String> = members
+            .values()
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut alive = HashSet::new();
+        if !instances.is_empty() {
+            let keys: Vec<String> = instances.iter().map(|i| instance_key(i)).collect();
+            let beats: Vec<Option<String>> = bounded(connection.mget(&keys)).await?;
+            alive.extend(
+                instances
+                    .into_iter()
+                    .zip(beats)
+                    .filter(|(_, beat)| beat.is_some())
+                    .map(|(i, _)| i),
+            );
+        }
+        let members: Vec<(String, String)> = members
+            .into_iter()
+            .filter(|(_, instance)| alive.contains(instance))
+            .collect();
+        let others = members.iter().filter(|(_, i)| *i != self.id).count();
+        lock(&self.census).insert(room.to_owned(), others);
+        Ok(members)
+    }
+
     /// The members of `room` on every live instance, sorted; `None` if Redis did not answer.
     pub async fn who(&self, room: &str) -> Option<Vec<String>> {
-        let result = async {
-            let mut connection = self.commands.clone();
-            let members: HashMap<String, String> =
-                bounded(connection.hgetall(presence_key(room))).await?;
-            let instances: Vec<String> = members
-                .values()
-                .cloned()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            let mut alive = HashSet::new();
-            if !instances.is_empty() {
-                let keys: Vec<String> = instances.iter().map(|i| instance_key(i)).collect();
-                let beats: Vec<Option<String>> = bounded(connection.mget(&keys)).await?;
-                alive.extend(
-                    instances
-                        .into_iter()
-                        .zip(beats)
-                        .filter(|(_, beat)| beat.is_some())
-                        .map(|(i, _)| i),
-                );
+        match self.members(room).await {
+            Ok(members) => {
+                let mut names: Vec<String> = members.into_iter().map(|(name, _)| name).collect();
+                names.sort();
+                Some(names)
             }
-            let mut names: Vec<String> = members
-                .into_iter()
-                .filter(|(_, instance)| alive.contains(instance))
-                .map(|(name, _)| name)
-                .collect();
-            names.sort();
-            anyhow::Ok(names)
-        }
-        .await;
-        match result {
-            Ok(names) => Some(names),
             Err(e) => {
                 self.set_up(false, Some(&e));
                 None
             }
+        }
+    }
+
+    /// Counts `room`'s members on the other instances again (before a member joins it here:
+    /// its welcome and notices count everyone).
+    pub async fn census(&self, room: &str) {
+        if let Err(e) = self.members(room).await {
+            tracing::debug!(room, "members of other instances not counted: {e:#}");
         }
     }
 
@@ -788,6 +804,10 @@ impl Relay for Cluster {
                 Handover::Refused
             }
         }
+    }
+
+    fn others(&self, room: &str) -> usize {
+        lock(&self.census).get(room).copied().unwrap_or(0)
     }
 }
 

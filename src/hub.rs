@@ -150,6 +150,8 @@ struct Room {
     members: HashMap<MemberId, Member>,
     /// Members that are not quiet.
     visible: usize,
+    /// Visible members on other instances (with a relay), as counted at the last join here.
+    others: usize,
     /// Id of the last chat message in this room.
     last_id: u64,
 }
@@ -162,6 +164,11 @@ struct Member {
 }
 
 impl Room {
+    /// Visible members, on every instance.
+    fn count(&self) -> usize {
+        self.visible + self.others
+    }
+
     /// Queues `frame` for every member but `skip`. Returns how many accepted it and the members
     /// whose outbox was full.
     fn fan_out(&self, frame: &Message, skip: Option<MemberId>) -> (usize, Vec<MemberId>) {
@@ -295,7 +302,8 @@ impl Hub {
         room.members.insert(id, member);
         if !quiet {
             room.visible += 1;
-            let count = room.visible;
+            room.others = self.relay.as_ref().map_or(0, |r| r.others(room_name));
+            let count = room.count();
             let others = if count == 1 {
                 "you are the only one here".to_owned()
             } else {
@@ -313,10 +321,10 @@ impl Hub {
             room_name,
             &name,
             format!("{name} joined the chat"),
-            room.visible,
+            room.count(),
         );
         let (_, mut slow) = room.fan_out(&notice, Some(id));
-        slow.extend(room.fan_out(&presence(room_name, room.visible), Some(id)).1);
+        slow.extend(room.fan_out(&presence(room_name, room.count()), Some(id)).1);
         slow
     }
 
@@ -417,12 +425,12 @@ impl Hub {
                 post.reference,
             );
         }
-        let handover = self.relay.as_ref().map(|relay| {
+        if let Some(relay) = &self.relay {
             let message = ChatEvent {
                 id: 0,
-                room: room_name.clone(),
-                username: username.clone(),
-                message: post.content.clone(),
+                room: room_name,
+                username,
+                message: post.content,
                 timestamp: protocol::timestamp(),
                 to: None,
                 private: false,
@@ -434,31 +442,27 @@ impl Hub {
                 reference: post.reference,
                 delivered_locally: false,
             };
-            relay.publish(message, origin)
-        });
-        match handover {
-            None => {}
-            Some(Handover::Queued | Handover::Refused) => return Ok(()),
-            Some(Handover::QueuedDeliverLocally) => {
-                // The shared log is unreachable: local members get it now, without an id
-                // (it gets one, and reaches the other instances, once the log is back).
-                let frame = Event::Chat(ChatEvent {
-                    id: 0,
-                    room: room_name,
-                    username,
-                    message: post.content,
-                    timestamp: protocol::timestamp(),
-                    to: None,
-                    private: false,
-                    action: post.action,
-                    history: false,
-                })
-                .to_frame();
-                let (delivered, slow) = room.fan_out(&frame, (!self.config.echo).then_some(from));
-                Metrics::add(&self.metrics.deliveries, delivered as u64);
-                evict_all(state, slow);
-                return Ok(());
+            match relay.publish(message.clone(), origin) {
+                Handover::Queued => {}
+                Handover::Refused => {
+                    let refusal = Event::error(
+                        "unavailable",
+                        "the server cannot take more messages right now; try again",
+                        post.reference,
+                    );
+                    let _ = sender_frames.try_send(refusal.to_frame());
+                }
+                Handover::QueuedDeliverLocally => {
+                    // The shared log is unreachable: local members get it now, without an id
+                    // (it gets one, and reaches the other instances, once the log is back).
+                    let frame = Event::Chat(message).to_frame();
+                    let skip = (!self.config.echo).then_some(from);
+                    let (delivered, slow) = room.fan_out(&frame, skip);
+                    Metrics::add(&self.metrics.deliveries, delivered as u64);
+                    evict_all(state, slow);
+                }
             }
+            return Ok(());
         }
         room.last_id += 1;
         let id = room.last_id;
@@ -651,7 +655,7 @@ impl Hub {
             &room_name,
             new,
             format!("{old} is now known as {new}"),
-            room.visible,
+            room.count(),
         );
         let (_, slow) = room.fan_out(&notice, None);
         evict_all(state, slow);
@@ -667,7 +671,7 @@ impl Hub {
             .filter(|(_, r)| r.visible > 0)
             .map(|(name, r)| RoomInfo {
                 name: name.clone(),
-                count: r.visible,
+                count: r.count(),
             })
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
@@ -724,10 +728,10 @@ fn take(state: &mut State, id: MemberId) -> Option<(Member, Vec<MemberId>)> {
             &room_name,
             name,
             format!("{name} left the chat"),
-            room.visible,
+            room.count(),
         );
         slow = room.fan_out(&notice, None).1;
-        slow.extend(room.fan_out(&presence(&room_name, room.visible), None).1);
+        slow.extend(room.fan_out(&presence(&room_name, room.count()), None).1);
     }
     Some((member, slow))
 }

@@ -36,6 +36,12 @@ pub enum Handover {
 pub trait Relay: Send + Sync + 'static {
     /// Queues a room message (its `id` is 0: the log assigns it). Never blocks.
     fn publish(&self, message: ChatEvent, origin: Origin) -> Handover;
+
+    /// Visible members of `room` on the other instances, as last counted. Answered from
+    /// memory (it is asked under the hub's lock); counted in notices and `rooms`.
+    fn others(&self, _room: &str) -> usize {
+        0
+    }
 }
 
 #[cfg(test)]

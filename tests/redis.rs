@@ -367,7 +367,13 @@ fn names_are_global_and_who_lists_every_instance() {
         close["frame"].as_str().unwrap_or_default().contains("4009"),
         "{close}"
     );
-    let mut bob = member(&b.url, "bob");
+    let mut bob = connect(&b.url, "name=bob");
+    let welcome = next_event(&mut bob);
+    assert_eq!(welcome["event"], "welcome", "{welcome}");
+    assert_eq!(
+        welcome["count"], 2,
+        "alice (on the other instance) counts: {welcome}"
+    );
     bob.send(Message::text(r#"{"type":"who"}"#)).unwrap();
     loop {
         let event = next_event(&mut bob);

@@ -91,6 +91,7 @@ pub(super) async fn join(
         }
     };
     if !quiet {
+        cluster.census(&params.room).await;
         params.name = Some(name.clone());
         // Before the hub: once the member sees its welcome, `who` anywhere lists it.
         cluster.enter(&params.room, &name).await;
@@ -120,12 +121,14 @@ async fn claim(cluster: &Cluster, name: Option<&str>) -> Result<String, JoinErro
         };
     }
     // Guest numbers are per instance, so guests get a random suffix instead.
-    loop {
-        let guest = format!("guest-{:06x}", fastrand::u32(..0x100_0000));
+    let mut guest = String::new();
+    for _ in 0..8 {
+        guest = format!("guest-{:06x}", fastrand::u32(..0x100_0000));
         if cluster.claim_name(&guest).await {
             return Ok(guest);
         }
     }
+    Err(JoinError::NameTaken(guest))
 }
 
 /// Handles a text frame, doing in Redis what must be global (names, room moves, `who`);
@@ -168,6 +171,7 @@ pub(super) async fn handle_text(
             }
             cluster.prepare_room(&room, None, 0).await;
             if !seat.quiet {
+                cluster.census(&room).await;
                 cluster.enter(&room, &seat.name).await;
             }
             match hub.move_to(id, &room) {
