@@ -155,6 +155,8 @@ struct Counters {
 struct Held {
     names: HashMap<String, usize>,
     presence: HashMap<(String, String), usize>,
+    /// Presence entries whose removal failed (Redis was away): retried by the heartbeat.
+    gone: HashSet<(String, String)>,
 }
 
 pub struct Cluster {
@@ -505,11 +507,15 @@ impl Cluster {
     }
 
     async fn heartbeat(&self) -> anyhow::Result<()> {
-        let (names, presence) = {
-            let held = lock(&self.held);
+        let (names, presence, gone) = {
+            let mut held = lock(&self.held);
             let names: Vec<String> = held.names.keys().cloned().collect();
             let presence: Vec<(String, String)> = held.presence.keys().cloned().collect();
-            (names, presence)
+            let gone: Vec<(String, String)> = std::mem::take(&mut held.gone)
+                .into_iter()
+                .filter(|entry| !held.presence.contains_key(entry))
+                .collect();
+            (names, presence, gone)
         };
         let mut connection = self.commands.clone();
         let _: () =
@@ -519,12 +525,18 @@ impl Cluster {
                 tracing::warn!(name, "another instance holds this name too");
             }
         }
-        if !presence.is_empty() {
+        if !presence.is_empty() || !gone.is_empty() {
             let mut pipe = redis::pipe();
             for (room, name) in &presence {
                 pipe.hset(presence_key(room), name, &self.id).ignore();
             }
-            let _: () = bounded(pipe.query_async(&mut connection)).await?;
+            for (room, name) in &gone {
+                pipe.hdel(presence_key(room), name).ignore();
+            }
+            if let Err(e) = bounded(pipe.query_async::<()>(&mut connection)).await {
+                lock(&self.held).gone.extend(gone);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -606,7 +618,10 @@ impl Cluster {
         }
         let mut connection = self.commands.clone();
         if let Err(e) = bounded(connection.hdel::<_, _, ()>(presence_key(room), name)).await {
-            tracing::debug!(room, name, "presence not removed: {e:#}");
+            tracing::debug!(room, name, "presence not removed yet: {e:#}");
+            lock(&self.held)
+                .gone
+                .insert((room.to_owned(), name.to_owned()));
         }
     }
 
