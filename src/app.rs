@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use crate::cli::{Mode, StoreChoice};
 use crate::exit::Exit;
+use crate::signals::Signals;
 use crate::store::{MemoryStore, SqliteStore, Store};
-use crate::{client, generated, server, signals};
+use crate::{client, generated, server};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
     match mode {
@@ -25,6 +26,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),
                 StoreChoice::Sqlite { path, keep } => Arc::new(SqliteStore::open(&path, keep)?),
             };
+            // Listen for signals before announcing the port: a script may signal at once.
+            let signals = Signals::new().context("cannot listen for SIGINT/SIGTERM")?;
             let listener = TcpListener::bind((host.as_str(), port))
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -37,7 +40,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 let _ = out.flush();
             }
             tracing::info!(%address, raw = config.raw, echo = config.echo, "serving");
-            server::run(listener, config, store, signals::shutdown()).await?;
+            server::run(listener, config, store, signals.shutdown()).await?;
             tracing::info!("stopped");
             Ok(Exit::Success)
         }

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::access::TokenCheck;
-use super::conn::{self, Params};
+use super::conn::{self, Params, Registration};
 use super::Shared;
 use crate::metrics::{Metrics, Snapshot};
 use crate::protocol;
@@ -235,6 +235,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
+    let registration = Registration::new(&shared, &params, authorized, peer);
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         match hyper::upgrade::on(&mut req).await {
@@ -245,11 +246,14 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
                     Some(ws_config),
                 )
                 .await;
-                conn::run(shared, ws, params, peer, authorized).await;
-                drop(slot);
+                conn::run(shared, ws, registration, peer).await;
             }
-            Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
+            Err(e) => {
+                tracing::debug!(%peer, "upgrade failed: {e}");
+                registration.abandon(&shared);
+            }
         }
+        drop(slot);
     });
 
     let mut response = Response::new(Body::default());
