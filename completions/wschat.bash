@@ -193,7 +193,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__history)
-            opts="-h --url --room --json --connect-timeout --token --since --limit --color --help"
+            opts="-h --url --room --json --connect-timeout --token --ca --since --limit --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -212,6 +212,10 @@ _wschat() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -235,7 +239,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__join)
-            opts="-h --url --room --json --connect-timeout --token --count --for --no-reconnect --color --help"
+            opts="-h --url --room --json --connect-timeout --token --ca --count --for --no-reconnect --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -254,6 +258,10 @@ _wschat() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -277,7 +285,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__send)
-            opts="-h --url --room --json --connect-timeout --token --wait --min-recipients --timeout --color --help"
+            opts="-h --url --room --json --connect-timeout --token --ca --wait --min-recipients --timeout --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -296,6 +304,10 @@ _wschat() {
                     return 0
                     ;;
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -323,7 +335,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__serve)
-            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --history --keep --db --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --log-format --color --help"
+            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --grace --history --keep --db --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --tls-cert --tls-key --log-format --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -402,6 +414,14 @@ _wschat() {
                     return 0
                     ;;
                 --allow-origin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

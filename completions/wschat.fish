@@ -53,6 +53,8 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l handshake-timeou
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token -d 'Clients must present this token (CLI: --token; browsers: ?token=)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token-file -d 'Read the token from this file (its first line)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l allow-origin -d 'Also accept WebSocket connections from pages of this origin (e.g. https://chat.example.com; * for any). Repeatable' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-cert -d 'Serve wss:// and https:// with this PEM certificate (chain)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-key -d 'The PEM private key of --tls-cert' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l log-format -d 'Log format on stderr' -r -f -a "text\t''
 json\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
@@ -65,6 +67,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -l url -d 'Server UR
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l connect-timeout -d 'Give up connecting after this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l count -d 'Exit 0 after receiving this many chat messages' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l for -d 'Exit 0 after this long (e.g. 30s, 5m)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
@@ -77,6 +80,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand send" -l url -d 'Server UR
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l connect-timeout -d 'Give up connecting after this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l wait -d 'After delivery, print what arrives for this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l min-recipients -d 'Fail (exit 6) unless each message reached at least N other members' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l timeout -d 'Fail (exit 7) when the server has not acknowledged within this long' -r
@@ -89,6 +93,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand history" -l url -d 'Server
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l connect-timeout -d 'Give up connecting after this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l since -d 'Only messages after this id (what a client that saw ID missed)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l limit -d 'At most this many of the latest messages (without --since)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''

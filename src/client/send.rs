@@ -230,7 +230,9 @@ async fn deliver(
             next = stream.next() => match next {
                 Some(Ok(message)) => {
                     let before = sender.pending.len();
-                    sender.receive(message, false)?;
+                    // With --wait, replies that beat the acknowledgement are printed too.
+                    let printing = sender.config.wait.is_some();
+                    sender.receive(message, printing)?;
                     if sender.pending.len() < before {
                         last_progress = Instant::now();
                     }
