@@ -39,7 +39,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 let _ = writeln!(out, "listening on {scheme}://{address}/");
                 let _ = out.flush();
             }
-            tracing::info!(%address, raw = config.raw, echo = config.echo, "serving");
+            let files = server::raise_file_limit();
+            tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
             server::run(listener, config, store, signals.shutdown()).await?;
             tracing::info!("stopped");
             Ok(Exit::Success)
