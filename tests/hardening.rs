@@ -151,6 +151,12 @@ fn connection_caps_refuse_with_503_and_leave_others_alone() {
 #[test]
 fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
     let server = Server::start(&["--outbox", "16", "--rate", "0"]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss(server.proc.pid());
     // A client that completes the handshake and then never reads a byte.
     let stalled = TcpStream::connect(server.addr()).unwrap();
     stalled.set_read_timeout(Some(GUARD)).unwrap();
@@ -183,6 +189,10 @@ fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
         "the reading member got everything"
     );
     assert_eq!(metric(&server, "slow_consumer_disconnects_total"), 1);
+    // 12 MB went to the room; the stalled client cost at most its outbox and socket buffers.
+    let after = rss(server.proc.pid());
+    println!("server VmRSS before {before} KiB, after {after} KiB");
+    assert!(after < before + 64 * 1024, "{before} KiB -> {after} KiB");
 }
 
 #[test]

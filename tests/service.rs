@@ -23,7 +23,7 @@ fn slash_commands_reach_the_right_people() {
     alice.expect_line("[alice] connected");
     let mut bob = join(&server.url, "bob", &[]);
     let mut carol = join(&server.url, "carol", &["--room", "dev"]);
-    alice.expect_line("[alice] system: bob joined the chat");
+    alice.expect_line("[alice] system: bob joined the chat (2 here)");
 
     alice.write_line("/me waves");
     bob.expect_line("[bob] received: * alice waves");
@@ -45,11 +45,15 @@ fn slash_commands_reach_the_right_people() {
     bob.expect_line("[bob] system: alice is now known as alicia");
 
     alice.write_line("/join dev");
-    bob.expect_line("[bob] system: alicia left the chat");
-    carol.expect_line("[carol] system: alicia joined the chat");
+    bob.expect_line("[bob] system: alicia left the chat (1 here)");
+    carol.expect_line("[carol] system: alicia joined the chat (2 here)");
     alice.expect_line("[alice] welcome: Welcome to wschat, alicia! You are in dev; 2 people here.");
     alice.write_line("now in dev");
     carol.expect_line("[carol] received: alicia says: now in dev");
+
+    alice.write_line("/help");
+    let help = alice.next_line();
+    assert!(help.starts_with("[alice] commands: /join ROOM"), "{help}");
 
     alice.write_line("/dance");
     alice.expect_line("[alice] error: unknown command '/dance' (try /help)");
