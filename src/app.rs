@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Mode, StoreChoice};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::exit::Exit;
+use crate::signals::Signals;
 use crate::store::{MemoryStore, RedisStore, SqliteStore, Store};
-use crate::{client, generated, server, signals};
+use crate::{client, generated, server};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
     match mode {
@@ -54,6 +55,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                     store
                 }
             };
+            // Listen for signals before announcing the port: a script may signal at once.
+            let signals = Signals::new().context("cannot listen for SIGINT/SIGTERM")?;
             let listener = TcpListener::bind((host.as_str(), port))
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -65,8 +68,9 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 let _ = writeln!(out, "listening on {scheme}://{address}/");
                 let _ = out.flush();
             }
-            tracing::info!(%address, raw = config.raw, echo = config.echo, "serving");
-            server::run(listener, config, store, signals::shutdown()).await?;
+            let files = server::raise_file_limit();
+            tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
+            server::run(listener, config, store, signals.shutdown()).await?;
             if let Some(cluster) = cluster_handle {
                 cluster.close().await;
             }

@@ -1,18 +1,28 @@
-//! SIGINT and SIGTERM as a future, so a client can end cleanly on either.
+//! SIGINT and SIGTERM as a future, so a client can end cleanly on either. Both handlers are
+//! registered when [`Signals`] is created, so a signal that arrives before anyone waits for it
+//! is not lost (tokio keeps it for the next `recv`).
 
 use crate::exit::Exit;
 
 pub struct Signals {
     #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     pub fn new() -> std::io::Result<Signals> {
-        Ok(Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
-        })
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
 
     /// Waits for the next signal and returns the exit code it calls for.
@@ -20,8 +30,8 @@ impl Signals {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Exit::Interrupted,
-                _ = self.term.recv() => Exit::Terminated,
+                _ = self.interrupt.recv() => Exit::Interrupted,
+                _ = self.terminate.recv() => Exit::Terminated,
             }
         }
         #[cfg(not(unix))]
@@ -30,17 +40,9 @@ impl Signals {
             Exit::Interrupted
         }
     }
-}
 
-/// Completes on SIGINT or SIGTERM (the server's shutdown trigger).
-pub async fn shutdown() {
-    match Signals::new() {
-        Ok(mut signals) => {
-            signals.recv().await;
-        }
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    /// Completes on the next SIGINT or SIGTERM (the server's shutdown trigger).
+    pub async fn shutdown(mut self) {
+        self.recv().await;
     }
 }

@@ -77,8 +77,13 @@ impl Renderer {
                     Notice::Welcome => "welcome:",
                     _ => "system:",
                 };
+                // Presence, as people read it: how many are here after a join or a leave.
+                let count = match (system.event, system.count) {
+                    (Notice::Join | Notice::Leave, Some(n)) => format!(" ({n} here)"),
+                    _ => String::new(),
+                };
                 Some(format!(
-                    "{} {} {}",
+                    "{} {} {}{count}",
                     self.tag(),
                     label.yellow(),
                     escape_control(&system.message)

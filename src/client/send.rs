@@ -89,14 +89,19 @@ impl Sender<'_> {
                 if self.pending.is_empty() && !printing {
                     return Ok(());
                 }
-                let mut error = server_closed(&self.url, frame.as_ref());
-                if !self.pending.is_empty() {
-                    error = error.context(format!(
-                        "{} message(s) not acknowledged",
-                        self.pending.len()
-                    ));
+                let error = server_closed(&self.url, frame.as_ref());
+                if self.pending.is_empty() || crate::exit::exit_for(&error) != Exit::ServerGone {
+                    return Err(error);
                 }
-                return Err(error);
+                // The server closed with messages unconfirmed (it may have refused one, as
+                // with 1009): they were not delivered.
+                return Err(fail(
+                    Exit::NotAcknowledged,
+                    format!(
+                        "{} message(s) not acknowledged: {error}",
+                        self.pending.len()
+                    ),
+                ));
             }
             _ => return Ok(()),
         };
@@ -225,7 +230,9 @@ async fn deliver(
             next = stream.next() => match next {
                 Some(Ok(message)) => {
                     let before = sender.pending.len();
-                    sender.receive(message, false)?;
+                    // With --wait, replies that beat the acknowledgement are printed too.
+                    let printing = sender.config.wait.is_some();
+                    sender.receive(message, printing)?;
                     if sender.pending.len() < before {
                         last_progress = Instant::now();
                     }

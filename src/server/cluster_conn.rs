@@ -1,15 +1,15 @@
 //! What a connection does differently when this server is one of several sharing Redis
-//! (`serve --redis`): before the hub hears of a member, its room's history is made ready and
-//! its name is claimed across instances (both async, outside the hub's lock); `who` asks Redis;
-//! and what the member holds in Redis is given back when it leaves.
+//! (`serve --redis`): before the hub hears of a member (before the handshake is answered), its
+//! room's history is made ready and its name is claimed across instances (both async, outside
+//! the hub's lock); `who` asks Redis; and what the member holds in Redis is given back when it
+//! leaves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{self, Closer, Params};
+use super::conn::{self, Params, Registration};
 use super::Shared;
 use crate::cluster::Cluster;
 use crate::hub::{JoinError, MemberId};
@@ -44,34 +44,29 @@ pub(super) fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
     }));
 }
 
-/// Joins the hub as [`conn::join`] does, after preparing the room and claiming the name in
-/// Redis when the server shares rooms. Returns the member and what it holds in Redis.
-pub(super) async fn join(
+/// Registers a connection in the hub as [`Registration::new`] does, after preparing the
+/// room's history and claiming the name in Redis when the server shares rooms. Runs before the
+/// handshake is answered, like the registration itself.
+pub(super) async fn register(
     shared: &Shared,
     params: &Params,
-    raw: bool,
-    frames: &mpsc::Sender<Message>,
-    evict: oneshot::Sender<u16>,
-    closer: &mut Closer,
+    authorized: bool,
     peer: SocketAddr,
-) -> (Option<MemberId>, Option<Seat>) {
+) -> Registration {
     let Some(cluster) = shared.config.cluster.clone() else {
-        return (
-            conn::join(shared, params, raw, frames, evict, closer, peer),
-            None,
-        );
+        return Registration::new(shared, params, authorized, peer);
     };
-    // Invalid names and rooms are refused by the hub; nothing to claim for them.
-    if protocol::validate_room(&params.room).is_err()
+    let raw = shared.config.raw;
+    // Refused connections and invalid names or rooms are answered by the hub as usual;
+    // nothing to claim for them.
+    if !authorized
+        || protocol::validate_room(&params.room).is_err()
         || params
             .name
             .as_deref()
             .is_some_and(|n| protocol::validate_name(n).is_err())
     {
-        return (
-            conn::join(shared, params, raw, frames, evict, closer, peer),
-            None,
-        );
+        return Registration::new(shared, params, authorized, peer);
     }
     let quiet = params.quiet || raw;
     let limit = shared.config.outbox_frames;
@@ -84,10 +79,7 @@ pub(super) async fn join(
     } else {
         match claim(&cluster, params.name.as_deref()).await {
             Ok(name) => name,
-            Err(e) => {
-                conn::refuse(frames, closer, peer, &e);
-                return (None, None);
-            }
+            Err(e) => return Registration::refused(shared, &e, peer),
         }
     };
     if !quiet {
@@ -102,12 +94,12 @@ pub(super) async fn join(
         name,
         quiet,
     };
-    match conn::join(shared, &params, raw, frames, evict, closer, peer) {
-        Some(id) => (Some(id), Some(seat)),
-        None => {
-            seat.release().await;
-            (None, None)
-        }
+    let registration = Registration::new(shared, &params, authorized, peer);
+    if registration.is_member() {
+        registration.with_seat(seat)
+    } else {
+        seat.release().await;
+        registration
     }
 }
 

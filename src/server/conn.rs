@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::cluster_conn::Seat;
 use super::limits::{RateLimit, Verdict};
 use super::Shared;
 use crate::hub::{ChatError, JoinError, JoinRequest, MemberId, Outbox, Post};
@@ -84,14 +85,14 @@ impl std::fmt::Display for Ending {
 }
 
 /// The connection's half of the close handshake: ask the writer once, then wait a bounded time.
-pub(super) struct Closer {
+struct Closer {
     request: Option<oneshot::Sender<CloseFrame>>,
     deadline: Option<Instant>,
     ending: Option<Ending>,
 }
 
 impl Closer {
-    pub(super) fn close(&mut self, code: u16, reason: &'static str) {
+    fn close(&mut self, code: u16, reason: &'static str) {
         if let Some(request) = self.request.take() {
             let _ = request.send(CloseFrame {
                 code: CloseCode::from(code),
@@ -114,47 +115,154 @@ impl Closer {
     }
 }
 
+/// A connection's place in the hub, taken before the handshake is answered: whatever is
+/// relayed after a client sees its `101` reaches it, in raw mode too.
+pub(super) struct Registration {
+    member: Option<MemberId>,
+    frames: mpsc::Sender<Message>,
+    outbox: mpsc::Receiver<Message>,
+    evicted: oneshot::Receiver<u16>,
+    /// Why the connection is refused after the upgrade (close code and reason), if it is.
+    refusal: Option<(u16, &'static str)>,
+    /// What the member holds in Redis when the server shares rooms (`--redis`).
+    seat: Option<Seat>,
+}
+
+impl Registration {
+    /// Joins the hub as the handshake asked, or prepares the refusal to send once upgraded.
+    pub fn new(shared: &Shared, params: &Params, authorized: bool, peer: SocketAddr) -> Self {
+        Metrics::inc(&shared.metrics.connections_total);
+        Metrics::inc(&shared.metrics.connections_open);
+        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (evict, evicted) = oneshot::channel();
+        let mut registration = Registration {
+            member: None,
+            frames,
+            outbox,
+            evicted,
+            refusal: None,
+            seat: None,
+        };
+        let refuse = |registration: &mut Registration, event: Event, code, reason| {
+            let _ = registration.frames.try_send(event.to_frame());
+            registration.refusal = Some((code, reason));
+        };
+        if !authorized {
+            Metrics::inc(&shared.metrics.auth_failures);
+            tracing::info!(%peer, "refused: missing or wrong token");
+            let event = Event::error("unauthorized", "missing or wrong token", None);
+            refuse(
+                &mut registration,
+                event,
+                close::UNAUTHORIZED,
+                "missing or wrong token",
+            );
+            return registration;
+        }
+        let raw = shared.config.raw;
+        let request = JoinRequest {
+            room: params.room.clone(),
+            name: params.name.clone(),
+            // A raw relay announces nobody and replays nothing.
+            quiet: params.quiet || raw,
+            since: params.since.filter(|_| !raw),
+            history: params.history.filter(|_| !raw),
+        };
+        let outbox = Outbox {
+            frames: registration.frames.clone(),
+            evict,
+        };
+        match shared.hub.join(request, outbox) {
+            Ok((id, name)) => {
+                tracing::info!(%peer, name, room = params.room, quiet = params.quiet, "connected");
+                registration.member = Some(id);
+            }
+            Err(e) => {
+                tracing::info!(%peer, "refused: {e}");
+                let event = Event::error(e.code(), e.to_string(), None);
+                refuse(
+                    &mut registration,
+                    event,
+                    close::NAME_REJECTED,
+                    "name or room rejected",
+                );
+            }
+        }
+        registration
+    }
+
+    /// A refusal decided before the hub was asked (a name taken on another instance).
+    pub fn refused(shared: &Shared, error: &JoinError, peer: SocketAddr) -> Self {
+        Metrics::inc(&shared.metrics.connections_total);
+        Metrics::inc(&shared.metrics.connections_open);
+        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (_, evicted) = oneshot::channel();
+        tracing::info!(%peer, "refused: {error}");
+        let event = Event::error(error.code(), error.to_string(), None);
+        let _ = frames.try_send(event.to_frame());
+        Registration {
+            member: None,
+            frames,
+            outbox,
+            evicted,
+            refusal: Some((close::NAME_REJECTED, "name or room rejected")),
+            seat: None,
+        }
+    }
+
+    /// Whether the hub took the member.
+    pub fn is_member(&self) -> bool {
+        self.member.is_some()
+    }
+
+    /// Keeps what the member holds in Redis, to give it back when the connection ends.
+    pub fn with_seat(mut self, seat: Seat) -> Self {
+        self.seat = Some(seat);
+        self
+    }
+
+    /// Gives the place up when the upgrade never happened.
+    pub fn abandon(self, shared: &Shared) {
+        if let Some(id) = self.member {
+            shared.hub.leave(id);
+        }
+        if let Some(seat) = self.seat {
+            tokio::spawn(seat.release());
+        }
+        Metrics::dec(&shared.metrics.connections_open);
+    }
+}
+
 /// Runs a connection from the finished handshake to the closed socket.
 pub(super) async fn run<S>(
     shared: Arc<Shared>,
     ws: WebSocketStream<S>,
-    params: Params,
+    registration: Registration,
     peer: SocketAddr,
-    authorized: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = shared.metrics.clone();
-    Metrics::inc(&metrics.connections_total);
-    Metrics::inc(&metrics.connections_open);
+    let Registration {
+        member,
+        frames,
+        outbox,
+        mut evicted,
+        refusal,
+        mut seat,
+    } = registration;
     let (sink, mut stream) = ws.split();
-    let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
     let (close_request, close_rx) = oneshot::channel();
-    let (evict, mut evicted) = oneshot::channel();
     let writer = tokio::spawn(write_loop(sink, outbox, close_rx));
     let mut closer = Closer {
         request: Some(close_request),
         deadline: None,
         ending: None,
     };
-
+    if let Some((code, reason)) = refusal {
+        closer.close(code, reason);
+    }
     let raw = shared.config.raw;
-    // What the member holds in Redis when the server shares rooms (`--redis`).
-    let mut seat = None;
-    let member = if authorized {
-        let joined;
-        (joined, seat) =
-            super::cluster_conn::join(&shared, &params, raw, &frames, evict, &mut closer, peer)
-                .await;
-        joined
-    } else {
-        Metrics::inc(&metrics.auth_failures);
-        let reply = Event::error("unauthorized", "missing or wrong token", None);
-        let _ = frames.try_send(reply.to_frame());
-        closer.close(close::UNAUTHORIZED, "missing or wrong token");
-        tracing::info!(%peer, "refused: missing or wrong token");
-        None
-    };
 
     let now = Instant::now();
     let mut rate = RateLimit::new(
@@ -308,52 +416,6 @@ pub(super) async fn run<S>(
     tracing::info!(%peer, "disconnected: {ending}");
 }
 
-/// Joins the hub as the handshake asked. `None` (with a close under way) if refused.
-pub(super) fn join(
-    shared: &Shared,
-    params: &Params,
-    raw: bool,
-    frames: &mpsc::Sender<Message>,
-    evict: oneshot::Sender<u16>,
-    closer: &mut Closer,
-    peer: SocketAddr,
-) -> Option<MemberId> {
-    let request = JoinRequest {
-        room: params.room.clone(),
-        name: params.name.clone(),
-        // A raw relay announces nobody and replays nothing.
-        quiet: params.quiet || raw,
-        since: params.since.filter(|_| !raw),
-        history: if raw { Some(0) } else { params.history },
-    };
-    let outbox = Outbox {
-        frames: frames.clone(),
-        evict,
-    };
-    match shared.hub.join(request, outbox) {
-        Ok((id, name)) => {
-            tracing::info!(%peer, name, room = params.room, quiet = params.quiet, "connected");
-            Some(id)
-        }
-        Err(e) => {
-            refuse(frames, closer, peer, &e);
-            None
-        }
-    }
-}
-
-/// Refuses a member at connect: an error event, then close 4009.
-pub(super) fn refuse(
-    frames: &mpsc::Sender<Message>,
-    closer: &mut Closer,
-    peer: SocketAddr,
-    e: &JoinError,
-) {
-    let _ = frames.try_send(Event::error(e.code(), e.to_string(), None).to_frame());
-    closer.close(close::NAME_REJECTED, "name or room rejected");
-    tracing::info!(%peer, "refused: {e}");
-}
-
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -409,7 +471,8 @@ pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<M
 }
 
 /// Writes queued frames, batching whatever is waiting into one flush. A close request first
-/// writes what is already queued, then the close frame.
+/// writes what is already queued, then the close frame. However it ends, it last flushes what
+/// the WebSocket layer itself queued (the reply to a client's close frame).
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbox: mpsc::Receiver<Message>,
@@ -424,33 +487,38 @@ async fn write_loop<S>(
             frame = &mut close_request, if close_pending => {
                 close_pending = false;
                 let Ok(frame) = frame else { continue };
-                while let Ok(queued) = outbox.try_recv() {
-                    if sink.feed(queued).await.is_err() {
-                        return;
-                    }
+                if feed_queued(&mut sink, &mut outbox).await.is_ok() {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
                 }
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
+                break;
             }
             next = outbox.recv() => {
-                let Some(first) = next else {
-                    let _ = sink.close().await;
-                    return;
-                };
-                if sink.feed(first).await.is_err() {
-                    return;
-                }
-                while let Ok(queued) = outbox.try_recv() {
-                    if sink.feed(queued).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
+                let Some(first) = next else { break };
+                if sink.feed(first).await.is_err()
+                    || feed_queued(&mut sink, &mut outbox).await.is_err()
+                    || sink.flush().await.is_err()
+                {
+                    // Usually the client closed first: its close reply still goes out below.
+                    break;
                 }
             }
         }
     }
+    let _ = sink.close().await;
+}
+
+/// Feeds (without flushing) every frame already waiting in the outbox.
+async fn feed_queued<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    outbox: &mut mpsc::Receiver<Message>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Ok(queued) = outbox.try_recv() {
+        sink.feed(queued).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

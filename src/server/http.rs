@@ -45,7 +45,7 @@ where
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(route(shared, req, peer)) }
+            async move { Ok::<_, Infallible>(route(shared, req, peer).await) }
         })
     };
     let connection = http1::Builder::new()
@@ -70,9 +70,9 @@ where
     }
 }
 
-fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if wants_upgrade(&req) {
-        return upgrade(shared, req, peer);
+        return upgrade(shared, req, peer).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
@@ -165,7 +165,11 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
     header_has_token(req, header::UPGRADE, "websocket")
 }
 
-fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn upgrade(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let version_ok = req
         .headers()
@@ -242,6 +246,8 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
+    // With --redis, the room's history and the name are made ready in Redis first.
+    let registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         match hyper::upgrade::on(&mut req).await {
@@ -252,11 +258,14 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
                     Some(ws_config),
                 )
                 .await;
-                conn::run(shared, ws, params, peer, authorized).await;
-                drop(slot);
+                conn::run(shared, ws, registration, peer).await;
             }
-            Err(e) => tracing::debug!(%peer, "upgrade failed: {e}"),
+            Err(e) => {
+                tracing::debug!(%peer, "upgrade failed: {e}");
+                registration.abandon(&shared);
+            }
         }
+        drop(slot);
     });
 
     let mut response = Response::new(Body::default());

@@ -193,3 +193,26 @@ async fn serve_tls(
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
+
+/// Raises this process's open-file limit as far as it may go: every connection is a file
+/// descriptor, and the usual default soft limit (1024) would cap the server far below what
+/// the machine can hold. Returns the limit in force.
+#[cfg(unix)]
+pub fn raise_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    // Privileged processes may also raise the hard limit; others stop at it.
+    let wanted = hard.max(1 << 20);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return Some(wanted);
+    }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+#[cfg(not(unix))]
+pub fn raise_file_limit() -> Option<u64> {
+    None
+}

@@ -1,0 +1,525 @@
+//! `wschat join` and `wschat send` as scripts use them: the real binary against a real server,
+//! checked by what they print and how they exit.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn scripted_two_terminal_check_alice_prints_exactly_connected_and_bobs_line() {
+    let server = Server::start(&[]);
+    let mut alice = join(&server.url, "alice", &["--count", "1"]);
+
+    let bob = send(&server.url, "bob", Some("morning back"), &[]);
+    bob.assert_code(0);
+    assert_eq!(bob.stdout, Vec::<String>::new(), "send printed something");
+    assert_eq!(
+        bob.stderr_lines(),
+        Vec::<&str>::new(),
+        "send wrote to stderr"
+    );
+
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: bob says: morning back"
+        ]
+    );
+}
+
+#[test]
+fn send_to_a_closed_port_exits_3_with_one_line_naming_connection_refused() {
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let bob = send(&url, "bob", Some("hi"), &[]);
+    bob.assert_code(3);
+    assert_eq!(bob.stdout, Vec::<String>::new());
+    let lines = bob.stderr_lines();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {lines:?}");
+    assert!(lines[0].contains("connection refused"), "{lines:?}");
+    assert!(lines[0].contains(&url), "the line names the URL: {lines:?}");
+    assert_no_panic(&bob.stderr);
+}
+
+#[test]
+fn join_to_a_closed_port_exits_3_too() {
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let mut alice = join_spawn(&url, "alice", &[], Stdin::Null);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(3);
+    assert_eq!(alice.stdout, Vec::<String>::new(), "no 'connected' line");
+    assert_eq!(alice.stderr_lines().len(), 1, "{}", alice.stderr);
+    assert!(alice.stderr.contains("connection refused"));
+    assert_no_panic(&alice.stderr);
+}
+
+#[test]
+fn send_times_out_with_7_when_the_server_never_answers_the_handshake() {
+    // Accepted by the kernel's backlog, never answered.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", silent.local_addr().unwrap());
+    let bob = send(&url, "bob", Some("hi"), &["--connect-timeout", "300ms"]);
+    bob.assert_code(7);
+    assert_eq!(bob.stderr_lines().len(), 1, "{}", bob.stderr);
+    assert_no_panic(&bob.stderr);
+}
+
+#[test]
+fn send_exits_6_when_fewer_than_min_recipients_got_the_message() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+
+    let bob = send(
+        &server.url,
+        "bob",
+        Some("anyone?"),
+        &["--min-recipients", "2"],
+    );
+    bob.assert_code(6);
+    let lines = bob.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("min-recipients"), "{lines:?}");
+    // The one listener did get it.
+    assert_eq!(next_non_system(&mut carol)["message"], "anyone?");
+
+    let bob = send(
+        &server.url,
+        "bob",
+        Some("enough"),
+        &["--min-recipients", "1"],
+    );
+    bob.assert_code(0);
+    assert_eq!(next_non_system(&mut carol)["message"], "enough");
+}
+
+#[test]
+fn send_with_no_message_sends_each_stdin_line_in_order() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+    for dash in [false, true] {
+        let mut args = vec!["send", "bob", "--url", &server.url];
+        if dash {
+            args.push("-");
+        }
+        let bob = run(&args, Some("first line\nsecond line\nthird line\n"));
+        bob.assert_code(0);
+        assert_eq!(bob.stdout, Vec::<String>::new());
+        for expected in ["first line", "second line", "third line"] {
+            let chat = next_message(&mut carol);
+            assert_eq!(chat["type"], "chat", "{chat}");
+            assert_eq!(chat["username"], "bob", "{chat}");
+            assert_eq!(chat["message"], expected, "(dash: {dash}) {chat}");
+        }
+    }
+}
+
+#[test]
+fn send_wait_prints_a_reply_that_arrives_during_the_wait() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+    // Carol answers as soon as she sees bob's message.
+    let replier = std::thread::spawn(move || {
+        let chat = next_message(&mut carol);
+        assert_eq!(chat["message"], "ping?", "{chat}");
+        send_text(&mut carol, "pong, bob");
+        // Carol stays until bob is done, or bob would print her leaving.
+        carol
+    });
+    let bob = send(&server.url, "bob", Some("ping?"), &["--wait", "1s"]);
+    let _carol = replier.join().expect("carol replied");
+    bob.assert_code(0);
+    assert_eq!(bob.stdout, vec!["[bob] received: carol says: pong, bob"]);
+    assert!(
+        bob.elapsed >= Duration::from_secs(1),
+        "send ended before --wait was over: {:?}",
+        bob.elapsed
+    );
+}
+
+#[test]
+fn a_send_connection_is_quiet_no_join_or_leave_notices() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+    send(&server.url, "bob", Some("one"), &[]).assert_code(0);
+    send(&server.url, "bob", Some("two"), &[]).assert_code(0);
+    // Carol's next two events are the two chats: no "bob joined", no "bob left" around them.
+    for expected in ["one", "two"] {
+        let event = next_message(&mut carol);
+        assert_eq!(event["type"], "chat", "{event}");
+        assert_eq!(event["message"], expected, "{event}");
+    }
+}
+
+#[test]
+fn join_json_prints_one_json_object_per_line() {
+    let server = Server::start(&[]);
+    let mut alice = join_spawn(
+        &server.url,
+        "alice",
+        &["--json", "--count", "1"],
+        Stdin::Null,
+    );
+    let first: Value = serde_json::from_str(&alice.next_line()).expect("first line is JSON");
+    assert_eq!(first["type"], "connected", "{first}");
+    assert_eq!(first["name"], "alice", "{first}");
+
+    send(&server.url, "bob", Some("two\nlines"), &[]).assert_code(0);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    let events: Vec<Value> = alice
+        .stdout
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
+            assert!(v["type"].is_string(), "no type: {line}");
+            v
+        })
+        .collect();
+    // Between the two, only state events (the end of the history replay) may appear.
+    for middle in &events[1..events.len() - 1] {
+        assert!(
+            STATE_EVENTS.iter().any(|t| middle["type"] == *t),
+            "unexpected event {middle}"
+        );
+    }
+    let chat = events.last().unwrap();
+    assert_eq!(chat["type"], "chat", "{chat}");
+    assert_eq!(chat["username"], "bob");
+    assert_eq!(chat["message"], "two\nlines");
+    assert!(
+        chat["id"].is_u64() && chat["timestamp"].is_string(),
+        "{chat}"
+    );
+}
+
+#[test]
+fn join_escapes_control_characters_in_received_text() {
+    let server = Server::start(&[]);
+    let mut mallory = ws_member(&server.url, "mallory");
+    let mut alice = join(&server.url, "alice", &["--count", "1"]);
+    expect_notice(&mut mallory, "alice joined the chat");
+
+    send_text(
+        &mut mallory,
+        "evil\u{1b}[31mred\nline2\u{7}\u{1b}]0;title\u{7}",
+    );
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: mallory says: evil\\u{1b}[31mred\\nline2\\u{7}\\u{1b}]0;title\\u{7}",
+        ]
+    );
+    for line in &alice.stdout {
+        assert!(!line.chars().any(char::is_control), "raw control: {line:?}");
+    }
+}
+
+#[test]
+fn join_stays_connected_after_its_stdin_ends() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+    let mut alice = join_spawn(&server.url, "alice", &["--count", "1"], Stdin::Piped);
+    alice.expect_line("[alice] connected");
+    expect_notice(&mut carol, "alice joined the chat");
+
+    // A piped line is sent; then the input ends.
+    alice.write_line("said before the end of input");
+    alice.close_stdin();
+    let chat = next_message(&mut carol);
+    assert_eq!(chat["username"], "alice", "{chat}");
+    assert_eq!(chat["message"], "said before the end of input");
+
+    // Both carol and alice are still members, and alice still prints what arrives.
+    send(
+        &server.url,
+        "bob",
+        Some("still there?"),
+        &["--min-recipients", "2"],
+    )
+    .assert_code(0);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout.last().map(String::as_str),
+        Some("[alice] received: bob says: still there?")
+    );
+}
+
+#[test]
+fn join_for_a_duration_exits_0_after_it() {
+    let server = Server::start(&[]);
+    let mut alice = join(&server.url, "alice", &["--for", "1s"]);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert!(
+        alice.elapsed >= Duration::from_secs(1),
+        "exited after {:?}",
+        alice.elapsed
+    );
+    assert_eq!(alice.stdout, vec!["[alice] connected"]);
+}
+
+#[test]
+fn a_duplicate_name_makes_join_exit_4_with_an_error_line() {
+    let server = Server::start(&[]);
+    let _first = join(&server.url, "alice", &[]);
+    let mut second = join_spawn(&server.url, "alice", &[], Stdin::Null);
+    let second = second.finish(GUARD);
+    second.assert_code(4);
+    assert!(
+        !second.stdout.iter().any(|l| l.contains("connected")),
+        "a rejected join must not say connected: {:?}",
+        second.stdout
+    );
+    let all = format!("{}\n{}", second.stdout.join("\n"), second.stderr);
+    assert!(all.contains("already taken"), "no reason given: {all}");
+    assert_eq!(second.stderr_lines().len(), 1, "{}", second.stderr);
+    assert_no_panic(&second.stderr);
+}
+
+#[test]
+fn join_and_send_work_against_a_plain_relay() {
+    let server = Server::start(&["--raw"]);
+    let mut alice = join(&server.url, "alice", &["--count", "1"]);
+
+    let bob = send(&server.url, "bob", Some("morning back"), &[]);
+    bob.assert_code(0);
+    assert_eq!(bob.stdout, Vec::<String>::new());
+
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: bob says: morning back"
+        ]
+    );
+}
+
+#[test]
+fn send_sends_name_says_text_to_a_plain_relay_and_exits_0() {
+    let server = Server::start(&["--raw"]);
+    let mut carol = ws_connect(&server.url, "");
+    ping_sync(&mut carol);
+    for i in 0..10 {
+        let text = format!("hello relay {i}");
+        let bob = send(&server.url, "bob", Some(&text), &[]);
+        assert_eq!(
+            next_frame(&mut carol),
+            tungstenite::Message::text(format!("bob says: {text}"))
+        );
+        bob.assert_code(0);
+        assert_eq!(bob.stdout, Vec::<String>::new());
+    }
+}
+
+#[test]
+fn send_to_a_plain_relay_refuses_min_recipients_as_a_usage_error() {
+    let server = Server::start(&["--raw"]);
+    // A relay reports no recipients, so asking for a minimum cannot be honoured.
+    let bob = send(&server.url, "bob", Some("x"), &["--min-recipients", "1"]);
+    bob.assert_code(2);
+    assert_eq!(bob.stderr_lines().len(), 1, "{}", bob.stderr);
+    assert!(bob.stderr.contains("relay"), "{}", bob.stderr);
+    assert_no_panic(&bob.stderr);
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let help = run(&["--help"], None);
+    help.assert_code(0);
+    let text = help.stdout.join("\n");
+    assert!(text.contains("Exit codes:"), "{text}");
+    for code in ["0", "2", "3", "4", "5", "6", "7"] {
+        assert!(
+            help.stdout
+                .iter()
+                .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+            "exit code {code} missing from --help:\n{text}"
+        );
+    }
+    for sub in ["serve", "join", "send"] {
+        let help = run(&[sub, "--help"], None);
+        help.assert_code(0);
+        assert!(
+            help.stdout.join("\n").contains("Exit codes:"),
+            "{sub} --help"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &["join", "bad name", "--url", "ws://127.0.0.1:9/"][..],
+        &["send", "bob", "hi", "--url", "ftp://127.0.0.1/"],
+        &["join", "alice", "--for", "soon"],
+        &["send", "bob", "   "],
+    ] {
+        let out = run(args, None);
+        out.assert_code(2);
+        assert_no_panic(&out.stderr);
+    }
+}
+
+#[test]
+fn join_exits_143_on_sigterm_and_leaves_cleanly() {
+    let server = Server::start(&[]);
+    let mut watcher = ws_member(&server.url, "watcher");
+    let mut alice = join(&server.url, "alice", &[]);
+    expect_notice(&mut watcher, "alice joined the chat");
+    alice.signal("TERM");
+    let alice = alice.finish(GUARD);
+    alice.assert_code(143);
+    assert_no_panic(&alice.stderr);
+    // It said goodbye with a close frame: the room hears it left.
+    expect_notice(&mut watcher, "alice left the chat");
+}
+
+#[test]
+fn join_exits_130_on_sigint_even_while_messages_arrive() {
+    // Every received message is a turn of join's select loop; between turns no SIGINT
+    // listener exists. A stream of messages makes that window wide enough to hit.
+    let server = Server::start(&[
+        "--outbox", "100000", "--rate", "100000", "--burst", "100000",
+    ]);
+    let mut carol = ws_member(&server.url, "carol");
+    for round in 0..5 {
+        let name = format!("alice{round}");
+        let mut alice = join(&server.url, &name, &[]);
+        expect_notice(&mut carol, &format!("{name} joined the chat"));
+        for i in 0..2000 {
+            send_text(&mut carol, &format!("flood {i}"));
+        }
+        alice.next_line();
+        alice.signal("INT");
+        let alice = alice.finish(GUARD);
+        alice.assert_code(130);
+        expect_notice(&mut carol, &format!("{name} left the chat"));
+    }
+}
+
+#[test]
+fn join_quit_command_from_a_pipe_exits_0() {
+    let server = Server::start(&[]);
+    let mut watcher = ws_member(&server.url, "watcher");
+    let mut alice = join_spawn(&server.url, "alice", &[], Stdin::Piped);
+    alice.expect_line("[alice] connected");
+    expect_notice(&mut watcher, "alice joined the chat");
+    alice.write_line("bye all");
+    alice.write_line("/quit");
+    let chat = next_message(&mut watcher);
+    assert_eq!(chat["message"], "bye all", "{chat}");
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    expect_notice(&mut watcher, "alice left the chat");
+}
+
+#[test]
+fn join_prints_no_colour_when_stdout_is_not_a_terminal() {
+    let server = Server::start(&[]);
+    let mut cmd = command(&["join", "alice", "--url", &server.url, "--count", "1"]);
+    cmd.env_remove("NO_COLOR");
+    let mut alice = Proc::spawn_command(cmd, Stdin::Null);
+    alice.expect_line("[alice] connected");
+    send(&server.url, "bob", Some("plain please"), &[]).assert_code(0);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: bob says: plain please"
+        ],
+        "colour codes in piped output"
+    );
+}
+
+#[test]
+fn join_escapes_control_characters_from_a_plain_relay_too() {
+    let server = Server::start(&["--raw"]);
+    let mut alice = join(&server.url, "alice", &["--count", "1"]);
+    // The relay gives no welcome: a pong proves the raw client is registered, and alice
+    // printed `connected` after her handshake.
+    let mut mallory = ws_connect(&server.url, "");
+    assert!(ping_sync(&mut mallory).is_empty());
+    send_text(&mut mallory, "\u{1b}[2Jcleared\r");
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: \\u{1b}[2Jcleared\\r"
+        ]
+    );
+}
+
+#[test]
+fn send_wait_exits_5_when_the_server_goes_away_during_the_wait() {
+    let mut server = Server::start(&["--grace", "2s"]);
+    let mut carol = ws_member(&server.url, "carol");
+    let mut bob = Proc::spawn(
+        &[
+            "send",
+            "bob",
+            "--url",
+            &server.url,
+            "--wait",
+            "20s",
+            "--",
+            "bye",
+        ],
+        Stdin::Null,
+    );
+    // Bob's ack is queued when carol's copy is: it precedes the close frame.
+    assert_eq!(next_message(&mut carol)["message"], "bye");
+    server.proc.signal("TERM");
+    assert_eq!(
+        expect_close(&mut carol).map(|f| u16::from(f.code)),
+        Some(1001)
+    );
+    let _ = carol.flush();
+    while carol.read().is_ok() {}
+    let bob = bob.finish(GUARD);
+    bob.assert_code(5);
+    assert_eq!(bob.stderr_lines().len(), 1, "{}", bob.stderr);
+    assert!(bob.stderr.contains("1001"), "{}", bob.stderr);
+    server.proc.finish(GUARD).assert_code(0);
+}
+
+#[test]
+fn send_of_a_message_the_server_refuses_as_too_big_exits_6() {
+    let server = Server::start(&["--max-message-bytes", "64"]);
+    let bob = send(&server.url, "bob", Some(&"x".repeat(200)), &[]);
+    bob.assert_code(6);
+    assert_eq!(bob.stderr_lines().len(), 1, "{}", bob.stderr);
+    assert!(bob.stderr.contains("1009"), "{}", bob.stderr);
+}
+
+#[test]
+fn serve_on_a_port_in_use_exits_1_with_one_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["serve", "--host", "127.0.0.1", "--port", &port], None);
+    out.assert_code(1);
+    assert_eq!(out.stdout, Vec::<String>::new(), "no 'listening on' line");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&port),
+        "the line names the port: {lines:?}"
+    );
+    assert_no_panic(&out.stderr);
+}

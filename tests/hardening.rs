@@ -1,0 +1,345 @@
+//! Limits, bad input, hostile peers, access control and TLS, against the real binary.
+//! Each test checks the defined answer (a status, a close code, an error event) and that
+//! everyone else keeps being served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::Message;
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let response = http_request(&server.addr(), "GET", "/metrics");
+    assert_eq!(response.status, 200);
+    response
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("wschat_{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name} in {}", response.body))
+        .parse()
+        .unwrap()
+}
+
+fn close_code(ws: &mut Ws) -> u16 {
+    u16::from(expect_close(ws).expect("a close frame with a code").code)
+}
+
+/// Two members that keep chatting: proves the server still serves everyone else.
+fn still_chatting(server: &Server) {
+    let mut a = ws_member(&server.url, "check-a");
+    let mut b = ws_member(&server.url, "check-b");
+    send_text(&mut a, "still here");
+    loop {
+        let event = next_event(&mut b);
+        if event["type"] == "chat" && event["history"] != true {
+            assert_eq!(event["message"], "still here");
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_oversize_message_closes_that_client_with_1009() {
+    let server = Server::start(&["--max-message-bytes", "1024"]);
+    let mut big = ws_member(&server.url, "big");
+    send_text(&mut big, &"x".repeat(2000));
+    assert_eq!(close_code(&mut big), 1009);
+    assert_eq!(metric(&server, "oversize_disconnects_total"), 1);
+    still_chatting(&server);
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007_whole_or_split_across_fragments() {
+    let server = Server::start(&[]);
+    let mut whole = ws_member(&server.url, "whole");
+    let frame = Frame::message(vec![b'h', 0xff, 0xfe], OpCode::Data(Data::Text), true);
+    whole.send(Message::Frame(frame)).unwrap();
+    assert_eq!(close_code(&mut whole), 1007);
+
+    // "é" is 0xc3 0xa9: split across two fragments it is valid; 0xc3 then 0x28 is not.
+    let mut split = ws_member(&server.url, "split");
+    split
+        .send(Message::Frame(Frame::message(
+            vec![b'a', 0xc3],
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .unwrap();
+    split
+        .send(Message::Frame(Frame::message(
+            vec![0x28],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .unwrap();
+    assert_eq!(close_code(&mut split), 1007);
+    assert_eq!(metric(&server, "invalid_utf8_disconnects_total"), 2);
+    still_chatting(&server);
+}
+
+#[test]
+fn bad_json_and_unknown_types_get_error_events_and_the_connection_stays() {
+    let server = Server::start(&[]);
+    let mut ws = ws_member(&server.url, "alice");
+    for (frame, code) in [
+        ("{oops", "invalid_json"),
+        (r#"{"type":"dance"}"#, "unknown_type"),
+        (r#"{"type":"chat"}"#, "missing_field"),
+        ("   ", "empty_message"),
+    ] {
+        send_text(&mut ws, frame);
+        let event = next_non_system(&mut ws);
+        let event = if event["type"] == "synced" {
+            next_non_system(&mut ws)
+        } else {
+            event
+        };
+        assert_eq!(event["type"], "error", "{frame}");
+        assert_eq!(event["code"], code, "{frame}");
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into())).unwrap();
+    assert_eq!(next_non_system(&mut ws)["code"], "unsupported");
+    assert!(ping_sync(&mut ws).is_empty(), "the connection still works");
+}
+
+#[test]
+fn a_flooding_client_is_slowed_then_closed_with_4029() {
+    let server = Server::start(&["--rate", "20", "--burst", "5", "--flood-timeout", "1s"]);
+    let mut flood = ws_member(&server.url, "flood");
+    // Write until the server gives up on us; the writes themselves may start failing once the
+    // server has closed, which is fine.
+    let mut sent = 0;
+    let code = loop {
+        if sent < 2000 && flood.send(Message::text(format!("spam {sent}"))).is_ok() {
+            sent += 1;
+            continue;
+        }
+        break close_code(&mut flood);
+    };
+    assert_eq!(code, 4029);
+    assert!(metric(&server, "rate_limited_total") > 0);
+    assert_eq!(metric(&server, "rate_limit_disconnects_total"), 1);
+    still_chatting(&server);
+}
+
+#[test]
+fn connection_caps_refuse_with_503_and_leave_others_alone() {
+    let server = Server::start(&["--max-clients", "2"]);
+    let mut a = ws_member(&server.url, "a");
+    let _b = ws_member(&server.url, "b");
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    match tungstenite::client(format!("{}?name=c", server.url).as_str(), stream) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // The existing member is untouched (it answers, having seen only b's arrival).
+    let before = ping_sync(&mut a);
+    assert!(before
+        .iter()
+        .all(|m| !m.to_text().unwrap().contains("\"c\"")));
+    assert_eq!(metric(&server, "capacity_rejections_total"), 1);
+}
+
+#[test]
+fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
+    let server = Server::start(&["--outbox", "16", "--rate", "0"]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss(server.proc.pid());
+    // A client that completes the handshake and then never reads a byte.
+    let stalled = TcpStream::connect(server.addr()).unwrap();
+    stalled.set_read_timeout(Some(GUARD)).unwrap();
+    let (mut stalled, _) =
+        tungstenite::client(format!("{}?name=stalled", server.url).as_str(), stalled).unwrap();
+    assert!(ping_sync(&mut stalled).iter().all(|m| m.is_text()));
+    let mut sender = ws_member(&server.url, "sender");
+    let mut reader = ws_member(&server.url, "reader");
+    let total = 200;
+    let reading = std::thread::spawn(move || {
+        let mut got = 0;
+        while got < total {
+            let event = next_event(&mut reader);
+            if event["type"] == "chat" {
+                let text = event["message"].as_str().unwrap();
+                assert!(text.starts_with(&format!("{got} ")), "in order");
+                got += 1;
+            }
+        }
+        got
+    });
+    // Large messages fill the stalled client's socket buffers quickly, then its outbox.
+    let body = "y".repeat(60_000);
+    for i in 0..total {
+        send_text(&mut sender, &format!("{i} {body}"));
+    }
+    assert_eq!(
+        reading.join().unwrap(),
+        total,
+        "the reading member got everything"
+    );
+    assert_eq!(metric(&server, "slow_consumer_disconnects_total"), 1);
+    // 12 MB went to the room; the stalled client cost at most its outbox and socket buffers.
+    let after = rss(server.proc.pid());
+    println!("server VmRSS before {before} KiB, after {after} KiB");
+    assert!(after < before + 64 * 1024, "{before} KiB -> {after} KiB");
+}
+
+#[test]
+fn a_peer_that_never_answers_pings_is_dropped() {
+    let server = Server::start(&["--ping-interval", "200ms"]);
+    // A raw socket: handshake, then silence (it never reads, so it never answers a ping).
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(GUARD)).unwrap();
+    write!(
+        raw,
+        "GET /?name=mute HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr()
+    )
+    .unwrap();
+    // Read (without answering) until the server hangs up.
+    let mut sink = Vec::new();
+    let _ = raw.read_to_end(&mut sink);
+    assert!(String::from_utf8_lossy(&sink).starts_with("HTTP/1.1 101"));
+    assert_eq!(metric(&server, "dead_peer_disconnects_total"), 1);
+}
+
+#[test]
+fn tokens_are_required_when_set() {
+    let server = Server::start(&["--token", "s3cret"]);
+    // CLI clients: 401 before the upgrade, exit 4.
+    let wrong = send(&server.url, "bob", Some("hi"), &["--token", "nope"]);
+    wrong.assert_code(4);
+    assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
+    // Browsers (no header): upgraded, then closed with 4001, terminal for join.
+    let mut anonymous = ws_connect(&server.url, "name=eve");
+    assert_eq!(next_event(&mut anonymous)["code"], "unauthorized");
+    assert_eq!(close_code(&mut anonymous), 4001);
+    let refused = run(&["join", "eve", "--url", &server.url], None);
+    refused.assert_code(4);
+    // The right token, as a header or in the URL.
+    send(&server.url, "bob", Some("hi"), &["--token", "s3cret"]).assert_code(0);
+    let mut browser = ws_connect(&server.url, "name=alice&token=s3cret");
+    assert_eq!(next_event(&mut browser)["event"], "welcome");
+    assert_eq!(metric(&server, "auth_failures_total"), 3);
+}
+
+#[test]
+fn pages_from_other_origins_are_refused() {
+    let server = Server::start(&["--allow-origin", "https://chat.example"]);
+    let upgrade = |origin: &str| {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr()
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).into_owned()
+    };
+    assert_eq!(upgrade("https://evil.example"), "403");
+    assert_eq!(upgrade(&format!("http://{}", server.addr())), "101");
+    assert_eq!(upgrade("https://chat.example"), "101");
+    assert_eq!(metric(&server, "origin_rejections_total"), 1);
+}
+
+#[test]
+fn oversized_or_slow_http_requests_are_bounded() {
+    let server = Server::start(&["--handshake-timeout", "500ms"]);
+    let exchange = |request: &[u8]| -> String {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        // The server may answer and close before the whole request is written.
+        let _ = stream.write_all(request);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let many: String = (0..2000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = exchange(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
+    assert!(response.starts_with("HTTP/1.1 431"), "{response:.80}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let response = exchange(huge.as_bytes());
+    assert!(response.starts_with("HTTP/1.1 431"), "{response:.80}");
+    // A request that never finishes: the server hangs up after the handshake timeout.
+    let response = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    assert!(!response.starts_with("HTTP/1.1 101"), "{response:.80}");
+    // Random bytes are a bad request, not a crash.
+    let response = exchange(&[0xde, 0xad, 0xbe, 0xef, b'\r', b'\n', b'\r', b'\n']);
+    assert!(
+        response.starts_with("HTTP/1.1 400") || response.is_empty(),
+        "{response:.80}"
+    );
+    still_chatting(&server);
+}
+
+#[test]
+fn metrics_and_health_for_operators() {
+    let server = Server::start(&[]);
+    send(&server.url, "bob", Some("hello"), &[]).assert_code(0);
+    assert_eq!(metric(&server, "acks_total"), 1);
+    assert_eq!(metric(&server, "history_messages"), 1);
+    assert_eq!(metric(&server, "connections_total"), 1);
+    assert_eq!(http_request(&server.addr(), "GET", "/healthz").status, 200);
+}
+
+#[test]
+fn tls_serves_wss_to_clients_that_trust_its_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+
+    let mut proc = Proc::spawn(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--tls-cert",
+            &path("cert.pem"),
+            "--tls-key",
+            &path("key.pem"),
+        ],
+        Stdin::Null,
+    );
+    let line = proc.next_line();
+    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    let mut alice = join(&url, "alice", &["--ca", &path("ca.pem"), "--count", "1"]);
+    send(&url, "bob", Some("over tls"), &["--ca", &path("ca.pem")]).assert_code(0);
+    alice.expect_line("[alice] received: bob says: over tls");
+    alice.finish(GUARD).assert_code(0);
+    // Without the CA the certificate is not trusted: cannot connect, one clear line.
+    let untrusted = send(&url, "bob", Some("hi"), &[]);
+    untrusted.assert_code(3);
+    assert!(untrusted.stderr.contains("TLS") || untrusted.stderr.contains("certificate"));
+    assert_no_panic(&untrusted.stderr);
+    let _ = Duration::ZERO;
+}
