@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::Mode;
 use crate::exit::Exit;
-use crate::{client, generated, server, signals};
+use crate::{bench, client, generated, server, signals};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
     match mode {
@@ -30,6 +30,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
         }
         Mode::Join(config) => client::join::run(config).await,
         Mode::Send(config) => client::send::run(config).await,
+        Mode::Bench(config) => bench::run(config).await,
         Mode::Completions(shell) => {
             generated::completions(shell, &mut std::io::stdout());
             Ok(Exit::Success)
