@@ -174,6 +174,10 @@ pub struct BenchArgs {
     /// rooms shows it as unexpected deliveries).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub rooms: u64,
+    /// Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to
+    /// the whole room, which for thousands of receivers floods them before the run starts.
+    #[arg(long)]
+    pub quiet_receivers: bool,
     /// After sending, wait at most this long for deliveries still on their way.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
@@ -185,7 +189,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// Instead of a load: open N connections that send nothing and hold them for --duration
     /// (or until Ctrl-C), printing how many are open.
-    #[arg(long, value_name = "N", conflicts_with_all = ["receivers", "publishers", "rate", "size", "rooms", "drain"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["receivers", "publishers", "rate", "size", "rooms", "drain", "quiet_receivers"])]
     pub idle: Option<u64>,
 }
 
@@ -236,6 +240,7 @@ impl BenchArgs {
                     // At most 1 MiB (clap checks): fits in usize.
                     size: usize::try_from(self.size).unwrap_or(1 << 20),
                     rooms,
+                    quiet_receivers: self.quiet_receivers,
                 })
             }
         };

@@ -66,8 +66,11 @@ impl<T: Send + 'static> Fleet<T> {
             };
             match connected {
                 Ok((socket, kind)) => {
+                    // The job is made before the connection is reported open, so whatever it
+                    // does on creation (counting itself) is done by the time the wait ends.
+                    let work = job(socket, kind);
                     let _ = outcomes.send(Ok(kind));
-                    Some(job(socket, kind).await)
+                    Some(work.await)
                 }
                 Err(e) => {
                     let _ = outcomes.send(Err(e));

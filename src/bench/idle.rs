@@ -131,23 +131,30 @@ pub async fn run(config: &BenchConfig, connections: usize) -> anyhow::Result<Exi
     Ok(signal.exit().unwrap_or(Exit::Success))
 }
 
-/// Holds one connection open until the run stops or the server closes it.
-async fn hold(mut socket: Socket, stop: CancellationToken, open: Arc<AtomicUsize>) {
+/// Holds one connection open until the run stops or the server closes it. It counts as open
+/// from the moment this is called.
+fn hold(
+    mut socket: Socket,
+    stop: CancellationToken,
+    open: Arc<AtomicUsize>,
+) -> impl std::future::Future<Output = ()> {
     open.fetch_add(1, Ordering::Relaxed);
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            () = &mut stopped => {
-                let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
-                break;
+    async move {
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                () = &mut stopped => {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
+                    break;
+                }
+                next = socket.next() => match next {
+                    // tungstenite answers pings by itself.
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
             }
-            next = socket.next() => match next {
-                // tungstenite answers pings by itself.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {}
-            },
         }
+        open.fetch_sub(1, Ordering::Relaxed);
     }
-    open.fetch_sub(1, Ordering::Relaxed);
 }

@@ -24,7 +24,7 @@ const RECEIVER_READ_BUFFER: usize = 8 * 1024;
 /// chat frames, well below wschat's default outbox of 1024, so a fast server is never asked
 /// to drop a receiver for being slow.
 const WINDOW_MESSAGES: u64 = 256;
-/// How long receivers may take to hear every publisher's probe, plus 1 ms per connection.
+/// How long receivers may take to hear every publisher's probe, plus 1 s per 1,000 connections.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often progress is redrawn and the drain checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -81,7 +81,7 @@ async fn phases(
         let identity = Identity {
             name: format!("rcv{i}"),
             room: Some(room_name(room)),
-            quiet: false,
+            quiet: load.quiet_receivers,
         };
         let run = run.clone();
         receivers.open(i, identity, move |socket, _| {
@@ -97,8 +97,13 @@ async fn phases(
             quiet: true,
         };
         let run = run.clone();
-        let (rate, count, size, duration) =
-            (load.rate, load.publishers, load.size, config.duration);
+        let (rate, count, size, duration, receiver_count) = (
+            load.rate,
+            load.publishers,
+            load.size,
+            config.duration,
+            load.receivers,
+        );
         publishers.open(load.receivers + p, identity, move |socket, kind| {
             let plan = Plan {
                 index: p,
@@ -108,6 +113,7 @@ async fn phases(
                 size,
                 duration,
                 window,
+                receivers: receiver_count,
             };
             publisher::run(socket, plan, run)
         });
@@ -130,7 +136,8 @@ async fn phases(
     // so no message is lost to a receiver the server has not finished adding.
     if !run.interrupted.is_cancelled() {
         progress.count("probing", run.ready_target);
-        let deadline = Instant::now() + PROBE_TIMEOUT + Duration::from_millis(total as u64);
+        let probe_wait = PROBE_TIMEOUT + Duration::from_secs(total as u64 / 1000);
+        let deadline = Instant::now() + probe_wait;
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -138,25 +145,31 @@ async fn phases(
                 () = run.interrupted.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => {
                     run.stop.cancel();
-                    let mut why = String::new();
+                    let (mut closed, mut first) = (0, None);
                     while let Some(done) = receivers.tasks.join_next().await {
-                        if let Ok(Some(Tally { closed: Some(closed), .. })) = done {
-                            why = format!(" (a receiver was {closed})");
-                            break;
+                        if let Ok(Some(Tally { closed: Some(why), .. })) = done {
+                            closed += 1;
+                            first.get_or_insert(why);
                         }
                     }
-                    return Err(fail(
-                        Exit::Failure,
-                        format!(
-                            "receivers did not hear the publishers within {}: {} of {} \
-                             receiver-publisher pairs connected{why}; does {} relay text \
-                             messages to the other clients?",
-                            humantime::format_duration(PROBE_TIMEOUT),
-                            run.ready.load(std::sync::atomic::Ordering::Relaxed),
-                            run.ready_target,
-                            config.url
+                    let ready = run.ready.load(std::sync::atomic::Ordering::Relaxed);
+                    let waited = humantime::format_duration(probe_wait);
+                    let message = match first {
+                        Some(why) => format!(
+                            "{closed} of {} receivers were closed before the measurement could \
+                             start (first: {why}); in a wschat JSON room every visible member is \
+                             announced to all others: for thousands of receivers try \
+                             --quiet-receivers",
+                            load.receivers
                         ),
-                    ));
+                        None => format!(
+                            "receivers did not hear the publishers within {waited} ({ready} of \
+                             {} receiver-publisher pairs did): does {} relay text messages to \
+                             the other clients?",
+                            run.ready_target, config.url
+                        ),
+                    };
+                    return Err(fail(Exit::Failure, message));
                 }
                 _ = tick.tick() => {
                     progress.set(run.ready.load(std::sync::atomic::Ordering::Relaxed));

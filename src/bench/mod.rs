@@ -60,6 +60,9 @@ pub struct LoadConfig {
     pub size: usize,
     /// Receivers and publishers are spread over this many rooms, round robin.
     pub rooms: usize,
+    /// Receivers join as quiet members: a wschat server does not announce them, so a large
+    /// room fills without one join notice per member to every member.
+    pub quiet_receivers: bool,
 }
 
 /// How fast the publishers send, all together.

@@ -16,8 +16,11 @@ use super::token;
 use super::Rate;
 use crate::client::connect::ServerKind;
 
-/// Time between two probes.
+/// Time between two probes of one publisher, at least.
 const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Probe deliveries per second, all publishers together, at most: probing must not load the
+/// server it is about to measure (a slow one would fall further behind with every probe).
+const PROBE_DELIVERIES_PER_S: f64 = 50_000.0;
 /// Messages written before one flush, at most.
 const MAX_BATCH: u64 = 64;
 /// How long to wait for the window to open again before looking once more.
@@ -36,6 +39,16 @@ pub struct Plan {
     pub duration: Duration,
     /// With `Rate::Max`: messages sent but not yet received by every receiver of the room.
     pub window: u64,
+    /// Receivers in the run, all rooms together.
+    pub receivers: usize,
+}
+
+impl Plan {
+    /// Probes go out often enough to start soon, rarely enough to stay a light load.
+    fn probe_interval(&self) -> Duration {
+        let deliveries = (self.receivers * self.publishers) as f64;
+        PROBE_INTERVAL.max(Duration::from_secs_f64(deliveries / PROBE_DELIVERIES_PER_S))
+    }
 }
 
 /// What a publisher reports at the end.
@@ -87,13 +100,17 @@ async fn send_all(
     let state = &run.publishers[plan.index];
     let publisher = u32::try_from(plan.index).unwrap_or(u32::MAX);
 
-    // Probe until the run starts.
-    let mut probes = tokio::time::interval(PROBE_INTERVAL);
+    // Probe until every receiver of the room has heard this publisher, then wait for the start.
+    let mut probes = tokio::time::interval(plan.probe_interval());
     loop {
         tokio::select! {
             () = run.go.cancelled() => break,
             () = run.interrupted.cancelled() => return Ok(()),
-            _ = probes.tick() => sink.send(frame(plan.kind, token::probe(publisher))).await?,
+            _ = probes.tick() => {
+                if state.heard.load(Ordering::Relaxed) < state.audience {
+                    sink.send(frame(plan.kind, token::probe(publisher))).await?;
+                }
+            }
         }
     }
 

@@ -44,7 +44,7 @@ impl Counter<'_> {
                     .is_some_and(|s| s.room == self.room);
                 if ours && !self.probed[p] {
                     self.probed[p] = true;
-                    self.run.mark_ready();
+                    self.run.mark_ready(p);
                 }
             }
             Some(Token::Message {

@@ -21,6 +21,8 @@ pub struct PublisherState {
     pub sent: AtomicU64,
     /// First receipts of this publisher's messages, all receivers together.
     pub delivered: AtomicU64,
+    /// Receivers that have heard this publisher's probe: it stops probing at `audience`.
+    pub heard: AtomicU64,
 }
 
 pub struct Run {
@@ -55,6 +57,7 @@ impl Run {
                 audience: audience(room),
                 sent: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
+                heard: AtomicU64::new(0),
             })
             .collect();
         let ready_target = publishers.iter().map(|p| p.audience).sum();
@@ -76,8 +79,11 @@ impl Run {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Records that a receiver heard a probe from one more publisher of its room.
-    pub fn mark_ready(&self) {
+    /// Records that a receiver heard a probe from publisher `p` of its room, for the first time.
+    pub fn mark_ready(&self, p: usize) {
+        if let Some(publisher) = self.publishers.get(p) {
+            publisher.heard.fetch_add(1, Ordering::Relaxed);
+        }
         if self.ready.fetch_add(1, Ordering::Relaxed) + 1 >= self.ready_target {
             self.all_ready.cancel();
         }
@@ -130,11 +136,13 @@ mod tests {
         run.publishers[1].sent.store(4, Ordering::Relaxed);
         assert_eq!(run.sent(), 14);
         assert_eq!(run.expected(), 38);
-        for _ in 0..4 {
-            run.mark_ready();
+        for _ in 0..3 {
+            run.mark_ready(0);
         }
+        run.mark_ready(1);
+        assert_eq!(run.publishers[0].heard.load(Ordering::Relaxed), 3);
         assert!(!run.all_ready.is_cancelled());
-        run.mark_ready();
+        run.mark_ready(1);
         assert!(run.all_ready.is_cancelled());
     }
 }
