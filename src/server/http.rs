@@ -140,8 +140,11 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
     let tasks = shared.tasks.clone();
+    // Only the upgrade goes into the connection's task, not the request: its headers share
+    // hyper's 8 KiB read buffer, which would stay allocated for as long as the client is.
+    let on_upgrade = hyper::upgrade::on(&mut req);
     tasks.spawn(async move {
-        match hyper::upgrade::on(&mut req).await {
+        match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
