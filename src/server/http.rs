@@ -134,8 +134,9 @@ fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) ->
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes))
         // Sized for chat lines, not for the library's 128 KiB default: an idle client costs
-        // this much per connection.
-        .read_buffer_size(4 * 1024)
+        // this much per connection (allocated and zero-filled up front). 1 KiB holds a few
+        // chat frames per read; a larger frame grows the buffer to its length when it comes.
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
