@@ -5,17 +5,21 @@
 #
 #   scripts/bench-compare.sh                 # every scenario, 5 s each
 #   DURATION=10s scripts/bench-compare.sh    # longer scenarios
+#   REPEAT=3 scripts/bench-compare.sh        # each load scenario 3 times: the table shows medians
 #   SERVERS="wschat raw" scripts/bench-compare.sh
 #
-# Environment: DURATION (5s), SERVERS ("node wschat raw"), SERVER_CPU (0), BENCH_CPU (1),
-# IDLE (10000 connections for the memory scenario), SWEEP ("100 1000 10000" receivers),
-# OUT (target/bench-compare: one JSON file per run, and the logs).
+# Environment: DURATION (5s), REPEAT (1), SERVERS ("node wschat raw"), SERVER_CPU (0),
+# BENCH_CPU (1), IDLE (10000 connections for the memory scenario), SWEEP ("100 1000 10000"
+# receivers), OUT (target/bench-compare: one JSON file per run, and the logs).
+# Servers take turns within each scenario, so a disturbance on a shared machine does not fall
+# on one server's figures only.
 # Needs node and npm (the relay is installed from scripts/node-ws-relay on first use).
 # Every server listens on 127.0.0.1 only, and every bench run stops by itself.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
+REPEAT=${REPEAT:-1}
 SERVERS=${SERVERS:-node wschat raw}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
@@ -86,7 +90,7 @@ start_server() {
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 # bench SERVER SCENARIO ARGS...: one run on a fresh server (so no scenario inherits another's
-# backlog), its JSON kept as OUT/SERVER.SCENARIO.json.
+# backlog), its JSON kept as OUT/SERVER.SCENARIO.json (SCENARIO ends with the repetition).
 bench() {
     local server=$1 scenario=$2
     shift 2
@@ -124,59 +128,89 @@ idle() {
     stop_server
 }
 
-for server in $SERVERS; do
-    echo "== $server" >&2
-    bench "$server" max --receivers 1000 --publishers 4 --rate max --duration "$DURATION"
-    bench "$server" rate50 --receivers 1000 --publishers 1 --rate 50 --duration "$DURATION"
-    bench "$server" rate100 --receivers 1000 --publishers 1 --rate 100 --duration "$DURATION"
-    for n in $SWEEP; do
-        # Quiet receivers: in JSON mode, announcing thousands of members to each other would
-        # flood them before the run starts (a relay ignores the flag).
-        bench "$server" "sweep$n" --receivers "$n" --publishers 4 --rate max \
-            --duration "$DURATION" --quiet-receivers
+for rep in $(seq "$REPEAT"); do
+    echo "== round $rep of $REPEAT" >&2
+    for server in $SERVERS; do
+        bench "$server" "max.$rep" --receivers 1000 --publishers 4 --rate max --duration "$DURATION"
     done
+    for server in $SERVERS; do
+        bench "$server" "rate50.$rep" --receivers 1000 --publishers 1 --rate 50 --duration "$DURATION"
+    done
+    for server in $SERVERS; do
+        bench "$server" "rate100.$rep" --receivers 1000 --publishers 1 --rate 100 --duration "$DURATION"
+    done
+    for n in $SWEEP; do
+        for server in $SERVERS; do
+            # Quiet receivers: in JSON mode, announcing thousands of members to each other
+            # would flood them before the run starts (a relay ignores the flag).
+            bench "$server" "sweep$n.$rep" --receivers "$n" --publishers 4 --rate max \
+                --duration "$DURATION" --quiet-receivers
+        done
+    done
+done
+for server in $SERVERS; do
+    echo "== $server, idle connections" >&2
     idle "$server"
 done
 
 # The table: each figure, and its ratio to Node ws where Node ws was measured.
-node - "$OUT" "$SERVERS" "$IDLE" "$SWEEP" <<'EOF'
+node - "$OUT" "$SERVERS" "$IDLE" "$SWEEP" "$REPEAT" <<'EOF'
 const fs = require('fs');
-const [out, serversArg, idle, sweepArg] = process.argv.slice(2);
+const [out, serversArg, idle, sweepArg, repeat] = process.argv.slice(2);
 const servers = serversArg.split(/\s+/).filter(Boolean);
 const names = { node: 'Node ws', wschat: 'wschat JSON', raw: 'wschat --raw' };
-const read = (server, scenario) => {
-  try { return JSON.parse(fs.readFileSync(`${out}/${server}.${scenario}.json`, 'utf8')); }
-  catch { return null; }
+const readOne = (file) => {
+  try {
+    const r = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return r.failed ? null : r;
+  } catch {
+    return null;
+  }
+};
+// Every run of a scenario that succeeded.
+const runs = (server, scenario) => {
+  if (scenario === 'idle') return [readOne(`${out}/${server}.idle.json`)].filter(Boolean);
+  const all = [];
+  for (let i = 1; i <= Number(repeat); i++) all.push(readOne(`${out}/${server}.${scenario}.${i}.json`));
+  return all.filter(Boolean);
+};
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return null;
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 };
 const rows = [];
-const row = (label, pick, fmt, higherIsBetter) => {
-  const values = servers.map((s) => { const r = read(s, pick.scenario); return r && !r.failed ? pick.value(r) : null; });
-  const base = servers.indexOf('node') >= 0 ? values[servers.indexOf('node')] : null;
-  const cells = values.map((v, i) => {
-    if (v === null || v === undefined) return 'n/a';
+// A row: the median over runs of value(run); higherIsBetter null: no ratio.
+const row = (label, scenario, value, fmt, higherIsBetter) => {
+  const values = servers.map((s) => median(runs(s, scenario).map(value).filter((v) => v !== null)));
+  const baseIndex = servers.indexOf('node');
+  const base = baseIndex >= 0 ? values[baseIndex] : null;
+  rows.push([label, ...values.map((v, i) => {
+    if (v === null) return 'n/a';
     let cell = fmt(v);
-    if (base && servers[i] !== 'node' && v > 0) {
-      const ratio = higherIsBetter ? v / base : base / v;
-      cell += ` (${ratio.toFixed(1)}x)`;
+    if (higherIsBetter !== null && base && servers[i] !== 'node' && v > 0) {
+      cell += ` (${(higherIsBetter ? v / base : base / v).toFixed(1)}x)`;
     }
     return cell;
-  });
-  rows.push([label, ...cells]);
+  })]);
 };
 const k = (v) => `${Math.round(v / 1000).toLocaleString('en-US')}k`;
 const ms = (v) => `${v.toFixed(1)} ms`;
-const delivery = (r) => `${(r.delivery_ratio * 100).toFixed(2)}%`;
-row('1000 rcv, 4 pub, max: deliveries/s', { scenario: 'max', value: (r) => r.deliveries_per_s }, k, true);
-row('  delivered', { scenario: 'max', value: (r) => r }, delivery, null);
-row('1000 rcv, 50 msgs/s: p99 latency', { scenario: 'rate50', value: (r) => r.latency_ms.p99 }, ms, false);
-row('  p50 / max', { scenario: 'rate50', value: (r) => r }, (r) => `${r.latency_ms.p50.toFixed(1)} / ${r.latency_ms.max.toFixed(1)} ms`, null);
-row('1000 rcv, 100 msgs/s: p99 latency', { scenario: 'rate100', value: (r) => r.latency_ms.p99 }, ms, false);
-row('  p50 / max', { scenario: 'rate100', value: (r) => r }, (r) => `${r.latency_ms.p50.toFixed(1)} / ${r.latency_ms.max.toFixed(1)} ms`, null);
+const pct = (v) => `${(v * 100).toFixed(2)}%`;
+row('1000 rcv, 4 pub, max: deliveries/s', 'max', (r) => r.deliveries_per_s, k, true);
+row('  delivered', 'max', (r) => r.delivery_ratio, pct, null);
+row('1000 rcv, 50 msgs/s: p99 latency', 'rate50', (r) => r.latency_ms.p99, ms, false);
+row('  p50', 'rate50', (r) => r.latency_ms.p50, ms, null);
+row('  max', 'rate50', (r) => r.latency_ms.max, ms, null);
+row('1000 rcv, 100 msgs/s: p99 latency', 'rate100', (r) => r.latency_ms.p99, ms, false);
+row('  p50', 'rate100', (r) => r.latency_ms.p50, ms, null);
+row('  max', 'rate100', (r) => r.latency_ms.max, ms, null);
 for (const n of sweepArg.split(/\s+/).filter(Boolean)) {
-  row(`${n} rcv, 4 pub, max: deliveries/s`, { scenario: `sweep${n}`, value: (r) => r.deliveries_per_s }, k, true);
+  row(`${n} rcv, 4 pub, max: deliveries/s`, `sweep${n}`, (r) => r.deliveries_per_s, k, true);
 }
-row(`memory per idle connection (${idle})`, { scenario: 'idle', value: (r) => (r.open > 0 ? (r.after_kib - r.before_kib) / r.open : null) }, (v) => `${v.toFixed(1)} KiB`, false);
-row('  connections held', { scenario: 'idle', value: (r) => r.open }, (v) => `${v}`, null);
+row(`memory per idle connection (${idle})`, 'idle', (r) => (r.open > 0 ? (r.after_kib - r.before_kib) / r.open : null), (v) => `${v.toFixed(1)} KiB`, false);
+row('  connections held', 'idle', (r) => r.open, (v) => `${v}`, null);
 
 const header = ['scenario', ...servers.map((s) => names[s] || s)];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
@@ -184,5 +218,6 @@ const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).jo
 console.log(line(header));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of rows) console.log(line(r));
-console.log(`\n(x): ratio to Node ws in this run, higher is better. Raw figures: ${out}/*.json`);
+console.log(`\nMedians of ${repeat} run(s) per figure. (x): ratio to Node ws in the same run, higher is better.`);
+console.log(`Every run's figures: ${out}/*.json`);
 EOF
