@@ -30,6 +30,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('join', 'join', [CompletionResultType]::ParameterValue, 'Join a room: print what arrives, send each line typed or piped in')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
             [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -109,6 +110,24 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'wschat;bench' {
+            [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Server URL (ws://; http:// and host:port also work)')
+            [CompletionResult]::new('--receivers', '--receivers', [CompletionResultType]::ParameterName, 'Connections that receive and count every message')
+            [CompletionResult]::new('--publishers', '--publishers', [CompletionResultType]::ParameterName, 'Connections that send')
+            [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'Messages per second, all publishers together, or ''max'': as fast as the server delivers (each publisher keeps a bounded number of messages in flight)')
+            [CompletionResult]::new('--duration', '--duration', [CompletionResultType]::ParameterName, 'How long the publishers send (with --idle: how long connections are held)')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Length of each message''s text in bytes (a token of about 30 bytes, padded)')
+            [CompletionResult]::new('--rooms', '--rooms', [CompletionResultType]::ParameterName, 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)')
+            [CompletionResult]::new('--drain', '--drain', [CompletionResultType]::ParameterName, 'After sending, wait at most this long for deliveries still on their way')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up when one connection''s handshake takes longer than this')
+            [CompletionResult]::new('--idle', '--idle', [CompletionResultType]::ParameterName, 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
+            [CompletionResult]::new('--quiet-receivers', '--quiet-receivers', [CompletionResultType]::ParameterName, 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object with every figure instead of the table')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'wschat;completions' {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -120,6 +139,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('join', 'join', [CompletionResultType]::ParameterValue, 'Join a room: print what arrives, send each line typed or piped in')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
             [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
+            [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -134,6 +154,9 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             break
         }
         'wschat;help;history' {
+            break
+        }
+        'wschat;help;bench' {
             break
         }
         'wschat;help;completions' {

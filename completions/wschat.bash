@@ -16,6 +16,9 @@ _wschat() {
             ",$1")
                 cmd="wschat"
                 ;;
+            wschat,bench)
+                cmd="wschat__subcmd__bench"
+                ;;
             wschat,completions)
                 cmd="wschat__subcmd__completions"
                 ;;
@@ -33,6 +36,9 @@ _wschat() {
                 ;;
             wschat,serve)
                 cmd="wschat__subcmd__serve"
+                ;;
+            wschat__subcmd__help,bench)
+                cmd="wschat__subcmd__help__subcmd__bench"
                 ;;
             wschat__subcmd__help,completions)
                 cmd="wschat__subcmd__help__subcmd__completions"
@@ -59,12 +65,70 @@ _wschat() {
 
     case "${cmd}" in
         wschat)
-            opts="-h -V --color --help --version serve join send history completions help"
+            opts="-h -V --color --help --version serve join send history bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__bench)
+            opts="-h --url --receivers --publishers --rate --duration --size --rooms --quiet-receivers --drain --connect-timeout --json --idle --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --receivers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publishers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rooms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
@@ -95,8 +159,22 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help)
-            opts="serve join send history completions help"
+            opts="serve join send history bench completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__bench)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -27,6 +27,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand join 'Join a room: print what arrives, send each line typed or piped in'
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
+            cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -101,6 +102,23 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'wschat;bench'= {
+            cand --url 'Server URL (ws://; http:// and host:port also work)'
+            cand --receivers 'Connections that receive and count every message'
+            cand --publishers 'Connections that send'
+            cand --rate 'Messages per second, all publishers together, or ''max'': as fast as the server delivers (each publisher keeps a bounded number of messages in flight)'
+            cand --duration 'How long the publishers send (with --idle: how long connections are held)'
+            cand --size 'Length of each message''s text in bytes (a token of about 30 bytes, padded)'
+            cand --rooms 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)'
+            cand --drain 'After sending, wait at most this long for deliveries still on their way'
+            cand --connect-timeout 'Give up when one connection''s handshake takes longer than this'
+            cand --idle 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --quiet-receivers 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
+            cand --json 'Print one JSON object with every figure instead of the table'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'wschat;completions'= {
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand -h 'Print help'
@@ -111,6 +129,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand join 'Join a room: print what arrives, send each line typed or piped in'
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
+            cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -121,6 +140,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
         &'wschat;help;send'= {
         }
         &'wschat;help;history'= {
+        }
+        &'wschat;help;bench'= {
         }
         &'wschat;help;completions'= {
         }

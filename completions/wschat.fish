@@ -33,6 +33,7 @@ complete -c wschat -n "__fish_wschat_needs_command" -f -a "serve" -d 'Run a chat
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
@@ -102,13 +103,30 @@ always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l json -d 'Print one JSON object per line instead of text'
 complete -c wschat -n "__fish_wschat_using_subcommand history" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l url -d 'Server URL (ws://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l receivers -d 'Connections that receive and count every message' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l publishers -d 'Connections that send' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l rate -d 'Messages per second, all publishers together, or \'max\': as fast as the server delivers (each publisher keeps a bounded number of messages in flight)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l duration -d 'How long the publishers send (with --idle: how long connections are held)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l size -d 'Length of each message\'s text in bytes (a token of about 30 bytes, padded)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l rooms -d 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l drain -d 'After sending, wait at most this long for deliveries still on their way' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l connect-timeout -d 'Give up when one connection\'s handshake takes longer than this' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l idle -d 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l quiet-receivers -d 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l json -d 'Print one JSON object with every figure instead of the table'
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

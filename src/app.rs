@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::bench;
 use crate::cli::{Mode, StoreChoice};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::exit::Exit;
@@ -80,6 +81,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
         Mode::Join(config) => client::join::run(config).await,
         Mode::Send(config) => client::send::run(config).await,
         Mode::History(config) => client::history::run(config).await,
+        Mode::Bench(config) => bench::run(config).await,
         Mode::Completions(shell) => {
             generated::completions(shell, &mut std::io::stdout());
             Ok(Exit::Success)

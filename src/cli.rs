@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::bench::{BenchConfig, BenchMode, LoadConfig, Rate};
 use crate::client::connect::{self, Target};
 use crate::client::history::HistoryConfig;
 use crate::client::join::JoinConfig;
@@ -56,6 +57,10 @@ pub enum Command {
     /// Print a room's history (from a running server) and exit.
     #[command(after_help = exit::TABLE)]
     History(HistoryArgs),
+    /// Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle
+    /// connections.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions {
         #[arg(value_enum)]
@@ -227,6 +232,122 @@ pub struct HistoryArgs {
     pub limit: usize,
 }
 
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  wschat bench --url ws://127.0.0.1:8080 --receivers 1000 --publishers 4 --rate max --duration 10s
+  wschat bench --url ws://127.0.0.1:8080 --receivers 1000 --rate 50 --json
+  wschat bench --url ws://127.0.0.1:8080 --idle 10000 --duration 60s  # server's VmRSS per conn
+
+Works against any server that relays text to the other clients (wschat in JSON or --raw mode,
+a plain relay): each message carries a token that receivers find in whatever frame arrives.
+Targets only the URL given; every run stops by itself after --duration plus at most --drain.";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server URL (ws://; http:// and host:port also work).
+    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Connections that receive and count every message.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub receivers: u64,
+    /// Connections that send.
+    #[arg(long, value_name = "P", default_value_t = 1)]
+    pub publishers: u64,
+    /// Messages per second, all publishers together, or 'max': as fast as the server delivers
+    /// (each publisher keeps a bounded number of messages in flight).
+    #[arg(long, value_name = "R|max", default_value = "max")]
+    pub rate: Rate,
+    /// How long the publishers send (with --idle: how long connections are held).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Length of each message's text in bytes (a token of about 30 bytes, padded).
+    #[arg(long, value_name = "B", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(1 << 20)))]
+    pub size: u64,
+    /// Spread receivers and publishers over K rooms, round robin (a server that ignores
+    /// rooms shows it as unexpected deliveries).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub rooms: u64,
+    /// Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to
+    /// the whole room, which for thousands of receivers floods them before the run starts.
+    #[arg(long)]
+    pub quiet_receivers: bool,
+    /// After sending, wait at most this long for deliveries still on their way.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Give up when one connection's handshake takes longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Print one JSON object with every figure instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of a load: open N connections that send nothing and hold them for --duration
+    /// (or until Ctrl-C), printing how many are open.
+    #[arg(long, value_name = "N", conflicts_with_all = ["receivers", "publishers", "rate", "size", "rooms", "drain", "quiet_receivers"])]
+    pub idle: Option<u64>,
+}
+
+/// Largest --receivers, --publishers or --idle accepted.
+const MAX_BENCH_CONNECTIONS: u64 = 1_000_000;
+
+impl BenchArgs {
+    fn into_config(self) -> Result<BenchConfig, clap::Error> {
+        let count = |value: u64, flag: &str| -> Result<usize, clap::Error> {
+            if value == 0 {
+                return Err(usage(format!("{flag} must be at least 1")));
+            }
+            if value > MAX_BENCH_CONNECTIONS {
+                return Err(usage(format!("{flag} is at most {MAX_BENCH_CONNECTIONS}")));
+            }
+            // At most a million: fits in usize.
+            Ok(usize::try_from(value).unwrap_or(usize::MAX))
+        };
+        let url = connect::parse_url(&self.url).map_err(usage)?;
+        if url.scheme() != "ws" {
+            return Err(usage(format!(
+                "wschat bench speaks ws:// only, not {}:// ('{}')",
+                url.scheme(),
+                self.url
+            )));
+        }
+        if self.duration.is_zero() {
+            return Err(usage("--duration must be more than 0"));
+        }
+        let mode = match self.idle {
+            Some(n) => BenchMode::Idle {
+                connections: count(n, "--idle")?,
+            },
+            None => {
+                let receivers = count(self.receivers, "--receivers")?;
+                let publishers = count(self.publishers, "--publishers")?;
+                let rooms = count(self.rooms, "--rooms")?;
+                if rooms > publishers || rooms > receivers {
+                    return Err(usage(format!(
+                        "--rooms {rooms} needs at least {rooms} publishers and {rooms} receivers \
+                         (every room gets at least one of each)"
+                    )));
+                }
+                BenchMode::Load(LoadConfig {
+                    receivers,
+                    publishers,
+                    rate: self.rate,
+                    // At most 1 MiB (clap checks): fits in usize.
+                    size: usize::try_from(self.size).unwrap_or(1 << 20),
+                    rooms,
+                    quiet_receivers: self.quiet_receivers,
+                })
+            }
+        };
+        Ok(BenchConfig {
+            url,
+            mode,
+            duration: self.duration,
+            drain: self.drain,
+            connect_timeout: self.connect_timeout,
+            json: self.json,
+        })
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
 }
@@ -252,6 +373,7 @@ pub enum Mode {
     Join(JoinConfig),
     Send(SendConfig),
     History(HistoryConfig),
+    Bench(BenchConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -398,6 +520,7 @@ impl Cli {
                     json: a.client.json,
                 })
             }
+            Command::Bench(a) => Mode::Bench(a.into_config()?),
             Command::Completions { shell } => Mode::Completions(shell),
         })
     }
@@ -434,10 +557,55 @@ mod tests {
             &["wschat", "join", "a", "--url", "ftp://x"],
             &["wschat", "join", "a", "--count", "0"],
             &["wschat", "send", "a", " "],
+            &["wschat", "bench", "--receivers", "0"],
+            &["wschat", "bench", "--publishers", "0"],
+            &["wschat", "bench", "--idle", "0"],
+            &["wschat", "bench", "--duration", "0s"],
+            &["wschat", "bench", "--rooms", "2"],
+            &["wschat", "bench", "--url", "wss://h/"],
         ] {
             let err = Cli::try_parse_from(args).unwrap().into_mode().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ValueValidation, "{args:?}");
         }
         assert!(Cli::try_parse_from(["wschat", "join", "a", "--for", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["wschat", "bench", "--rate", "fast"]).is_err());
+        assert!(
+            Cli::try_parse_from(["wschat", "bench", "--idle", "5", "--receivers", "3"]).is_err()
+        );
+    }
+
+    #[test]
+    fn bench_builds_a_load_or_an_idle_config() {
+        let cli = Cli::try_parse_from([
+            "wschat",
+            "bench",
+            "--url",
+            "127.0.0.1:9",
+            "--receivers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--rooms",
+            "2",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+        let Mode::Bench(c) = cli.into_mode().unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.url.as_str(), "ws://127.0.0.1:9/");
+        let BenchMode::Load(load) = c.mode else {
+            panic!()
+        };
+        assert_eq!((load.receivers, load.publishers, load.rooms), (20, 2, 2));
+        assert_eq!(load.rate, Rate::PerSecond(200.0));
+        let cli = Cli::try_parse_from(["wschat", "bench", "--idle", "1000"]).unwrap();
+        let Mode::Bench(c) = cli.into_mode().unwrap() else {
+            panic!()
+        };
+        assert!(matches!(c.mode, BenchMode::Idle { connections: 1000 }));
     }
 }

@@ -241,16 +241,20 @@ async fn upgrade(
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes))
         // Sized for chat lines, not for the library's 128 KiB default: an idle client costs
-        // this much per connection.
-        .read_buffer_size(4 * 1024)
+        // this much per connection (allocated and zero-filled up front). 1 KiB holds a few
+        // chat frames per read; a larger frame grows the buffer to its length when it comes.
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
     // With --redis, the room's history and the name are made ready in Redis first.
     let registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;
     let tasks = shared.tasks.clone();
+    // Only the upgrade goes into the connection's task, not the request: its headers share
+    // hyper's 8 KiB read buffer, which would stay allocated for as long as the client is.
+    let on_upgrade = hyper::upgrade::on(&mut req);
     tasks.spawn(async move {
-        match hyper::upgrade::on(&mut req).await {
+        match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),

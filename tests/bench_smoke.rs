@@ -1,0 +1,145 @@
+//! `wschat bench` against a real `wschat serve`: a short scenario must report every message
+//! delivered exactly once, in order. A smoke test of the tool, not a timed test of the server.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wschat");
+
+/// A child process killed when the test ends, whichever way it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `wschat serve --port 0 [extra]` and returns it with the URL it printed first.
+fn serve(extra: &[&str]) -> (Killed, String) {
+    let child = Command::new(BIN)
+        .args(["serve", "--port", "0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wschat serve");
+    let mut server = Killed(child);
+    let stdout = server.0.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    (server, url)
+}
+
+fn bench(args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let output = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wschat bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (output, report)
+}
+
+fn assert_all_delivered(extra: &[&str], server_kind: &str) {
+    let (_server, url) = serve(extra);
+    let (output, r) = bench(&[
+        "--url",
+        &url,
+        "--receivers",
+        "20",
+        "--publishers",
+        "2",
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(r["server"], server_kind, "{r}");
+    assert!(r["deliveries"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["delivery_ratio"], 1.0, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["out_of_order"], 0, "{r}");
+    assert_eq!(r["unexpected"], 0, "{r}");
+    assert_eq!(r["receivers_closed"], 0, "{r}");
+    // 2 s at 200 msgs/s to 20 receivers: close to 8,000 deliveries.
+    assert!(r["deliveries"].as_u64().unwrap() >= 4000, "{r}");
+    assert!(r["latency_ms"]["samples"] == r["deliveries"], "{r}");
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn bench_reports_full_delivery_from_a_json_server() {
+    assert_all_delivered(&[], "wschat");
+}
+
+#[test]
+fn bench_reports_full_delivery_from_a_raw_relay() {
+    assert_all_delivered(&["--raw"], "relay");
+}
+
+#[test]
+fn bench_holds_idle_connections() {
+    let (_server, url) = serve(&[]);
+    let (output, r) = bench(&[
+        "--url",
+        &url,
+        "--idle",
+        "50",
+        "--duration",
+        "200ms",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(r["opened"], 50, "{r}");
+    assert_eq!(r["open_at_end"], 50, "{r}");
+}
+
+#[test]
+fn an_unreachable_server_is_one_clear_line() {
+    // Bind a port, then free it: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (output, _) = bench(&["--url", &url, "--receivers", "3", "--duration", "1s"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let (output, _) = bench(&["--receivers", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--receivers must be at least 1"),
+        "{stderr}"
+    );
+}
