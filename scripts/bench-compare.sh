@@ -67,8 +67,8 @@ start_server() {
     : >"$log"
     case $name in
         node) "${PIN_SERVER[@]}" node "$RELAY_DIR/relay.js" 0 >"$log" 2>&1 & ;;
-        wschat) "${PIN_SERVER[@]}" "$BIN" serve --port 0 >"$log" 2>/dev/null & ;;
-        raw) "${PIN_SERVER[@]}" "$BIN" serve --port 0 --raw >"$log" 2>/dev/null & ;;
+        wschat) "${PIN_SERVER[@]}" "$BIN" serve --port 0 --rate 0 >"$log" 2>/dev/null & ;;
+        raw) "${PIN_SERVER[@]}" "$BIN" serve --port 0 --raw --rate 0 >"$log" 2>/dev/null & ;;
         *) echo "unknown server $name" >&2; exit 2 ;;
     esac
     SERVER_PID=$!

@@ -19,7 +19,8 @@ impl Drop for Killed {
 /// Starts `wschat serve --port 0 [extra]` and returns it with the URL it printed first.
 fn serve(extra: &[&str]) -> (Killed, String) {
     let child = Command::new(BIN)
-        .args(["serve", "--port", "0"])
+        // The bench measures delivery, not the per-connection rate limit.
+        .args(["serve", "--port", "0", "--rate", "0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
