@@ -441,7 +441,7 @@ impl Cli {
                     outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
                     max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
                     grace: a.grace,
-                    rate: if a.rate.is_finite() && a.rate >= 0.0 {
+                    rate: if a.rate == 0.0 || (a.rate.is_finite() && a.rate >= 0.001) {
                         a.rate
                     } else {
                         return Err(usage(
@@ -452,7 +452,11 @@ impl Cli {
                     flood_timeout: a.flood_timeout,
                     max_clients: a.max_clients,
                     max_per_ip: a.max_per_ip,
-                    ping_interval: (!a.ping_interval.is_zero()).then_some(a.ping_interval),
+                    ping_interval: if a.ping_interval > Duration::from_secs(86_400) {
+                        return Err(usage("--ping-interval is at most 1 day"));
+                    } else {
+                        (!a.ping_interval.is_zero()).then_some(a.ping_interval)
+                    },
                     header_timeout: a.handshake_timeout,
                     access: Access {
                         token: server_token(a.token, a.token_file.as_deref())?,

@@ -312,9 +312,11 @@ impl Hub {
             let welcome = format!("Welcome to wschat, {name}! You are in {room_name}; {others}.");
             let _ = frames.try_send(system(Notice::Welcome, room_name, &name, welcome, count));
         }
-        self.replay(&frames, room_name, room.last_id, replay);
+        // A member whose greeting does not fit is too slow already: evicted, it can resume.
+        let greeted = self.replay(&frames, room_name, room.last_id, replay);
+        let mine = if greeted { Vec::new() } else { vec![id] };
         if quiet {
-            return Vec::new();
+            return mine;
         }
         let notice = system(
             Notice::Join,
@@ -325,47 +327,69 @@ impl Hub {
         );
         let (_, mut slow) = room.fan_out(&notice, Some(id));
         slow.extend(room.fan_out(&presence(room_name, room.count()), Some(id)).1);
+        slow.extend(mine);
         slow
     }
 
     /// Queues history for a member that just entered a room. What does not fit in the
     /// outbox is announced as a gap, never dropped silently.
-    fn replay(&self, frames: &mpsc::Sender<Message>, room: &str, last_id: u64, replay: Replay) {
+    fn replay(
+        &self,
+        frames: &mpsc::Sender<Message>,
+        room: &str,
+        last_id: u64,
+        replay: Replay,
+    ) -> bool {
         // Leave room in the outbox for the live messages that follow.
         let fits = frames.max_capacity().saturating_sub(8).max(1);
-        let (missed, messages) = match (replay.since, replay.history) {
+        let mut note = None;
+        let messages = match (replay.since, replay.history) {
+            (Some(since), _) if since > last_id => {
+                // A position from a history this server no longer has (an in-memory server
+                // restarted): say so, then catch the client up as a newcomer.
+                let why = "the server's history restarted; recent messages follow";
+                note = Some((0, why.to_owned()));
+                self.store.recent(room, self.config.history.min(fits))
+            }
             (Some(since), _) => {
                 let found = self.store.since(room, since, fits + 1);
-                if found.messages.len() > fits {
+                let (missed, messages) = if found.messages.len() > fits {
                     // More than fits: send the latest, and say how many older ones are skipped.
                     let recent = self.store.recent(room, fits);
                     let first = recent.first().map_or(last_id + 1, |m| m.id);
                     (first.saturating_sub(since + 1), recent)
                 } else {
                     (found.missed, found.messages)
+                };
+                if missed > 0 {
+                    let why = format!("missed {missed} message(s) that are no longer kept");
+                    note = Some((missed, why));
                 }
+                messages
             }
-            (None, Some(n)) if n > 0 => (0, self.store.recent(room, n.min(fits))),
-            (None, Some(_)) => (0, Vec::new()),
-            (None, None) => return,
+            (None, Some(n)) if n > 0 => self.store.recent(room, n.min(fits)),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => return true,
         };
-        if missed > 0 {
-            let gap = Event::Gap(GapEvent {
+        // Every frame must go in: a replay with a hole would be a silent loss.
+        let mut complete = true;
+        let mut push = |event: Event| complete &= frames.try_send(event.to_frame()).is_ok();
+        if let Some((missed, message)) = note {
+            push(Event::Gap(GapEvent {
                 room: room.to_owned(),
                 missed,
-                message: format!("missed {missed} message(s) that are no longer kept"),
-            });
-            let _ = frames.try_send(gap.to_frame());
+                message,
+            }));
         }
         for mut message in messages {
             message.history = true;
-            let _ = frames.try_send(Event::Chat(message).to_frame());
+            push(Event::Chat(message));
         }
-        let synced = Event::Synced(SyncedEvent {
+        push(Event::Synced(SyncedEvent {
             room: room.to_owned(),
             id: last_id,
-        });
-        let _ = frames.try_send(synced.to_frame());
+        }));
+        complete
     }
 
     /// Moves a member to another room: a leave notice in the old one, a full greeting in the new.

@@ -33,6 +33,9 @@ pub struct JoinConfig {
 const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
 /name NEW, /quit, /help; a line starting with // sends it with one / removed";
 
+/// How often the client pings the server.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+
 /// First and longest pause between reconnection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -182,6 +185,8 @@ impl Session {
                 counts = u64::from(!chat.history);
             }
             Event::Chat(chat) => counts = u64::from(chat.username != self.name),
+            // What follows may start below the last id seen (a restarted history): take it all.
+            Event::Gap(_) => self.last_id = None,
             Event::Synced(synced) => {
                 if self.last_id.is_some_and(|last| synced.id < last) {
                     // The server's history restarted (it keeps history in memory).
@@ -352,8 +357,27 @@ async fn converse(
     sink: &mut Sink,
     stream: &mut Stream,
 ) -> anyhow::Result<Ending> {
+    // The client pings too, so a silently dead connection (a NAT that forgot it, a peer gone
+    // without a reset) is noticed: nothing heard for three intervals means it is lost.
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if last_heard.elapsed() > PING_INTERVAL * 3 {
+                    return Ok(Ending::Lost {
+                        error: connection_lost(&session.url, Some("no answer to pings")),
+                        retry: true,
+                    });
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return Ok(Ending::Lost {
+                        error: connection_lost(&session.url, None::<String>),
+                        retry: true,
+                    });
+                }
+            }
             next = stream.next() => match next {
                 Some(Ok(Message::Close(frame))) => {
                     return Ok(Ending::Lost {
@@ -362,6 +386,7 @@ async fn converse(
                     });
                 }
                 Some(Ok(message)) => {
+                    last_heard = Instant::now();
                     session.received += session.receive(message)?;
                     if config.count.is_some_and(|n| session.received >= n) {
                         return Ok(Ending::Done(Exit::Success));
@@ -377,11 +402,15 @@ async fn converse(
                 }),
             },
             input = terminal.lines.recv(), if !terminal.finished => match input {
-                Some(Input::Line(line)) => {
-                    if !session.typed(sink, &line).await? {
-                        return Ok(Ending::Done(Exit::Success));
+                Some(Input::Line(line)) => match session.typed(sink, &line).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Ending::Done(Exit::Success)),
+                    // The connection broke while sending: reconnect like any other loss.
+                    Err(error) if exit_for(&error) == Exit::ServerGone => {
+                        return Ok(Ending::Lost { error, retry: true });
                     }
-                }
+                    Err(error) => return Err(error),
+                },
                 // Ctrl-D at a prompt leaves; the end of piped input does not (a background
                 // job in a script has no stdin, and should keep listening).
                 Some(Input::End) | None if terminal.interactive => {

@@ -221,7 +221,14 @@ async fn deliver(
                     Some(line) if line.trim().is_empty() => {}
                     Some(line) => {
                         let frame = sender.frame(&line);
-                        sink.send(frame).await.map_err(|e| connection_lost(&sender.url, Some(e)))?;
+                        // Bounded: a server that stops reading must not hang the sender.
+                        match tokio::time::timeout(timeout, sink.send(frame)).await {
+                            Ok(sent) => sent.map_err(|e| connection_lost(&sender.url, Some(e)))?,
+                            Err(_) => return Err(fail(
+                                Exit::Timeout,
+                                format!("{} stopped reading for {}", sender.url, humantime::format_duration(timeout)),
+                            )),
+                        }
                         last_progress = Instant::now();
                     }
                     None => input_done = true,

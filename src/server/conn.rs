@@ -56,7 +56,9 @@ impl Params {
                 "room" if !value.is_empty() => params.room = value.into_owned(),
                 "quiet" => params.quiet = matches!(&*value, "" | "1" | "true" | "yes"),
                 // An unreadable number is ignored: the client gets the default history.
-                "since" => params.since = value.parse().ok(),
+                // Ids fit in SQLite's signed 64 bits; a larger one is nonsense, and clamping it
+                // keeps `since + 1` from overflowing anywhere.
+                "since" => params.since = value.parse::<u64>().ok().map(|v| v.min(i64::MAX as u64)),
                 "history" => params.history = value.parse().ok(),
                 _ => {}
             }
