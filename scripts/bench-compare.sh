@@ -31,7 +31,7 @@ BIN="$TARGET_DIR/release/wschat"
 RELAY_DIR=scripts/node-ws-relay
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.err "$OUT"/*.log
 
 if command -v taskset >/dev/null; then
     PIN_SERVER=(taskset -c "$SERVER_CPU")

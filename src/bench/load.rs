@@ -26,6 +26,8 @@ const RECEIVER_READ_BUFFER: usize = 8 * 1024;
 const WINDOW_MESSAGES: u64 = 256;
 /// How long receivers may take to hear every publisher's probe, plus 1 s per 1,000 connections.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest drain after Ctrl-C.
+const INTERRUPTED_DRAIN: Duration = Duration::from_secs(1);
 /// How often progress is redrawn and the drain checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -216,15 +218,23 @@ async fn phases(
     }
     let sending_s = started.elapsed().as_secs_f64();
 
-    // Drain: wait, at most `--drain`, for deliveries still on their way.
+    // Drain: wait, at most `--drain`, for deliveries still on their way. After Ctrl-C too
+    // (at most a second), or what was in flight would count as lost.
     progress.count("draining", run.expected());
-    let deadline = Instant::now() + config.drain;
+    let drain = if run.interrupted.is_cancelled() {
+        config.drain.min(INTERRUPTED_DRAIN)
+    } else {
+        config.drain
+    };
+    let mut deadline = Instant::now() + drain;
     let mut tick = tokio::time::interval(TICK / 10);
-    while run.delivered() < run.expected() && !run.interrupted.is_cancelled() {
+    while run.delivered() < run.expected() {
         progress.set(run.delivered());
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
-            () = run.interrupted.cancelled() => break,
+            () = run.interrupted.cancelled(), if deadline > Instant::now() + INTERRUPTED_DRAIN => {
+                deadline = Instant::now() + INTERRUPTED_DRAIN;
+            }
             _ = tick.tick() => {}
         }
     }

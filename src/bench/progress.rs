@@ -24,13 +24,13 @@ impl Progress {
 
     /// A phase counted in items (connections): `done / total`.
     pub fn count(&self, what: &str, total: u64) {
-        self.phase("{prefix:>12} [{bar:40}] {pos}/{len} {msg}", what, total);
+        self.phase("{prefix:>12} [{bar:30}] {pos}/{len} {msg}", what, total);
     }
 
     /// A phase counted in time: the bar fills over `duration`.
     pub fn timed(&self, what: &str, duration: Duration) {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        self.phase("{prefix:>12} [{bar:40}] {msg}", what, millis.max(1));
+        self.phase("{prefix:>12} [{bar:30}] {msg}", what, millis.max(1));
     }
 
     fn phase(&self, template: &str, what: &str, length: u64) {
