@@ -251,6 +251,7 @@ impl Hub {
     pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<(MemberId, String), JoinError> {
         protocol::validate_room(&req.room).map_err(JoinError::InvalidRoom)?;
         let id = MemberId(self.next_member.fetch_add(1, Ordering::Relaxed));
+        let generated = req.name.is_none();
         let name = match req.name {
             Some(n) => {
                 protocol::validate_name(&n).map_err(JoinError::InvalidName)?;
@@ -260,6 +261,13 @@ impl Hub {
         };
         let mut guard = self.lock();
         let state = &mut *guard;
+        let mut name = name;
+        let mut suffix = 2;
+        while generated && state.names.contains_key(&name) {
+            // Someone chose this guest name for themselves: pick another.
+            name = format!("guest-{}-{suffix}", id.0);
+            suffix += 1;
+        }
         if !req.quiet {
             if state.names.contains_key(&name) {
                 return Err(JoinError::NameTaken(name));

@@ -4,7 +4,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
-use super::render::escape_control;
+use super::render::{escape_control, json_line};
 use super::{close, connection_lost, decode_event, print_line, server_closed};
 use crate::exit::{fail, Exit};
 use crate::protocol::Event;
@@ -39,19 +39,19 @@ pub async fn run(config: HistoryConfig) -> anyhow::Result<Exit> {
         };
         match event {
             Event::Chat(chat) if chat.history => print_line(&if config.json {
-                value.to_string()
+                json_line(&value)
             } else {
                 let said = if chat.action { "" } else { " says:" };
                 format!(
                     "#{} {} {}{said} {}",
                     chat.id,
-                    chat.timestamp,
+                    escape_control(&chat.timestamp),
                     escape_control(&chat.username),
                     escape_control(&chat.message)
                 )
             }),
             Event::Gap(gap) => print_line(&if config.json {
-                value.to_string()
+                json_line(&value)
             } else {
                 format!("# {}", escape_control(&gap.message))
             }),

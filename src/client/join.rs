@@ -100,6 +100,8 @@ struct Session {
     resuming: bool,
     /// Whether this connection's first welcome was seen (later ones are room moves).
     greeted: bool,
+    /// A name asked for with `/name`, until the server confirms it.
+    renaming: Option<String>,
     received: u64,
 }
 
@@ -185,6 +187,17 @@ impl Session {
                 counts = u64::from(!chat.history);
             }
             Event::Chat(chat) => counts = u64::from(chat.username != self.name),
+            Event::System(system)
+                if system.event == Notice::Rename
+                    && system.name.is_some()
+                    && system.name == self.renaming =>
+            {
+                // The server confirmed our new name: answer to it, and reconnect under it.
+                if let Some(new) = self.renaming.take() {
+                    self.renderer.set_me(&new);
+                    self.name = new;
+                }
+            }
             // What follows may start below the last id seen (a restarted history): take it all.
             Event::Gap(_) => self.last_id = None,
             Event::Synced(synced) => {
@@ -218,7 +231,10 @@ impl Session {
             Command::Me(text) if wschat => json!({"type": "chat", "content": text, "action": true}),
             Command::Me(text) => json!(format!("* {} {text}", self.name)),
             Command::Msg(to, text) if wschat => json!({"type": "chat", "content": text, "to": to}),
-            Command::Rename(new) if wschat => json!({"type": "setUsername", "username": new}),
+            Command::Rename(new) if wschat => {
+                self.renaming = Some(new.to_owned());
+                json!({"type": "setUsername", "username": new})
+            }
             Command::Rename(new) => {
                 self.name = new.to_owned();
                 return Ok(true);
@@ -273,6 +289,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         last_id: None,
         resuming: false,
         greeted: false,
+        renaming: None,
         received: 0,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
@@ -324,6 +341,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                 exit = signals.recv() => return Ok(exit),
             }
             target.room = session.room.clone().or(target.room);
+            session.name.clone_into(&mut target.name);
             target.since = session.last_id;
             session.resuming = session.last_id.is_some();
             tokio::select! {

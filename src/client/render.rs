@@ -10,14 +10,20 @@ use serde_json::{json, Value};
 
 use crate::protocol::{ChatEvent, Event, Notice};
 
-/// Shows control characters (other than none) as escapes: `\n`, `\u{1b}`.
+/// Characters that must not reach a terminal raw: C0 and C1 controls and DEL (escape
+/// sequences), and the bidirectional overrides that make text read differently than it is.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Shows unsafe characters as escapes: `\n`, `\u{1b}`, `\u{202e}`.
 pub fn escape_control(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(is_unsafe) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if is_unsafe(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -26,9 +32,30 @@ pub fn escape_control(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// One JSON object on one line, with every unsafe character `\u`-escaped (serde_json leaves
+/// DEL, C1 controls and bidi overrides as they are, which is valid JSON but not terminal-safe).
+pub fn json_line(value: &Value) -> String {
+    let text = value.to_string();
+    if !text.chars().any(is_unsafe) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Formats lines for one client.
 pub struct Renderer {
+    /// The tag on every line: the name the client started with.
     name: String,
+    /// The name the client holds now (after `/name`), to recognise private messages to it.
+    me: String,
     json: bool,
 }
 
@@ -36,8 +63,14 @@ impl Renderer {
     pub fn new(name: &str, json: bool) -> Renderer {
         Renderer {
             name: name.to_owned(),
+            me: name.to_owned(),
             json,
         }
+    }
+
+    /// Follows a rename: private messages to `name` are now to this client.
+    pub fn set_me(&mut self, name: &str) {
+        name.clone_into(&mut self.me);
     }
 
     fn tag(&self) -> String {
@@ -68,7 +101,7 @@ impl Renderer {
     /// A wschat event; `None` for events that are not shown (acknowledgements).
     pub fn event(&self, event: &Event, value: &Value) -> Option<String> {
         if self.json {
-            return Some(value.to_string());
+            return Some(json_line(value));
         }
         match event {
             Event::Chat(chat) => Some(self.chat(chat)),
@@ -128,7 +161,7 @@ impl Renderer {
             format!("{from} says: {text}")
         };
         let label = match (&chat.to, chat.private, chat.history) {
-            (Some(to), true, _) if to == &self.name && chat.username != self.name => {
+            (Some(to), true, _) if to == &self.me && chat.username != self.me => {
                 "private:".magenta().to_string()
             }
             (Some(to), true, _) => format!("{} {}:", "private to".magenta(), escape_control(to)),
@@ -141,7 +174,7 @@ impl Renderer {
     /// A text frame from a relay.
     pub fn relay_text(&self, text: &str) -> String {
         if self.json {
-            return json!({"type": "raw", "message": text}).to_string();
+            return json_line(&json!({"type": "raw", "message": text}));
         }
         self.line("received:", text)
     }
@@ -208,6 +241,13 @@ mod tests {
             "[alice] received: m\\u{1b}[31mallory says: a\\nb\\u{7}\\u{1b}]0;pwned\\u{7}"
         );
         assert_eq!(escape_control("plain é"), "plain é");
+        assert_eq!(escape_control("a\u{202e}b\u{9b}c"), "a\\u{202e}b\\u{9b}c");
+        let line = json_line(&serde_json::json!({"m": "x\u{9b}31m\u{202e}\u{7f}"}));
+        assert!(!line.chars().any(is_unsafe), "{line}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap()["m"],
+            "x\u{9b}31m\u{202e}\u{7f}"
+        );
     }
 
     #[test]

@@ -131,7 +131,10 @@ impl Sender<'_> {
             Event::Error(error) if error.reference.is_some_and(|r| self.pending.contains(&r)) => {
                 return Err(fail(
                     Exit::NotAcknowledged,
-                    format!("the server refused the message: {}", error.message),
+                    format!(
+                        "the server refused the message: {}",
+                        super::render::escape_control(&error.message)
+                    ),
                 ));
             }
             _ if printing => {

@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 ";
 
+/// Messages waiting for the writer, at most; past it new ones are not stored (nor acknowledged).
+const MAX_QUEUED: usize = 100_000;
+
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -40,7 +43,7 @@ pub struct SqliteStore {
     /// Reads of older history and of rooms not yet in the window. WAL lets them run while the
     /// writer commits.
     reader: Mutex<Connection>,
-    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    writes: Mutex<Option<mpsc::SyncSender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -84,7 +87,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create tables in {}", path.display()))?;
         let reader = open(path)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
         let writer = std::thread::Builder::new()
             .name("wschat-sqlite".into())
             .spawn(move || write_loop(conn, rx))
@@ -161,8 +164,18 @@ impl Store for SqliteStore {
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         match writes.as_ref() {
             Some(tx) => {
-                if tx.send((message, on_durable)).is_err() {
-                    tracing::error!("database writer has stopped; message not stored");
+                match tx.try_send((message, on_durable)) {
+                    Ok(()) => {}
+                    // The disk is slower than the room: the message was delivered but is not
+                    // stored, and its sender gets no acknowledgement, so it knows.
+                    Err(mpsc::TrySendError::Full(_)) => {
+                        tracing::error!(
+                            "database writer is {MAX_QUEUED} messages behind; message not stored"
+                        );
+                    }
+                    Err(mpsc::TrySendError::Disconnected(_)) => {
+                        tracing::error!("database writer has stopped; message not stored");
+                    }
                 }
             }
             None => tracing::error!("database is closed; message not stored"),
