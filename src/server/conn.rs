@@ -462,10 +462,15 @@ pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<M
             .rename(id, &name)
             .err()
             .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
-        Ok(Inbound::Join { room }) => hub
-            .move_to(id, &room)
-            .err()
-            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
+        Ok(Inbound::Join { room }) => {
+            if protocol::validate_room(&room).is_ok() {
+                // Off the hub's lock (a short blocking read at most, once per room).
+                shared.store.prepare(&room);
+            }
+            hub.move_to(id, &room)
+                .err()
+                .map(|e| Event::error(e.code(), e.to_string(), None).to_frame())
+        }
         Ok(Inbound::Rooms) => Some(hub.rooms()),
         Ok(Inbound::Who) => Some(hub.who(id)),
         Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),

@@ -1,4 +1,4 @@
-//! Chat history: where a room's messages are kept, behind one trait with two implementations.
+//! Chat history: where a room's messages are kept, behind one trait with three implementations.
 //!
 //! - [`MemoryStore`] (the default): the last `keep` messages of each room, in memory.
 //! - [`SqliteStore`] (`--db FILE`): the same in-memory window in front of a SQLite file that
@@ -6,9 +6,11 @@
 //! - [`RedisStore`] (`--redis URL`): the same in-memory window, filled from the Redis streams
 //!   that several instances share (see `crate::cluster`).
 //!
-//! The hub calls a store while holding its lock, so every method here returns at memory
-//! speed: durable writes happen on the store's own thread, in batches, and report back
-//! through the `on_durable` callback (the hub acknowledges a message only then).
+//! The hub calls a store while holding its lock, so its methods answer from memory: durable
+//! writes happen on the store's own thread, in batches, and report back through the
+//! `on_durable` callback (the hub acknowledges a message only then), and a room's window is
+//! loaded by `prepare` before the hub is asked about the room. One exception remains: with
+//! SQLite, resuming from a position older than the window reads the disk under the lock.
 
 mod memory;
 mod redis_store;
@@ -41,6 +43,9 @@ pub trait Store: Send + Sync + 'static {
     fn since(&self, room: &str, id: u64, limit: usize) -> Since;
     /// Number of messages kept across all rooms (for metrics).
     fn kept(&self) -> usize;
+    /// Makes `room` ready to be read at memory speed (a durable store loads its recent
+    /// window). Called before the hub is asked about the room, off the hub's lock; it may block.
+    fn prepare(&self, _room: &str) {}
     /// Writes everything pending and stops writing. Called once at shutdown.
     fn close(&self) {}
 }

@@ -217,6 +217,10 @@ impl Store for SqliteStore {
         }
     }
 
+    fn prepare(&self, room: &str) {
+        self.load(room);
+    }
+
     fn kept(&self) -> usize {
         self.cache.kept()
     }
