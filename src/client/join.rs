@@ -33,6 +33,9 @@ pub struct JoinConfig {
 const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
 /name NEW, /quit, /help; a line starting with // sends it with one / removed";
 
+/// How long after a loss a "name taken" refusal is taken for our own lingering connection.
+const NAME_GRACE: Duration = Duration::from_secs(60);
+
 /// How often the client pings the server.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -102,6 +105,8 @@ struct Session {
     greeted: bool,
     /// A name asked for with `/name`, until the server confirms it.
     renaming: Option<String>,
+    /// When the connection was last lost, until a new one is greeted.
+    lost_at: Option<Instant>,
     received: u64,
 }
 
@@ -167,6 +172,7 @@ impl Session {
                 }
                 if !self.greeted {
                     self.greeted = true;
+                    self.lost_at = None;
                     let line =
                         self.renderer
                             .connected(&self.url, true, Some(system.message.as_str()));
@@ -290,6 +296,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         resuming: false,
         greeted: false,
         renaming: None,
+        lost_at: None,
         received: 0,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
@@ -327,6 +334,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         if !(config.reconnect && retry) {
             return Err(error);
         }
+        session.lost_at.get_or_insert_with(Instant::now);
         // Reconnect until it works, the time is up, or a signal says stop.
         connection = loop {
             attempt += 1;
@@ -398,8 +406,15 @@ async fn converse(
             }
             next = stream.next() => match next {
                 Some(Ok(Message::Close(frame))) => {
+                    // Coming back right after a loss, our own old connection may still hold
+                    // the name until the server notices it is gone: that refusal is retried.
+                    let name_held = frame
+                        .as_ref()
+                        .is_some_and(|f| u16::from(f.code) == codes::NAME_REJECTED);
+                    let retry = !is_terminal(frame.as_ref())
+                        || (name_held && session.lost_at.is_some_and(|at| at.elapsed() < NAME_GRACE));
                     return Ok(Ending::Lost {
-                        retry: !is_terminal(frame.as_ref()),
+                        retry,
                         error: server_closed(&session.url, frame.as_ref()),
                     });
                 }
