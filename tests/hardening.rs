@@ -13,18 +13,6 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
-fn metric(server: &Server, name: &str) -> u64 {
-    let response = http_request(&server.addr(), "GET", "/metrics");
-    assert_eq!(response.status, 200);
-    response
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("wschat_{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name} in {}", response.body))
-        .parse()
-        .unwrap()
-}
-
 fn close_code(ws: &mut Ws) -> u16 {
     u16::from(expect_close(ws).expect("a close frame with a code").code)
 }
@@ -151,12 +139,7 @@ fn connection_caps_refuse_with_503_and_leave_others_alone() {
 #[test]
 fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
     let server = Server::start(&["--outbox", "16", "--rate", "0"]);
-    let rss = |pid: u32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let before = rss(server.proc.pid());
+    let before = rss_kib(&server);
     // A client that completes the handshake and then never reads a byte.
     let stalled = TcpStream::connect(server.addr()).unwrap();
     stalled.set_read_timeout(Some(GUARD)).unwrap();
@@ -190,7 +173,7 @@ fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
     );
     assert_eq!(metric(&server, "slow_consumer_disconnects_total"), 1);
     // 12 MB went to the room; the stalled client cost at most its outbox and socket buffers.
-    let after = rss(server.proc.pid());
+    let after = rss_kib(&server);
     println!("server VmRSS before {before} KiB, after {after} KiB");
     assert!(after < before + 64 * 1024, "{before} KiB -> {after} KiB");
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_no_panic, http_request, Server, GUARD};
+use common::{assert_no_panic, http_request, metric, rss_kib, Server, GUARD};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,29 +48,6 @@ async fn bounded<T>(bound: Duration, what: &str, future: impl Future<Output = T>
         Ok(value) => value,
         Err(_) => panic!("{what}: not done within {bound:?}"),
     }
-}
-
-/// The server's resident memory in KiB, from /proc.
-fn rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.proc.pid()))
-        .expect("read /proc/PID/status of the server");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-fn metric(server: &Server, name: &str) -> u64 {
-    let response = http_request(&server.addr(), "GET", "/metrics");
-    assert_eq!(response.status, 200);
-    response
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("wschat_{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name} in {}", response.body))
-        .parse()
-        .unwrap()
 }
 
 /// Waits until the server has let go of every connection but `open`. Closing a socket is not an

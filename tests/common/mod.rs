@@ -597,3 +597,29 @@ pub fn assert_no_panic(text: &str) {
         assert!(!text.contains(bad), "{bad:?} in output: {text}");
     }
 }
+
+// ---- Server state, as an operator reads it ---------------------------------------------------
+
+/// The server's resident memory in KiB, from /proc.
+pub fn rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.proc.pid()))
+        .expect("read /proc/PID/status of the server");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// One counter or gauge from the server's `/metrics`.
+pub fn metric(server: &Server, name: &str) -> u64 {
+    let response = http_request(&server.addr(), "GET", "/metrics");
+    assert_eq!(response.status, 200);
+    response
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("wschat_{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name} in {}", response.body))
+        .parse()
+        .unwrap()
+}
