@@ -461,6 +461,8 @@ impl Cli {
                     access: Access {
                         token: server_token(a.token, a.token_file.as_deref())?,
                         allowed_origins: a.allow_origin,
+                        // Known once the listener is bound.
+                        loopback_only: false,
                     },
                     tls: match (&a.tls_cert, &a.tls_key) {
                         (Some(cert), Some(key)) => Some(

@@ -10,6 +10,24 @@ pub struct Access {
     pub token: Option<String>,
     /// Origins allowed besides the server's own (`*` allows any).
     pub allowed_origins: Vec<String>,
+    /// The server listens on loopback only: a page can be "its own" only when it was loaded
+    /// under a loopback name. Without this, a page whose DNS name was rebound to 127.0.0.1
+    /// would pass as same-origin (its Origin and Host agree).
+    pub loopback_only: bool,
+}
+
+/// Whether a Host header value names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How a request stands with the token.
@@ -65,7 +83,8 @@ impl Access {
         let origin_host = origin
             .split_once("://")
             .map(|(_, rest)| rest.trim_end_matches('/'));
-        matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+        matches!((host, origin_host), (Some(h), Some(o))
+            if h.eq_ignore_ascii_case(o) && (!self.loopback_only || is_loopback_host(h)))
     }
 }
 
@@ -130,6 +149,29 @@ mod tests {
         assert!(!access.origin_allowed(&req("https://evil.example")));
         assert!(!access.origin_allowed(&req("http://127.0.0.1:9999")));
         assert!(!access.origin_allowed(&req("null")));
+        // Listening on loopback, a rebound name is not the server's own page.
+        let local = Access {
+            loopback_only: true,
+            ..Access::default()
+        };
+        let rebound = headers(&[
+            (header::HOST, "attacker.example:8080"),
+            (header::ORIGIN, "http://attacker.example:8080"),
+        ]);
+        assert!(!local.origin_allowed(&rebound));
+        assert!(Access::default().origin_allowed(&rebound));
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "app.localhost",
+        ] {
+            let own = headers(&[
+                (header::HOST, host),
+                (header::ORIGIN, &format!("http://{host}")),
+            ]);
+            assert!(local.origin_allowed(&own), "{host}");
+        }
         let any = Access {
             allowed_origins: vec!["*".into()],
             ..Access::default()
