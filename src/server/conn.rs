@@ -494,13 +494,20 @@ async fn write_loop<S>(
             frame = &mut close_request, if close_pending => {
                 close_pending = false;
                 let Ok(frame) = frame else { continue };
-                if feed_queued(&mut sink, &mut outbox).await.is_ok() {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                }
+                write_close(&mut sink, &mut outbox, frame).await;
                 break;
             }
             next = outbox.recv() => {
-                let Some(first) = next else { break };
+                let Some(first) = next else {
+                    // The reader is done. It may have asked for a close just before dropping its
+                    // outbox, after this loop last looked; it drops the request right after.
+                    if close_pending {
+                        if let Ok(frame) = (&mut close_request).await {
+                            write_close(&mut sink, &mut outbox, frame).await;
+                        }
+                    }
+                    break;
+                };
                 if sink.feed(first).await.is_err()
                     || feed_queued(&mut sink, &mut outbox).await.is_err()
                     || sink.flush().await.is_err()
@@ -512,6 +519,19 @@ async fn write_loop<S>(
         }
     }
     let _ = sink.close().await;
+}
+
+/// Writes what is still queued, then the close frame.
+async fn write_close<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    outbox: &mut mpsc::Receiver<Message>,
+    frame: CloseFrame,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if feed_queued(sink, outbox).await.is_ok() {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// Feeds (without flushing) every frame already waiting in the outbox.
