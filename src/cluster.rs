@@ -13,12 +13,20 @@
 //!   post retried after a timeout is not appended twice.
 //! - `wschat:name:{name}`: who holds a name (value: the instance id), `EX 30`, refreshed every
 //!   10 s while held and deleted on leave.
-//! - `wschat:presence:{room}`: hash of member name -> instance id; `wschat:instance:{id}`: the
-//!   instance's heartbeat (`EX 30`, refreshed every 10 s). Members of an instance whose heartbeat
-//!   expired are not counted, so a dead instance stops counting within 30 s.
+//! - `wschat:presence:{room}`: hash of member name -> instance id (for `who`);
+//!   `wschat:count:{room}`: hash of instance id -> its visible members of the room (for counts);
+//!   `wschat:rooms`: the rooms with members somewhere (for `rooms`);
+//!   `wschat:instance:{id}`: the instance's heartbeat (`EX 30`, refreshed every 10 s). Members of
+//!   an instance whose heartbeat expired are not counted, so a dead instance stops counting
+//!   within 30 s (40 s for the counts, which are taken again every heartbeat).
 //!
-//! Posting is one Lua script that increments the room counter and appends to both streams
-//! atomically, so ids are ordered the same way as the log, on every instance.
+//! The log carries three kinds of entries: room messages (no `kind` field), private messages
+//! (`kind` `private`, delivered by the instance that has the target) and join, leave and rename
+//! notices (`kind` `notice`, with every live instance's count of the room's members at that
+//! point). Posting a room message is one Lua script that increments the room counter and
+//! appends to both streams atomically, so ids are ordered the same way as the log, on every
+//! instance; posting a notice is one script that records the instance's count and appends the
+//! notice with everyone's counts, so counts follow the log's order too.
 //!
 //! No Redis call is made under the hub's lock: the hub only queues posts (a bounded channel),
 //! and everything else (loading a room's history, claiming a name) happens in the connection's
@@ -39,8 +47,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::MemberId;
-use crate::protocol::ChatEvent;
-use crate::relay::{Handover, Origin, Relay};
+use crate::protocol::{ChatEvent, Notice};
+use crate::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
 use crate::store::RedisStore;
 
 /// The shared log of every room's messages.
@@ -84,6 +92,49 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*',
   'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9])
 redis.call('SET', KEYS[4], id, 'EX', 600)
 return id
+";
+
+/// Appends a private message to the log, once (KEYS[2] remembers a post already made).
+const PRIVATE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'private',
+  'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
+  'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10])
+redis.call('SET', KEYS[2], 1, 'EX', 600)
+return 1
+";
+
+/// Records the posting instance's count of a room's members, then appends a notice carrying
+/// the count of every live instance (dead ones are dropped from the room's count), once.
+/// An instance is live while its heartbeat key exists; the posting one always is.
+const NOTICE: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if tonumber(ARGV[9]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[7], ARGV[9])
+else
+  redis.call('HDEL', KEYS[1], ARGV[7])
+end
+local counts = redis.call('HGETALL', KEYS[1])
+local parts = {}
+local total = 0
+for i = 1, #counts, 2 do
+  if counts[i] == ARGV[7] or redis.call('EXISTS', 'wschat:instance:' .. counts[i]) == 1 then
+    parts[#parts + 1] = counts[i] .. '=' .. counts[i + 1]
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], counts[i])
+  end
+end
+if total > 0 then
+  redis.call('SADD', KEYS[2], ARGV[2])
+else
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'notice',
+  'room', ARGV[2], 'event', ARGV[3], 'name', ARGV[4], 'message', ARGV[5], 'timestamp', ARGV[6],
+  'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '))
+redis.call('SET', KEYS[4], 1, 'EX', 600)
+return 1
 ";
 
 /// Takes a name for this instance, or extends its lease if this instance holds it already.
@@ -132,10 +183,23 @@ fn instance_key(id: &str) -> String {
     format!("wschat:instance:{id}")
 }
 
+fn count_key(room: &str) -> String {
+    format!("wschat:count:{room}")
+}
+
+/// The set of rooms with members on some instance.
+const ROOMS_KEY: &str = "wschat:rooms";
+
+/// What goes to the log.
+enum Outgoing {
+    Chat(ChatEvent, Origin),
+    Private(ChatEvent, Origin),
+    Notice(Announcement),
+}
+
 /// A post waiting for Redis.
 struct Pending {
-    message: ChatEvent,
-    origin: Origin,
+    post: Outgoing,
     /// Unique per post: makes a retried post idempotent.
     serial: u64,
 }
@@ -168,6 +232,8 @@ pub struct Cluster {
     commands: ConnectionManager,
     tail: ConnectionManager,
     post: Script,
+    private: Script,
+    notice: Script,
     claim: Script,
     release: Script,
     queue: mpsc::Sender<Pending>,
@@ -238,35 +304,91 @@ fn room_entry(room: &str, entry: &StreamId) -> Option<ChatEvent> {
     })
 }
 
-/// Reads one log entry: the message, and who posted it if that was a member of `me`.
-fn log_entry(me: &str, entry: &StreamId) -> Option<(ChatEvent, Option<Origin>)> {
+/// Reads one log entry (a room message, a private message or a notice), for instance `me`.
+fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
     let room: String = entry.get("room")?;
+    let instance: String = entry.get("instance").unwrap_or_default();
+    let mine = instance == me;
+    let member = || entry.get::<u64>("member").map(MemberId::from_raw);
+    let kind: Option<String> = entry.get("kind");
+    if kind.as_deref() == Some("notice") {
+        let notice = match entry.get::<String>("event")?.as_str() {
+            "join" => Notice::Join,
+            "leave" => Notice::Leave,
+            "rename" => Notice::Rename,
+            _ => return None,
+        };
+        let counts: String = entry.get("counts").unwrap_or_default();
+        let mut local = 0;
+        let mut others = 0;
+        for part in counts.split_whitespace() {
+            let (id, n) = part.split_once('=')?;
+            let n: usize = n.parse().ok()?;
+            if id == me {
+                local = n;
+            } else {
+                others += n;
+            }
+        }
+        let origin = Origin {
+            member: member()?,
+            reference: None,
+            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+        };
+        let announcement = Announcement {
+            room,
+            notice,
+            name: entry.get("name")?,
+            message: entry.get("message")?,
+            timestamp: entry.get("timestamp")?,
+            local,
+            origin,
+        };
+        return Some(Delivery::Notice(NoticeEntry {
+            announcement,
+            others,
+            mine: mine.then_some(origin),
+        }));
+    }
+    let to: Option<String> = entry.get("to");
+    let private = kind.as_deref() == Some("private");
     let message = ChatEvent {
-        id: entry.get("id")?,
+        id: if private { 0 } else { entry.get("id")? },
         room,
         username: entry.get("username")?,
         message: entry.get("message")?,
         timestamp: entry.get("timestamp")?,
-        to: None,
-        private: false,
+        to: if private { Some(to?) } else { None },
+        private,
         action: entry.get::<String>("action").is_some_and(|a| a == "1"),
         history: false,
     };
-    let instance: String = entry.get("instance").unwrap_or_default();
-    let origin = if instance == me {
+    let origin = if mine {
         Some(Origin {
-            member: MemberId::from_raw(entry.get("member")?),
+            member: member()?,
             reference: entry.get::<String>("ref").and_then(|r| r.parse().ok()),
             delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
         })
     } else {
         None
     };
-    Some((message, origin))
+    Some(if private {
+        Delivery::Private(message, origin)
+    } else {
+        Delivery::Chat(message, origin)
+    })
+}
+
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 /// Where delivered log entries go: the hub (or, in tests, a store).
-pub type Deliver = Arc<dyn Fn(ChatEvent, Option<Origin>) + Send + Sync>;
+pub type Deliver = Arc<dyn Fn(Delivery) + Send + Sync>;
 
 impl Cluster {
     /// Prepares the connections (made lazily: serve starts even while Redis is away).
@@ -281,6 +403,8 @@ impl Cluster {
             config,
             store,
             post: Script::new(POST),
+            private: Script::new(PRIVATE),
+            notice: Script::new(NOTICE),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             queue,
@@ -342,12 +466,13 @@ impl Cluster {
         }
     }
 
-    fn deliver(&self, message: ChatEvent, origin: Option<Origin>) {
+    fn deliver(&self, delivery: Delivery) {
         use crate::store::Store;
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        match self.sink.get() {
-            Some(deliver) => deliver(message, origin),
-            None => self.store.append(message, None),
+        match (self.sink.get(), delivery) {
+            (Some(deliver), delivery) => deliver(delivery),
+            (None, Delivery::Chat(message, _)) => self.store.append(message, None),
+            (None, _) => {}
         }
     }
 
@@ -401,30 +526,87 @@ impl Cluster {
         }
     }
 
-    async fn publish_one(&self, pending: &Pending) -> anyhow::Result<u64> {
+    async fn publish_one(&self, pending: &Pending) -> anyhow::Result<()> {
+        let dedupe = format!("wschat:post:{}:{}", self.id, pending.serial);
+        let invocation = match &pending.post {
+            Outgoing::Chat(m, o) => self.post_chat(m, o, dedupe),
+            Outgoing::Private(m, o) => self.post_private(m, o, dedupe),
+            Outgoing::Notice(a) => self.post_notice(a, dedupe),
+        };
+        let mut connection = self.commands.clone();
+        bounded(invocation.invoke_async::<u64>(&mut connection)).await?;
+        Ok(())
+    }
+
+    fn post_chat(&self, m: &ChatEvent, o: &Origin, dedupe: String) -> redis::ScriptInvocation<'_> {
         use crate::store::Store;
-        let m = &pending.message;
-        let o = &pending.origin;
         let mut invocation = self.post.prepare_invoke();
         invocation
             .key(room_seq(&m.room))
             .key(room_stream(&m.room))
             .key(LOG_KEY)
-            .key(format!("wschat:post:{}:{}", self.id, pending.serial))
+            .key(dedupe)
             .arg(&m.room)
             .arg(&m.username)
             .arg(&m.message)
             .arg(&m.timestamp)
-            .arg(if m.action { "1" } else { "0" })
+            .arg(flag(m.action))
             .arg(&self.id)
             .arg(o.member.raw())
             .arg(o.reference.map(|r| r.to_string()).unwrap_or_default())
-            .arg(if o.delivered_locally { "1" } else { "0" })
+            .arg(flag(o.delivered_locally))
             .arg(self.config.keep)
             .arg(self.config.log_max)
             .arg(self.store.last_id(&m.room));
-        let mut connection = self.commands.clone();
-        bounded(invocation.invoke_async::<u64>(&mut connection)).await
+        invocation
+    }
+
+    fn post_private(
+        &self,
+        m: &ChatEvent,
+        o: &Origin,
+        dedupe: String,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.private.prepare_invoke();
+        invocation
+            .key(LOG_KEY)
+            .key(dedupe)
+            .arg(self.config.log_max)
+            .arg(&m.room)
+            .arg(&m.username)
+            .arg(&m.message)
+            .arg(&m.timestamp)
+            .arg(flag(m.action))
+            .arg(m.to.as_deref().unwrap_or_default())
+            .arg(&self.id)
+            .arg(o.member.raw())
+            .arg(o.reference.map(|r| r.to_string()).unwrap_or_default());
+        invocation
+    }
+
+    fn post_notice(&self, a: &Announcement, dedupe: String) -> redis::ScriptInvocation<'_> {
+        let event = match a.notice {
+            Notice::Join => "join",
+            Notice::Leave => "leave",
+            _ => "rename",
+        };
+        let mut invocation = self.notice.prepare_invoke();
+        invocation
+            .key(count_key(&a.room))
+            .key(ROOMS_KEY)
+            .key(LOG_KEY)
+            .key(dedupe)
+            .arg(self.config.log_max)
+            .arg(&a.room)
+            .arg(event)
+            .arg(&a.name)
+            .arg(&a.message)
+            .arg(&a.timestamp)
+            .arg(&self.id)
+            .arg(a.origin.member.raw())
+            .arg(a.local)
+            .arg(flag(a.origin.delivered_locally));
+        invocation
     }
 
     async fn tail_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -459,7 +641,7 @@ impl Cluster {
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in &key.ids {
                         match log_entry(&self.id, entry) {
-                            Some((message, origin)) => self.deliver(message, origin),
+                            Some(delivery) => self.deliver(delivery),
                             None => {
                                 tracing::warn!(entry = entry.id, "unreadable log entry skipped")
                             }
@@ -518,8 +700,28 @@ impl Cluster {
             (names, presence, gone)
         };
         let mut connection = self.commands.clone();
-        let _: () =
-            bounded(connection.set_ex(instance_key(&self.id), "1", LEASE.as_secs())).await?;
+        let (previous,): (Option<String>,) = bounded(
+            redis::pipe()
+                .atomic()
+                .getset(instance_key(&self.id), "1")
+                .expire(instance_key(&self.id), LEASE.as_secs() as i64)
+                .ignore()
+                .query_async(&mut connection),
+        )
+        .await?;
+        let mut rooms: HashMap<String, usize> = HashMap::new();
+        for (room, _) in &presence {
+            *rooms.entry(room.clone()).or_default() += 1;
+        }
+        if previous.is_none() {
+            // Redis lost its data (or this heartbeat had expired): count this instance again.
+            let mut pipe = redis::pipe();
+            for (room, n) in &rooms {
+                pipe.hset(count_key(room), &self.id, n).ignore();
+                pipe.sadd(ROOMS_KEY, room).ignore();
+            }
+            bounded(pipe.query_async::<()>(&mut connection)).await?;
+        }
         for name in names {
             if !self.claim_raw(&name).await? {
                 tracing::warn!(name, "another instance holds this name too");
@@ -538,7 +740,7 @@ impl Cluster {
                 return Err(e);
             }
         }
-        Ok(())
+        self.recount(rooms.into_keys().collect()).await
     }
 
     async fn claim_raw(&self, name: &str) -> anyhow::Result<bool> {
@@ -630,31 +832,98 @@ impl Cluster {
         let mut connection = self.commands.clone();
         let members: HashMap<String, String> =
             bounded(connection.hgetall(presence_key(room))).await?;
-        let instances: Vec<String> = members
-            .values()
-            .cloned()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut alive = HashSet::new();
-        if !instances.is_empty() {
-            let keys: Vec<String> = instances.iter().map(|i| instance_key(i)).collect();
-            let beats: Vec<Option<String>> = bounded(connection.mget(&keys)).await?;
-            alive.extend(
-                instances
-                    .into_iter()
-                    .zip(beats)
-                    .filter(|(_, beat)| beat.is_some())
-                    .map(|(i, _)| i),
-            );
-        }
-        let members: Vec<(String, String)> = members
+        let alive = self.alive(members.values().cloned().collect()).await?;
+        Ok(members
             .into_iter()
             .filter(|(_, instance)| alive.contains(instance))
-            .collect();
-        let others = members.iter().filter(|(_, i)| *i != self.id).count();
-        lock(&self.census).insert(room.to_owned(), others);
-        Ok(members)
+            .collect())
+    }
+
+    /// Which of `instances` have a live heartbeat (this one always has).
+    async fn alive(&self, instances: HashSet<String>) -> anyhow::Result<HashSet<String>> {
+        let others: Vec<String> = instances.into_iter().filter(|i| *i != self.id).collect();
+        let mut alive: HashSet<String> = HashSet::from([self.id.clone()]);
+        if others.is_empty() {
+            return Ok(alive);
+        }
+        let keys: Vec<String> = others.iter().map(|i| instance_key(i)).collect();
+        let mut connection = self.commands.clone();
+        let beats: Vec<Option<String>> = bounded(connection.mget(&keys)).await?;
+        alive.extend(
+            others
+                .into_iter()
+                .zip(beats)
+                .filter(|(_, beat)| beat.is_some())
+                .map(|(i, _)| i),
+        );
+        Ok(alive)
+    }
+
+    /// The visible members of each of `rooms` on the other live instances.
+    async fn count_others(&self, rooms: &[String]) -> anyhow::Result<Vec<usize>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hgetall(count_key(room));
+        }
+        let mut connection = self.commands.clone();
+        let counts: Vec<HashMap<String, usize>> =
+            bounded(pipe.query_async(&mut connection)).await?;
+        let instances = counts.iter().flat_map(|c| c.keys().cloned()).collect();
+        let alive = self.alive(instances).await?;
+        Ok(counts
+            .into_iter()
+            .map(|c| {
+                c.into_iter()
+                    .filter(|(i, _)| *i != self.id && alive.contains(i))
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .collect())
+    }
+
+    /// Counts the other instances' members of `rooms` again, and hands each count to the hub
+    /// (which tells a room whose total changed).
+    async fn recount(&self, rooms: Vec<String>) -> anyhow::Result<()> {
+        let others = self.count_others(&rooms).await?;
+        for (room, others) in rooms.into_iter().zip(others) {
+            lock(&self.census).insert(room.clone(), others);
+            self.deliver(Delivery::Census { room, others });
+        }
+        Ok(())
+    }
+
+    /// Every room with members on some live instance, with its members on the other instances
+    /// (this instance's own are the hub's to count); `None` if Redis did not answer.
+    pub async fn rooms(&self) -> Option<HashMap<String, usize>> {
+        let listed = async {
+            let mut connection = self.commands.clone();
+            let rooms: Vec<String> = bounded(connection.smembers(ROOMS_KEY)).await?;
+            let others = self.count_others(&rooms).await?;
+            anyhow::Ok(rooms.into_iter().zip(others).collect())
+        };
+        match listed.await {
+            Ok(rooms) => Some(rooms),
+            Err(e) => {
+                self.set_up(false, Some(&e));
+                None
+            }
+        }
+    }
+
+    /// Whether a live instance holds `name`; an error if Redis did not answer.
+    pub async fn is_held(&self, name: &str) -> anyhow::Result<bool> {
+        let mut connection = self.commands.clone();
+        let holder: Option<String> = bounded(connection.get(name_key(name))).await?;
+        let Some(holder) = holder else {
+            return Ok(false);
+        };
+        Ok(self
+            .alive(HashSet::from([holder.clone()]))
+            .await?
+            .contains(&holder))
     }
 
     /// The members of `room` on every live instance, sorted; `None` if Redis did not answer.
@@ -672,10 +941,11 @@ impl Cluster {
         }
     }
 
-    /// Counts `room`'s members on the other instances again (before a member joins it here:
-    /// its welcome and notices count everyone).
+    /// Counts `room`'s members on the other instances again (before a member joins it here,
+    /// so that its welcome counts everyone; and after a `who`, which may have found an instance
+    /// gone).
     pub async fn census(&self, room: &str) {
-        if let Err(e) = self.members(room).await {
+        if let Err(e) = self.recount(vec![room.to_owned()]).await {
             tracing::debug!(room, "members of other instances not counted: {e:#}");
         }
     }
@@ -794,31 +1064,41 @@ impl Cluster {
     }
 }
 
-impl Relay for Cluster {
-    fn publish(&self, message: ChatEvent, mut origin: Origin) -> Handover {
+impl Cluster {
+    /// Queues a post for the log; the handover says whether local members must get it now.
+    fn enqueue(&self, post: Outgoing) -> Handover {
         let deliver_locally = !self.is_up();
-        origin.delivered_locally = deliver_locally;
         let pending = Pending {
-            message,
-            origin,
+            post,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
         };
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(pending) {
-            Ok(()) => {
-                if deliver_locally {
-                    Handover::QueuedDeliverLocally
-                } else {
-                    Handover::Queued
-                }
-            }
+            Ok(()) if deliver_locally => Handover::QueuedDeliverLocally,
+            Ok(()) => Handover::Queued,
             Err(_) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("queue to redis full: message refused");
+                tracing::warn!("queue to redis full: post refused");
                 Handover::Refused
             }
         }
+    }
+}
+
+impl Relay for Cluster {
+    fn publish(&self, message: ChatEvent, mut origin: Origin) -> Handover {
+        origin.delivered_locally = !self.is_up();
+        if message.to.is_some() {
+            self.enqueue(Outgoing::Private(message, origin))
+        } else {
+            self.enqueue(Outgoing::Chat(message, origin))
+        }
+    }
+
+    fn announce(&self, mut announcement: Announcement) -> Handover {
+        announcement.origin.delivered_locally = !self.is_up();
+        self.enqueue(Outgoing::Notice(announcement))
     }
 
     fn others(&self, room: &str) -> usize {

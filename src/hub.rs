@@ -17,7 +17,7 @@ use crate::protocol::{
     self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
     SyncedEvent, SystemEvent, WhoEvent,
 };
-use crate::relay::{Handover, Origin, Relay};
+use crate::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
 use crate::store::Store;
 
 /// Identifies one connection for its whole life in the hub.
@@ -145,6 +145,19 @@ struct State {
     names: HashMap<String, MemberId>,
 }
 
+impl State {
+    /// A connected member, by id.
+    fn member(&self, id: MemberId) -> Option<&Member> {
+        let room = self.rooms_by_member.get(&id)?;
+        self.rooms.get(room)?.members.get(&id)
+    }
+
+    /// A visible member, by name.
+    fn member_named(&self, name: &str) -> Option<&Member> {
+        self.member(*self.names.get(name)?)
+    }
+}
+
 #[derive(Default)]
 struct Room {
     members: HashMap<MemberId, Member>,
@@ -188,6 +201,27 @@ impl Room {
         (delivered, slow)
     }
 
+    /// Tells this instance's members of the room that someone joined, left or was renamed,
+    /// with the room's count (and a presence event for a join or leave). A join notice skips
+    /// the member who joined. Returns the members found slow.
+    fn announce_here(&self, a: &Announcement) -> Vec<MemberId> {
+        let count = self.count();
+        let skip = (a.notice == Notice::Join).then_some(a.origin.member);
+        let notice = system(
+            a.notice,
+            &a.room,
+            &a.name,
+            a.message.clone(),
+            a.timestamp.clone(),
+            count,
+        );
+        let (_, mut slow) = self.fan_out(&notice, skip);
+        if a.notice != Notice::Rename {
+            slow.extend(self.fan_out(&presence(&a.room, count), skip).1);
+        }
+        slow
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .members
@@ -200,10 +234,17 @@ impl Room {
     }
 }
 
-fn system(event: Notice, room: &str, name: &str, message: String, count: usize) -> Message {
+fn system(
+    event: Notice,
+    room: &str,
+    name: &str,
+    message: String,
+    timestamp: String,
+    count: usize,
+) -> Message {
     Event::System(SystemEvent {
         message,
-        timestamp: protocol::timestamp(),
+        timestamp,
         event,
         room: room.to_owned(),
         name: Some(name.to_owned()),
@@ -285,7 +326,7 @@ impl Hub {
             history: req.history.or((!req.quiet).then_some(self.config.history)),
         };
         let slow = self.enter(state, id, member, &req.room, replay);
-        evict_all(state, slow);
+        self.evict_all(state, slow);
         Ok((id, name))
     }
 
@@ -318,7 +359,15 @@ impl Hub {
                 format!("{count} people here")
             };
             let welcome = format!("Welcome to wschat, {name}! You are in {room_name}; {others}.");
-            let _ = frames.try_send(system(Notice::Welcome, room_name, &name, welcome, count));
+            let timestamp = protocol::timestamp();
+            let _ = frames.try_send(system(
+                Notice::Welcome,
+                room_name,
+                &name,
+                welcome,
+                timestamp,
+                count,
+            ));
         }
         // A member whose greeting does not fit is too slow already: evicted, it can resume.
         let greeted = self.replay(&frames, room_name, room.last_id, replay);
@@ -326,17 +375,45 @@ impl Hub {
         if quiet {
             return mine;
         }
-        let notice = system(
-            Notice::Join,
-            room_name,
-            &name,
-            format!("{name} joined the chat"),
-            room.count(),
-        );
-        let (_, mut slow) = room.fan_out(&notice, Some(id));
-        slow.extend(room.fan_out(&presence(room_name, room.count()), Some(id)).1);
+        let message = format!("{name} joined the chat");
+        let mut slow = self.notify(room, room_name, Notice::Join, name, message, id);
         slow.extend(mine);
         slow
+    }
+
+    /// Tells a room that `about` joined, left or was renamed: through the relay's log when
+    /// there is one (every instance's members then hear it, with the count of all instances),
+    /// here at once otherwise or while the log is away. Returns the members found slow.
+    fn notify(
+        &self,
+        room: &Room,
+        room_name: &str,
+        notice: Notice,
+        name: String,
+        message: String,
+        about: MemberId,
+    ) -> Vec<MemberId> {
+        let announcement = Announcement {
+            room: room_name.to_owned(),
+            notice,
+            name,
+            message,
+            timestamp: protocol::timestamp(),
+            local: room.visible,
+            origin: Origin {
+                member: about,
+                reference: None,
+                delivered_locally: false,
+            },
+        };
+        if let Some(relay) = &self.relay {
+            match relay.announce(announcement.clone()) {
+                Handover::Queued => return Vec::new(),
+                // Away or full: at least this instance's members hear it.
+                Handover::QueuedDeliverLocally | Handover::Refused => {}
+            }
+        }
+        room.announce_here(&announcement)
     }
 
     /// Queues history for a member that just entered a room. What does not fit in the
@@ -408,7 +485,7 @@ impl Hub {
         if state.rooms_by_member.get(&id).is_some_and(|r| r == room) {
             return Ok(());
         }
-        let Some((member, mut slow)) = take(state, id) else {
+        let Some((member, mut slow)) = self.take(state, id) else {
             return Ok(());
         };
         let replay = Replay {
@@ -420,15 +497,15 @@ impl Hub {
             state.names.insert(member.name.clone(), id);
         }
         slow.extend(self.enter(state, id, member, room, replay));
-        evict_all(state, slow);
+        self.evict_all(state, slow);
         Ok(())
     }
 
     /// Removes a member (a no-op if it was already evicted) and tells its room.
     pub fn leave(&self, id: MemberId) {
         let mut guard = self.lock();
-        if let Some((_, slow)) = take(&mut guard, id) {
-            evict_all(&mut guard, slow);
+        if let Some((_, slow)) = self.take(&mut guard, id) {
+            self.evict_all(&mut guard, slow);
         }
     }
 
@@ -491,7 +568,7 @@ impl Hub {
                     let skip = (!self.config.echo).then_some(from);
                     let (delivered, slow) = room.fan_out(&frame, skip);
                     Metrics::add(&self.metrics.deliveries, delivered as u64);
-                    evict_all(state, slow);
+                    self.evict_all(state, slow);
                 }
             }
             return Ok(());
@@ -529,18 +606,29 @@ impl Hub {
             }) as crate::store::OnDurable
         });
         self.store.append(event, on_durable);
-        evict_all(state, slow);
+        self.evict_all(state, slow);
         Ok(())
     }
 
-    /// Delivers a room message that came back from the relay's log with its id: fans it out
-    /// to this instance's members of the room (skipping its sender unless `--echo`, and
-    /// skipping everyone if they already got it), records it in the store, and acknowledges it
-    /// to its sender when that sender is a member here. A message this instance already has
-    /// (its id is not past the room's last) is only acknowledged.
-    pub fn deliver(&self, event: ChatEvent, origin: Option<Origin>) {
+    /// Hands what came back from the relay's log to this instance's members.
+    pub fn deliver(&self, delivery: Delivery) {
         let mut guard = self.lock();
         let state = &mut *guard;
+        match delivery {
+            Delivery::Chat(event, origin) => self.deliver_chat(state, event, origin),
+            Delivery::Private(event, origin) => self.deliver_private(state, event, origin),
+            Delivery::Notice(entry) => self.deliver_notice(state, entry),
+            Delivery::Census { room, others } => self.deliver_census(state, &room, others),
+        }
+    }
+
+    /// A room message with its id: fans it out to this instance's members of the room
+    /// (skipping its sender unless `--echo`, and skipping everyone if they already got it),
+    /// records it in the store, and acknowledges it to its sender when that sender is a member
+    /// here. A message this instance already has (its id is not past the room's last) is only
+    /// acknowledged. The ack's `delivered` adds the room's members on the other instances,
+    /// which the same log entry reaches.
+    fn deliver_chat(&self, state: &mut State, event: ChatEvent, origin: Option<Origin>) {
         let id = event.id;
         let sender = origin.and_then(|o| {
             let room = state.rooms_by_member.get(&o.member)?;
@@ -550,16 +638,17 @@ impl Hub {
         let mut delivered = 0;
         let mut fresh = true;
         if let Some(room) = state.rooms.get_mut(&event.room) {
+            delivered = room.others;
             fresh = id > room.last_id;
             if fresh {
                 room.last_id = id;
                 if !origin.is_some_and(|o| o.delivered_locally) {
                     let frame = Event::Chat(event.clone()).to_frame();
                     let skip = origin.filter(|_| !self.config.echo).map(|o| o.member);
-                    let slow;
-                    (delivered, slow) = room.fan_out(&frame, skip);
-                    Metrics::add(&self.metrics.deliveries, delivered as u64);
-                    evict_all(state, slow);
+                    let (here, slow) = room.fan_out(&frame, skip);
+                    delivered += here;
+                    Metrics::add(&self.metrics.deliveries, here as u64);
+                    self.evict_all(state, slow);
                 }
             }
         }
@@ -585,7 +674,75 @@ impl Hub {
         }
     }
 
-    /// Delivers a private message to the member called `to`, and a copy to the sender.
+    /// A private message through the log: to its target if it is a member here, and the
+    /// sender's acknowledgement if the sender is (the sender had its copy when it posted).
+    fn deliver_private(&self, state: &mut State, event: ChatEvent, origin: Option<Origin>) {
+        let target = event.to.as_deref().and_then(|to| state.member_named(to));
+        let delivered = match target {
+            Some(target) => {
+                let frame = Event::Chat(event).to_frame();
+                usize::from(target.frames.try_send(frame).is_ok())
+            }
+            // Someone else's: only the instance that has the target delivers it.
+            None if origin.is_none() => return,
+            // Posted here for a member of another instance, which delivers it.
+            None => 1,
+        };
+        let Some(origin) = origin else { return };
+        let Some(reference) = origin.reference else {
+            return;
+        };
+        if let Some(sender) = state.member(origin.member) {
+            let ack = Event::Ack(AckEvent {
+                reference,
+                id: 0,
+                delivered,
+            });
+            if sender.frames.try_send(ack.to_frame()).is_ok() {
+                Metrics::inc(&self.metrics.acks);
+            }
+        }
+    }
+
+    /// A join, leave or rename notice through the log: the count of the other instances is
+    /// brought up to date, and this instance's members of the room hear it (unless they did
+    /// already, while the log was away).
+    fn deliver_notice(&self, state: &mut State, entry: NoticeEntry) {
+        let Some(room) = state.rooms.get_mut(&entry.announcement.room) else {
+            return;
+        };
+        room.others = entry.others;
+        if entry.mine.is_some_and(|o| o.delivered_locally) {
+            return;
+        }
+        let slow = room.announce_here(&entry.announcement);
+        self.evict_all(state, slow);
+    }
+
+    /// A fresh count of the other instances' members: if it changed, the room hears the new
+    /// total in a presence event.
+    fn deliver_census(&self, state: &mut State, room_name: &str, others: usize) {
+        let Some(room) = state.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.others == others {
+            return;
+        }
+        room.others = others;
+        if room.visible == 0 {
+            return;
+        }
+        let (_, slow) = room.fan_out(&presence(room_name, room.count()), None);
+        self.evict_all(state, slow);
+    }
+
+    /// Whether a visible member called `name` is connected to this instance.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.lock().names.contains_key(name)
+    }
+
+    /// Delivers a private message to the member called `to`, and a copy to the sender; with a
+    /// relay, a target that is not a member here is reached through the log.
     #[allow(clippy::too_many_arguments)]
     fn private(
         &self,
@@ -598,15 +755,7 @@ impl Hub {
         action: bool,
         reference: Option<u64>,
     ) -> Result<(), ChatError> {
-        let target = state
-            .names
-            .get(to)
-            .and_then(|id| Some((*id, state.rooms_by_member.get(id)?)))
-            .and_then(|(id, r)| state.rooms.get(r)?.members.get(&id));
-        let Some(target) = target else {
-            return Err(ChatError::NoSuchMember(to.to_owned()));
-        };
-        let event = Event::Chat(ChatEvent {
+        let message = ChatEvent {
             id: 0,
             room: room.to_owned(),
             username,
@@ -616,10 +765,35 @@ impl Hub {
             private: true,
             action,
             history: false,
-        });
-        let frame = event.to_frame();
+        };
+        let frame = Event::Chat(message.clone()).to_frame();
+        let Some(target) = state.member_named(to) else {
+            let Some(relay) = &self.relay else {
+                return Err(ChatError::NoSuchMember(to.to_owned()));
+            };
+            // For a member of another instance (the caller checked that one holds the name):
+            // the log takes it there, and brings the sender's acknowledgement back here.
+            let origin = Origin {
+                member: from,
+                reference,
+                delivered_locally: false,
+            };
+            let reply = match relay.publish(message, origin) {
+                Handover::Queued | Handover::QueuedDeliverLocally => frame,
+                Handover::Refused => Event::error(
+                    "unavailable",
+                    "the server cannot take more messages right now; try again",
+                    reference,
+                )
+                .to_frame(),
+            };
+            if let Some(sender) = state.member(from) {
+                let _ = sender.frames.try_send(reply);
+            }
+            return Ok(());
+        };
         let delivered = usize::from(target.frames.try_send(frame.clone()).is_ok());
-        if let Some(sender) = state.rooms.get(room).and_then(|r| r.members.get(&from)) {
+        if let Some(sender) = state.member(from) {
             let _ = sender.frames.try_send(frame);
             if let Some(reference) = reference {
                 let ack = Event::Ack(AckEvent {
@@ -647,7 +821,7 @@ impl Hub {
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
         Metrics::add(&self.metrics.deliveries, delivered as u64);
-        evict_all(state, slow);
+        self.evict_all(state, slow);
         delivered
     }
 
@@ -682,15 +856,16 @@ impl Hub {
         if quiet {
             return Ok(());
         }
-        let notice = system(
-            Notice::Rename,
+        let message = format!("{old} is now known as {new}");
+        let slow = self.notify(
+            room,
             &room_name,
-            new,
-            format!("{old} is now known as {new}"),
-            room.count(),
+            Notice::Rename,
+            new.to_owned(),
+            message,
+            id,
         );
-        let (_, slow) = room.fan_out(&notice, None);
-        evict_all(state, slow);
+        self.evict_all(state, slow);
         Ok(())
     }
 
@@ -708,6 +883,17 @@ impl Hub {
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         Event::Rooms(RoomsEvent { rooms }).to_frame()
+    }
+
+    /// The rooms that have visible members on this instance, with their number.
+    pub fn local_rooms(&self) -> Vec<(String, usize)> {
+        let state = self.lock();
+        state
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.visible > 0)
+            .map(|(name, r)| (name.clone(), r.visible))
+            .collect()
     }
 
     /// The visible members of `id`'s room.
@@ -737,52 +923,47 @@ struct Replay {
     history: Option<usize>,
 }
 
-/// Takes a member out of its room, announcing it; returns the member and any members found
-/// slow while announcing. `None` if it was not there.
-fn take(state: &mut State, id: MemberId) -> Option<(Member, Vec<MemberId>)> {
-    let room_name = state.rooms_by_member.remove(&id)?;
-    let room = state.rooms.get_mut(&room_name)?;
-    let member = room.members.remove(&id)?;
-    if !member.quiet {
-        room.visible -= 1;
-        if state.names.get(&member.name) == Some(&id) {
-            state.names.remove(&member.name);
+impl Hub {
+    /// Takes a member out of its room, announcing it; returns the member and any members found
+    /// slow while announcing. `None` if it was not there.
+    fn take(&self, state: &mut State, id: MemberId) -> Option<(Member, Vec<MemberId>)> {
+        let room_name = state.rooms_by_member.remove(&id)?;
+        let room = state.rooms.get_mut(&room_name)?;
+        let member = room.members.remove(&id)?;
+        let mut slow = Vec::new();
+        if !member.quiet {
+            room.visible -= 1;
+            if state.names.get(&member.name) == Some(&id) {
+                state.names.remove(&member.name);
+            }
+            // Announced even when nobody is left here: other instances may share the room.
+            let message = format!("{} left the chat", member.name);
+            let name = member.name.clone();
+            slow = self.notify(room, &room_name, Notice::Leave, name, message, id);
         }
+        if room.members.is_empty() {
+            // An empty room leaves nothing behind here (its history is the store's).
+            state.rooms.remove(&room_name);
+        }
+        Some((member, slow))
     }
-    let mut slow = Vec::new();
-    if room.members.is_empty() {
-        // An empty room leaves nothing behind here (its history is the store's).
-        state.rooms.remove(&room_name);
-    } else if !member.quiet {
-        let name = &member.name;
-        let notice = system(
-            Notice::Leave,
-            &room_name,
-            name,
-            format!("{name} left the chat"),
-            room.count(),
-        );
-        slow = room.fan_out(&notice, None).1;
-        slow.extend(room.fan_out(&presence(&room_name, room.count()), None).1);
-    }
-    Some((member, slow))
-}
 
-/// Evicts slow members; announcing their departure may find more, so this runs to a fixpoint.
-/// Each round removes at least one member, so it ends.
-fn evict_all(state: &mut State, mut slow: Vec<MemberId>) {
-    while let Some(id) = slow.pop() {
-        let evict = state
-            .rooms_by_member
-            .get(&id)
-            .and_then(|r| state.rooms.get_mut(r))
-            .and_then(|room| room.members.get_mut(&id))
-            .and_then(|m| m.evict.take());
-        if let Some(evict) = evict {
-            let _ = evict.send(close::SLOW_CONSUMER);
-        }
-        if let Some((_, more)) = take(state, id) {
-            slow.extend(more);
+    /// Evicts slow members; announcing their departure may find more, so this runs to a
+    /// fixpoint. Each round removes at least one member, so it ends.
+    fn evict_all(&self, state: &mut State, mut slow: Vec<MemberId>) {
+        while let Some(id) = slow.pop() {
+            let evict = state
+                .rooms_by_member
+                .get(&id)
+                .and_then(|r| state.rooms.get_mut(r))
+                .and_then(|room| room.members.get_mut(&id))
+                .and_then(|m| m.evict.take());
+            if let Some(evict) = evict {
+                let _ = evict.send(close::SLOW_CONSUMER);
+            }
+            if let Some((_, more)) = self.take(state, id) {
+                slow.extend(more);
+            }
         }
     }
 }

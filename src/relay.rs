@@ -1,13 +1,14 @@
-//! Cross-instance relay: how the hub hands a room's chat messages to a shared, ordered log
-//! when several `wschat serve` instances act as one chat (`--redis`).
+//! Cross-instance relay: how the hub shares what happens in its rooms through a shared,
+//! ordered log when several `wschat serve` instances act as one chat (`--redis`).
 //!
 //! Without a relay (the default) the hub assigns ids and fans out itself. With one, the hub
-//! only hands each room message to [`Relay::publish`]; the log assigns its id, and every
-//! instance (this one included) gets it back through [`crate::hub::Hub::deliver`], in the
-//! log's order. `publish` only queues: it never blocks, so it can be called under the hub lock.
+//! hands each room message, each private message to a member of another instance, and each
+//! join, leave and rename notice to the relay; every instance (this one included) gets them
+//! back through [`crate::hub::Hub::deliver`], in the log's order. Handing over only queues: it
+//! never blocks, so it is done under the hub's lock.
 
 use crate::hub::MemberId;
-use crate::protocol::ChatEvent;
+use crate::protocol::{ChatEvent, Notice};
 
 /// Who posted a message, as far as the posting instance is concerned: used to skip the sender
 /// in the fan-out (unless `--echo`) and to send its acknowledgement.
@@ -21,24 +22,74 @@ pub struct Origin {
     pub delivered_locally: bool,
 }
 
-/// What the hub should do after handing over a message.
+/// A join, leave or rename in a room, for every instance's members of that room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub room: String,
+    /// [`Notice::Join`], [`Notice::Leave`] or [`Notice::Rename`].
+    pub notice: Notice,
+    /// The member it is about (the new name, for a rename).
+    pub name: String,
+    /// The line shown, e.g. `alice joined the chat`.
+    pub message: String,
+    pub timestamp: String,
+    /// Visible members of the room on the announcing instance after the change: the log keeps
+    /// each instance's latest figure, and every notice carries the others' total.
+    pub local: usize,
+    /// Who it is about on the announcing instance: a join notice skips the member who joined.
+    pub origin: Origin,
+}
+
+/// A notice as the log delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeEntry {
+    pub announcement: Announcement,
+    /// Visible members of the room on the other live instances, at this point of the log.
+    pub others: usize,
+    /// Announced by this instance: the member it is about, and whether the local members got it
+    /// already (the log was away).
+    pub mine: Option<Origin>,
+}
+
+/// What the log hands back to the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A room message with its id; `Origin` when it was posted on this instance.
+    Chat(ChatEvent, Option<Origin>),
+    /// A private message (`to` is set); `Origin` when it was posted on this instance.
+    Private(ChatEvent, Option<Origin>),
+    Notice(NoticeEntry),
+    /// A fresh count of a room's visible members on the other live instances (taken every
+    /// heartbeat, and before a member joins here): an instance that died without a word stops
+    /// counting this way.
+    Census {
+        room: String,
+        others: usize,
+    },
+}
+
+/// What the hub should do after handing something over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handover {
     /// The log will deliver it, to local members too.
     Queued,
-    /// The log is unreachable: deliver it to local members now, without an id. It is still
-    /// queued and reaches the other instances (with its id) once the log is back.
+    /// The log is unreachable: deliver it to local members now (a message without an id). It
+    /// is still queued and reaches the other instances once the log is back.
     QueuedDeliverLocally,
     /// Not accepted (the queue is full): the sender gets no acknowledgement.
     Refused,
 }
 
 pub trait Relay: Send + Sync + 'static {
-    /// Queues a room message (its `id` is 0: the log assigns it). Never blocks.
+    /// Queues a room message (its `id` is 0: the log assigns it) or a private message (`to`
+    /// set, for a member of another instance). Never blocks.
     fn publish(&self, message: ChatEvent, origin: Origin) -> Handover;
 
+    /// Queues a join, leave or rename notice. Never blocks.
+    fn announce(&self, announcement: Announcement) -> Handover;
+
     /// Visible members of `room` on the other instances, as last counted. Answered from
-    /// memory (it is asked under the hub's lock); counted in notices and `rooms`.
+    /// memory (it is asked under the hub's lock); counted in a newcomer's welcome.
     fn others(&self, _room: &str) -> usize {
         0
     }
@@ -61,6 +112,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         posts: Mutex<Vec<(ChatEvent, Origin)>>,
+        notices: Mutex<Vec<Announcement>>,
         down: AtomicBool,
     }
 
@@ -69,6 +121,17 @@ mod tests {
             let down = self.down.load(Ordering::Relaxed);
             origin.delivered_locally = down;
             self.posts.lock().unwrap().push((message, origin));
+            if down {
+                Handover::QueuedDeliverLocally
+            } else {
+                Handover::Queued
+            }
+        }
+
+        fn announce(&self, mut announcement: Announcement) -> Handover {
+            let down = self.down.load(Ordering::Relaxed);
+            announcement.origin.delivered_locally = down;
+            self.notices.lock().unwrap().push(announcement);
             if down {
                 Handover::QueuedDeliverLocally
             } else {
@@ -136,7 +199,7 @@ mod tests {
         );
 
         message.id = 1;
-        hub.deliver(message.clone(), Some(origin));
+        hub.deliver(Delivery::Chat(message.clone(), Some(origin)));
         assert_eq!(chat_ids(&events(&mut bob_rx)), [1]);
         let to_alice = events(&mut alice_rx);
         assert!(
@@ -145,12 +208,12 @@ mod tests {
         );
         assert_eq!(store.last_id("lobby"), 1);
         // Delivered twice (loaded with the room, then from the log): once only.
-        hub.deliver(message.clone(), None);
+        hub.deliver(Delivery::Chat(message.clone(), None));
         assert!(events(&mut bob_rx).is_empty());
 
         // From another instance: everyone here gets it.
         message.id = 2;
-        hub.deliver(message.clone(), None);
+        hub.deliver(Delivery::Chat(message.clone(), None));
         assert_eq!(chat_ids(&events(&mut bob_rx)), [2]);
         assert_eq!(chat_ids(&events(&mut alice_rx)), [2]);
 
@@ -161,7 +224,7 @@ mod tests {
         let (mut message, origin) = relay.posts.lock().unwrap().remove(0);
         assert!(origin.delivered_locally);
         message.id = 3;
-        hub.deliver(message, Some(origin));
+        hub.deliver(Delivery::Chat(message, Some(origin)));
         assert!(events(&mut bob_rx).is_empty());
         let to_alice = events(&mut alice_rx);
         assert!(

@@ -1,8 +1,8 @@
 //! What a connection does differently when this server is one of several sharing Redis
 //! (`serve --redis`): before the hub hears of a member (before the handshake is answered), its
 //! room's history is made ready and its name is claimed across instances (both async, outside
-//! the hub's lock); `who` asks Redis; and what the member holds in Redis is given back when it
-//! leaves.
+//! the hub's lock); `who` and `rooms` ask Redis; a private message to a member of another
+//! instance is checked there; and what the member holds in Redis is given back when it leaves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use super::conn::{self, Params, Registration};
 use super::Shared;
 use crate::cluster::Cluster;
 use crate::hub::{JoinError, MemberId};
-use crate::protocol::{self, Event, Inbound, WhoEvent};
+use crate::protocol::{self, Event, Inbound, RoomInfo, RoomsEvent, WhoEvent};
 
 /// What one connection holds in Redis: its room (presence) and name, unless quiet.
 pub(super) struct Seat {
@@ -37,9 +37,9 @@ impl Seat {
 /// Makes the tail of the shared log deliver to this server's hub.
 pub(super) fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
     let shared = Arc::downgrade(shared);
-    cluster.set_sink(Arc::new(move |message, origin| {
+    cluster.set_sink(Arc::new(move |delivery| {
         if let Some(shared) = shared.upgrade() {
-            shared.hub.deliver(message, origin);
+            shared.hub.deliver(delivery);
         }
     }));
 }
@@ -188,17 +188,67 @@ pub(super) async fn handle_text(
                 }
             }
         }
-        Ok(Inbound::Who) => match cluster.who(&seat.room).await {
-            Some(members) => Some(
+        Ok(Inbound::Who) => {
+            let Some(members) = cluster.who(&seat.room).await else {
+                // Redis is away: this instance's members only.
+                return Some(hub.who(id));
+            };
+            // The same look may have found an instance gone: count the room again.
+            cluster.census(&seat.room).await;
+            Some(
                 Event::Who(WhoEvent {
                     room: seat.room.clone(),
                     members,
                 })
                 .to_frame(),
+            )
+        }
+        Ok(Inbound::Rooms) => Some(rooms(shared, &cluster).await),
+        Ok(Inbound::Chat {
+            to: Some(to),
+            reference,
+            ..
+        }) if !hub.has_name(&to) => match cluster.is_held(&to).await {
+            // The hub sends it through the log to the instance that has the member.
+            Ok(true) => conn::handle_text(shared, id, text),
+            Ok(false) => Some(
+                Event::error(
+                    "no_such_member",
+                    format!("nobody is called '{to}'"),
+                    reference,
+                )
+                .to_frame(),
             ),
-            // Redis is away: this instance's members only.
-            None => Some(hub.who(id)),
+            Err(e) => {
+                tracing::debug!("private message not sent: {e:#}");
+                Some(
+                    Event::error(
+                        "unavailable",
+                        "members of other instances cannot be reached right now; try again",
+                        reference,
+                    )
+                    .to_frame(),
+                )
+            }
         },
-        _ => conn::handle_text(shared, id, text),
+        decoded => conn::handle(shared, id, decoded),
     }
+}
+
+/// Every room with members on some instance, with its count of all instances; this instance's
+/// rooms only while Redis is away.
+async fn rooms(shared: &Shared, cluster: &Cluster) -> Message {
+    let Some(mut rooms) = cluster.rooms().await else {
+        return shared.hub.rooms();
+    };
+    for (room, here) in shared.hub.local_rooms() {
+        *rooms.entry(room).or_default() += here;
+    }
+    let mut rooms: Vec<RoomInfo> = rooms
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(name, count)| RoomInfo { name, count })
+        .collect();
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
+    Event::Rooms(RoomsEvent { rooms }).to_frame()
 }

@@ -24,7 +24,7 @@ use super::limits::{RateLimit, Verdict};
 use super::Shared;
 use crate::hub::{ChatError, JoinError, JoinRequest, MemberId, Outbox, Post};
 use crate::metrics::Metrics;
-use crate::protocol::{self, close, Event, Inbound};
+use crate::protocol::{self, close, DecodeError, Event, Inbound};
 
 /// How long a connection waits for the peer's close frame after sending its own.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -427,8 +427,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Handles one JSON-mode text frame; returns the reply for the sender, if any.
 pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
+    handle(shared, id, protocol::decode(text))
+}
+
+/// Handles one decoded client frame (or why it could not be decoded).
+pub(super) fn handle(
+    shared: &Shared,
+    id: MemberId,
+    decoded: Result<Inbound, DecodeError>,
+) -> Option<Message> {
     let hub = &shared.hub;
-    match protocol::decode(text) {
+    match decoded {
         Ok(Inbound::Chat {
             content,
             reference,

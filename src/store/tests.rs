@@ -108,7 +108,7 @@ fn redis_store() {
     use crate::cluster::testing::RedisServer;
     use crate::cluster::{Cluster, ClusterConfig};
     use crate::hub::MemberId;
-    use crate::relay::{Origin, Relay};
+    use crate::relay::{Delivery, Origin, Relay};
     use std::time::Duration;
 
     let redis = RedisServer::start();
@@ -123,9 +123,11 @@ fn redis_store() {
     let cluster = Cluster::new(config, store.clone()).unwrap();
     let (delivered, arrivals) = std::sync::mpsc::channel();
     let sink_store = store.clone();
-    cluster.set_sink(Arc::new(move |message, origin| {
-        sink_store.append(message, None);
-        let _ = delivered.send(origin);
+    cluster.set_sink(Arc::new(move |delivery| {
+        if let Delivery::Chat(message, origin) = delivery {
+            sink_store.append(message, None);
+            let _ = delivered.send(origin);
+        }
     }));
     let stop = tokio_util::sync::CancellationToken::new();
     cluster.start(stop.clone());
