@@ -73,6 +73,19 @@ pub const LOG_MAX: usize = 100_000;
 /// Messages kept in memory per room (the Redis stream keeps `--keep`).
 pub const WINDOW_MAX: usize = 1000;
 
+/// Prepended to every script that appends to the log: the id for the next entry. Normally
+/// `*` (Redis picks the time, after the last entry). When the log is gone (Redis lost its data)
+/// a new one starts one millisecond in the future: every entry of the lost log is older than
+/// now, and an entry with an id at or below an instance's position would never be read by it.
+const LOG_ID: &str = r"
+redis.replicate_commands()
+local function log_id(log)
+  if redis.call('EXISTS', log) == 1 then return '*' end
+  local now = redis.call('TIME')
+  return (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + 1) .. '-0'
+end
+";
+
 /// Increments the room's counter and appends the message to the room's stream and to the log,
 /// all at once; returns the id. A retried post (same dedupe key) returns the id it already got.
 /// ARGV[12] is the room's latest id as the posting instance knows it: if Redis restarted
@@ -87,7 +100,7 @@ end
 local id = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], id .. '-0',
   'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4], 'action', ARGV[5])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*',
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], log_id(KEYS[3]),
   'room', ARGV[1], 'id', id, 'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4],
   'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9])
 redis.call('SET', KEYS[4], id, 'EX', 600)
@@ -97,7 +110,7 @@ return id
 /// Appends a private message to the log, once (KEYS[2] remembers a post already made).
 const PRIVATE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'private',
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(KEYS[1]), 'kind', 'private',
   'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
   'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10])
 redis.call('SET', KEYS[2], 1, 'EX', 600)
@@ -130,7 +143,7 @@ if total > 0 then
 else
   redis.call('SREM', KEYS[2], ARGV[2])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'kind', 'notice',
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], log_id(KEYS[3]), 'kind', 'notice',
   'room', ARGV[2], 'event', ARGV[3], 'name', ARGV[4], 'message', ARGV[5], 'timestamp', ARGV[6],
   'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '))
 redis.call('SET', KEYS[4], 1, 'EX', 600)
@@ -402,9 +415,9 @@ impl Cluster {
             tail: manager(&client, BLOCK + COMMAND_TIMEOUT)?,
             config,
             store,
-            post: Script::new(POST),
-            private: Script::new(PRIVATE),
-            notice: Script::new(NOTICE),
+            post: Script::new(&format!("{LOG_ID}{POST}")),
+            private: Script::new(&format!("{LOG_ID}{PRIVATE}")),
+            notice: Script::new(&format!("{LOG_ID}{NOTICE}")),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             queue,

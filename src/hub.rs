@@ -203,10 +203,10 @@ impl Room {
 
     /// Tells this instance's members of the room that someone joined, left or was renamed,
     /// with the room's count (and a presence event for a join or leave). A join notice skips
-    /// the member who joined. Returns the members found slow.
-    fn announce_here(&self, a: &Announcement) -> Vec<MemberId> {
+    /// the member who joined, when it is a member here (`mine`). Returns the members found slow.
+    fn announce_here(&self, a: &Announcement, mine: bool) -> Vec<MemberId> {
         let count = self.count();
-        let skip = (a.notice == Notice::Join).then_some(a.origin.member);
+        let skip = (mine && a.notice == Notice::Join).then_some(a.origin.member);
         let notice = system(
             a.notice,
             &a.room,
@@ -413,7 +413,7 @@ impl Hub {
                 Handover::QueuedDeliverLocally | Handover::Refused => {}
             }
         }
-        room.announce_here(&announcement)
+        room.announce_here(&announcement, true)
     }
 
     /// Queues history for a member that just entered a room. What does not fit in the
@@ -715,7 +715,7 @@ impl Hub {
         if entry.mine.is_some_and(|o| o.delivered_locally) {
             return;
         }
-        let slow = room.announce_here(&entry.announcement);
+        let slow = room.announce_here(&entry.announcement, entry.mine.is_some());
         self.evict_all(state, slow);
     }
 

@@ -105,7 +105,7 @@ mod tests {
 
     use super::*;
     use crate::hub::{Hub, HubConfig, JoinRequest, Outbox, Post};
-    use crate::protocol::Event;
+    use crate::protocol::{Event, Notice};
     use crate::store::{MemoryStore, Store};
 
     /// A relay that records what it is given; "down" asks the hub to deliver locally.
@@ -232,5 +232,125 @@ mod tests {
             "{to_alice:?}"
         );
         assert_eq!(store.last_id("lobby"), 3);
+    }
+
+    fn all_events(rx: &mut mpsc::Receiver<Message>) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(Message::Text(t)) = rx.try_recv() {
+            out.push(serde_json::from_str(&t).unwrap());
+        }
+        out
+    }
+
+    fn notices(events: &[Event]) -> Vec<(String, Option<usize>)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::System(s) => Some((s.message.clone(), s.count)),
+                Event::Presence(p) => Some(("presence".to_owned(), Some(p.count))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn with_a_relay_notices_and_private_messages_go_through_the_log() {
+        let relay = Arc::new(Recorder::default());
+        let store = Arc::new(MemoryStore::new(100));
+        let hub = Hub::new(HubConfig::default(), store, Arc::default()).with_relay(relay.clone());
+        let (alice, mut alice_rx) = join(&hub, "alice");
+        let (_bob, mut bob_rx) = join(&hub, "bob");
+        assert!(
+            notices(&all_events(&mut alice_rx)).is_empty(),
+            "only from the log"
+        );
+        let announced = relay.notices.lock().unwrap().clone();
+        assert_eq!(
+            announced
+                .iter()
+                .map(|a| (a.notice, a.name.as_str(), a.local))
+                .collect::<Vec<_>>(),
+            [(Notice::Join, "alice", 1), (Notice::Join, "bob", 2)]
+        );
+
+        // Bob's own join back from the log, with 3 members on other instances.
+        let bobs = announced[1].clone();
+        hub.deliver(Delivery::Notice(NoticeEntry {
+            mine: Some(bobs.origin),
+            announcement: bobs,
+            others: 3,
+        }));
+        let expected = vec![
+            ("bob joined the chat".to_owned(), Some(5)),
+            ("presence".to_owned(), Some(5)),
+        ];
+        assert_eq!(notices(&all_events(&mut alice_rx)), expected);
+        assert!(
+            all_events(&mut bob_rx).is_empty(),
+            "a joiner is not told of itself"
+        );
+
+        // Carol joins elsewhere; her id there may equal alice's here, and skips nobody.
+        let mut carols = announced[0].clone();
+        carols.name = "carol".into();
+        carols.message = "carol joined the chat".into();
+        hub.deliver(Delivery::Notice(NoticeEntry {
+            announcement: carols,
+            others: 4,
+            mine: None,
+        }));
+        for rx in [&mut alice_rx, &mut bob_rx] {
+            assert_eq!(
+                notices(&all_events(rx))[0],
+                ("carol joined the chat".into(), Some(6))
+            );
+        }
+
+        // A recount finds an instance gone: the room hears the new total once.
+        hub.deliver(Delivery::Census {
+            room: "lobby".into(),
+            others: 1,
+        });
+        hub.deliver(Delivery::Census {
+            room: "lobby".into(),
+            others: 1,
+        });
+        for rx in [&mut alice_rx, &mut bob_rx] {
+            assert_eq!(notices(&all_events(rx)), [("presence".into(), Some(3))]);
+        }
+
+        // A private message for a member of another instance goes to the log; the sender has
+        // its copy at once and its ack when the log has the message.
+        let psst = Post {
+            content: "psst".into(),
+            to: Some("zed".into()),
+            reference: Some(3),
+            ..Post::default()
+        };
+        hub.chat(alice, psst).unwrap();
+        let (message, origin) = relay.posts.lock().unwrap().remove(0);
+        assert_eq!(
+            (message.to.as_deref(), message.private),
+            (Some("zed"), true)
+        );
+        let copy = all_events(&mut alice_rx);
+        assert!(
+            matches!(&copy[..], [Event::Chat(c)] if c.private),
+            "{copy:?}"
+        );
+        hub.deliver(Delivery::Private(message.clone(), Some(origin)));
+        let ack = all_events(&mut alice_rx);
+        assert!(
+            matches!(&ack[..], [Event::Ack(a)] if a.reference == 3 && a.delivered == 1),
+            "{ack:?}"
+        );
+        assert!(all_events(&mut bob_rx).is_empty());
+
+        // From another instance, for bob: only bob gets it.
+        let mut for_bob = message;
+        for_bob.to = Some("bob".into());
+        hub.deliver(Delivery::Private(for_bob, None));
+        assert!(matches!(&all_events(&mut bob_rx)[..], [Event::Chat(c)] if c.message == "psst"));
+        assert!(all_events(&mut alice_rx).is_empty());
     }
 }

@@ -194,7 +194,10 @@ fn connect(url: &str, query: &str) -> Ws {
 }
 
 fn next_event(ws: &mut Ws) -> Value {
+    // Pings (and anything else skipped) do not extend the wait.
+    let deadline = Instant::now() + GUARD;
     loop {
+        assert!(Instant::now() < deadline, "no event within {GUARD:?}");
         match ws.read() {
             Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).unwrap(),
             Ok(Message::Close(frame)) => {
@@ -578,7 +581,11 @@ fn a_dead_instance_stops_counting_when_its_lease_expires() {
         .arg(format!("wschat:instance:{id}"))
         .query(&mut connection)
         .unwrap();
-    assert_eq!(who(&mut bob), json!(["bob"]));
+    // Asking who is there counts the room again: bob hears that he is alone now, then the answer.
+    bob.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+    presence(&mut bob, 1);
+    let answer = until(&mut bob, "who", |e| e["type"] == "who");
+    assert_eq!(answer["members"], json!(["bob"]));
 }
 
 fn redis_command(url: &str, args: &[&str]) -> redis::Value {
@@ -665,4 +672,256 @@ fn ids_never_go_back_when_redis_loses_its_data() {
     say(&mut m0, "after the loss", 4);
     assert_eq!(ack(&mut m0, 4), 4);
     assert_eq!(chats(&mut m1, 1), [(4, "after the loss".to_owned())]);
+}
+
+/// Reads events until one matches `wanted`; returns it. Everything else is skipped.
+fn until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let mut skipped = Vec::new();
+    loop {
+        let event = next_event(ws);
+        if wanted(&event) {
+            return event;
+        }
+        assert_ne!(
+            event["type"], "close",
+            "{what}: closed; before: {skipped:#?}"
+        );
+        skipped.push(event);
+    }
+}
+
+fn notice(ws: &mut Ws, kind: &str, name: &str) -> Value {
+    until(ws, &format!("{kind} notice for {name}"), |e| {
+        e["type"] == "system" && e["event"] == kind && e["name"] == name
+    })
+}
+
+fn presence(ws: &mut Ws, count: u64) -> Value {
+    until(ws, &format!("presence {count}"), |e| {
+        e["type"] == "presence" && e["count"] == count
+    })
+}
+
+/// Join, leave and rename notices reach the room's members on every instance, and every
+/// count (notices, presence events, welcome) is the room's total across instances.
+#[test]
+fn notices_and_counts_cover_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    let joined = notice(&mut alice, "join", "bob");
+    assert_eq!(joined["message"], "bob joined the chat");
+    assert_eq!(joined["count"], 2, "{joined}");
+    presence(&mut alice, 2);
+
+    let mut carol = connect(&a.url, "name=carol&history=0");
+    let welcome = next_event(&mut carol);
+    assert_eq!(welcome["event"], "welcome", "{welcome}");
+    assert_eq!(welcome["count"], 3, "{welcome}");
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(notice(ws, "join", "carol")["count"], 3);
+        presence(ws, 3);
+    }
+
+    bob.send(Message::text(
+        r#"{"type":"setUsername","username":"robert"}"#,
+    ))
+    .unwrap();
+    for ws in [&mut alice, &mut carol] {
+        let renamed = notice(ws, "rename", "robert");
+        assert_eq!(renamed["message"], "bob is now known as robert");
+    }
+
+    // Carol leaves instance A; robert, on B, hears it with the new total.
+    drop(carol);
+    let left = notice(&mut bob, "leave", "carol");
+    assert_eq!(left["count"], 2, "{left}");
+    presence(&mut bob, 2);
+    // Alice leaves: nobody is left on A, and B still hears it.
+    drop(alice);
+    assert_eq!(notice(&mut bob, "leave", "alice")["count"], 1);
+    presence(&mut bob, 1);
+}
+
+/// `/msg` reaches a member of another instance, privately; the sender's ack counts it, and a
+/// name nobody holds anywhere is an error.
+#[test]
+fn private_messages_reach_members_of_other_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut bob = member_in(&b.url, "bob", "elsewhere");
+    let mut carol = member(&b.url, "carol");
+    let psst = json!({"type": "chat", "content": "psst", "to": "bob", "ref": 5}).to_string();
+    alice.send(Message::text(psst)).unwrap();
+    let copy = until(&mut alice, "the sender's copy", |e| e["type"] == "chat");
+    assert_eq!(
+        (copy["private"].clone(), copy["to"].clone()),
+        (json!(true), json!("bob"))
+    );
+    let ack = until(&mut alice, "the ack", |e| e["type"] == "ack");
+    assert_eq!(
+        (ack["ref"].clone(), ack["delivered"].clone()),
+        (json!(5), json!(1)),
+        "{ack}"
+    );
+    let got = until(&mut bob, "the private message", |e| e["type"] == "chat");
+    assert_eq!(got["message"], "psst");
+    assert_eq!(got["username"], "alice");
+    assert_eq!(got["private"], true);
+
+    // Nobody else got it: the next chat carol sees is a room message sent after it.
+    say(&mut alice, "to the room", 6);
+    let next = until(&mut carol, "a chat", |e| e["type"] == "chat");
+    assert_eq!(next["message"], "to the room", "{next}");
+    assert_eq!(next["private"], json!(null), "{next}");
+
+    let nobody = json!({"type": "chat", "content": "hello?", "to": "zed", "ref": 7}).to_string();
+    alice.send(Message::text(nobody)).unwrap();
+    let error = until(&mut alice, "an error", |e| e["type"] == "error");
+    assert_eq!(error["code"], "no_such_member", "{error}");
+    assert_eq!(error["ref"], 7);
+}
+
+/// `/rooms` lists the rooms of every instance with their total counts, and a room message's
+/// ack counts the recipients on every instance.
+#[test]
+fn rooms_and_acks_count_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    let _dave = member_in(&b.url, "dave", "dev");
+    // Bob's join has gone round the log once alice hears it: the counts are in Redis.
+    notice(&mut alice, "join", "bob");
+    alice.send(Message::text(r#"{"type":"rooms"}"#)).unwrap();
+    let rooms = until(&mut alice, "rooms", |e| e["type"] == "rooms");
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name": "dev", "count": 1}, {"name": "lobby", "count": 2}])
+    );
+    say(&mut alice, "hello", 9);
+    let ack = until(&mut alice, "the ack", |e| e["type"] == "ack");
+    assert_eq!(ack["delivered"], 1, "bob, on the other instance: {ack}");
+    assert_eq!(chats(&mut bob, 1)[0].1, "hello");
+}
+
+/// A TCP proxy in front of redis-server that can cut one instance off and let it back.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Cuttable {
+    fn start(upstream: u16) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Cuttable {
+            port,
+            cut: Default::default(),
+            open: Default::default(),
+        };
+        let (cut, open) = (proxy.cut.clone(), proxy.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if cut.load(Ordering::SeqCst) {
+                    continue; // dropped: refused while cut
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut sockets = open.lock().unwrap();
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                sockets.extend([client, server]);
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for socket in self.open.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One instance loses Redis while the others keep it: it goes on serving its own members,
+/// says so in `/healthz`, and when Redis is back it catches up on what the others said
+/// meanwhile and shares what its members said, each message once.
+#[test]
+fn an_instance_cut_off_from_redis_catches_up_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let proxy = Cuttable::start(redis.port);
+    let a = Instance::start(&redis.url(), &[]);
+    let mut b = Instance::start(&proxy.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    let mut carol = member(&b.url, "carol");
+    say(&mut alice, "before", 1);
+    assert_eq!(chats(&mut bob, 1)[0].1, "before");
+    assert_eq!(chats(&mut carol, 1)[0].1, "before");
+
+    proxy.cut();
+    b.logs.wait_for("unreachable");
+    assert!(b.healthz().contains("redis: down"), "{}", b.healthz());
+    say(&mut alice, "while b is away", 2);
+    let away_id = ack(&mut alice, 2);
+    say(&mut bob, "from b meanwhile", 3);
+    // Carol, on bob's instance, hears him at once (without an id: the log has none yet).
+    assert_eq!(chats(&mut carol, 1), [(0, "from b meanwhile".to_owned())]);
+
+    proxy.restore();
+    b.logs.wait_for(" reachable");
+    // Bob and carol catch up on alice's message; then bob's is in the log, after it.
+    assert_eq!(
+        chats(&mut bob, 1),
+        [(away_id, "while b is away".to_owned())]
+    );
+    assert_eq!(
+        chats(&mut carol, 1),
+        [(away_id, "while b is away".to_owned())]
+    );
+    let bob_id = ack(&mut bob, 3);
+    assert!(
+        bob_id > away_id,
+        "ids follow the log: {bob_id} after {away_id}"
+    );
+    assert_eq!(
+        chats(&mut alice, 1),
+        [(bob_id, "from b meanwhile".to_owned())]
+    );
+    // Nothing twice: the next message anyone sees is the next one sent.
+    say(&mut alice, "after", 4);
+    for ws in [&mut bob, &mut carol] {
+        assert_eq!(chats(ws, 1)[0].1, "after");
+    }
+    assert!(!b.healthz().contains("redis: down"));
 }

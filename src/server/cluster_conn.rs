@@ -189,12 +189,13 @@ pub(super) async fn handle_text(
             }
         }
         Ok(Inbound::Who) => {
+            // A member who looks may have noticed an instance gone: count the room again first
+            // (a changed count reaches the room as a presence event, before this answer).
+            cluster.census(&seat.room).await;
             let Some(members) = cluster.who(&seat.room).await else {
                 // Redis is away: this instance's members only.
                 return Some(hub.who(id));
             };
-            // The same look may have found an instance gone: count the room again.
-            cluster.census(&seat.room).await;
             Some(
                 Event::Who(WhoEvent {
                     room: seat.room.clone(),
