@@ -181,6 +181,15 @@ impl Instance {
     }
 }
 
+/// A `redis-server` and two instances sharing it (dropped in reverse: instances first).
+fn two_instances() -> (tempfile::TempDir, Redis, Instance, Instance) {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Instance::start(&redis.url(), &[]);
+    let b = Instance::start(&redis.url(), &[]);
+    (dir, redis, a, b)
+}
+
 type Ws = WebSocket<TcpStream>;
 
 fn connect(url: &str, query: &str) -> Ws {
@@ -314,10 +323,7 @@ fn three_instances_deliver_every_message_once_in_one_order() {
 
 #[test]
 fn a_client_resumes_on_another_instance_without_gap_or_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, _redis, a, b) = two_instances();
     let mut talker = member(&b.url, "talker");
     let mut alice = member(&a.url, "alice");
     for i in 1..=5 {
@@ -356,10 +362,7 @@ fn a_client_resumes_on_another_instance_without_gap_or_duplicate() {
 
 #[test]
 fn names_are_global_and_who_lists_every_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let mut a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, _redis, mut a, b) = two_instances();
     let alice = member(&a.url, "alice");
     let mut second = connect(&b.url, "name=alice");
     let refusal = next_event(&mut second);
@@ -657,10 +660,7 @@ fn history_and_gap_come_from_redis_on_any_instance() {
 /// were, never backwards, so nothing is mistaken for a message already delivered.
 #[test]
 fn ids_never_go_back_when_redis_loses_its_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, redis, a, b) = two_instances();
     let mut m0 = member(&a.url, "m0");
     let mut m1 = member(&b.url, "m1");
     for i in 1..=3 {
@@ -706,10 +706,7 @@ fn presence(ws: &mut Ws, count: u64) -> Value {
 /// count (notices, presence events, welcome) is the room's total across instances.
 #[test]
 fn notices_and_counts_cover_every_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, _redis, a, b) = two_instances();
     let mut alice = member(&a.url, "alice");
     let mut bob = member(&b.url, "bob");
     let joined = notice(&mut alice, "join", "bob");
@@ -750,10 +747,7 @@ fn notices_and_counts_cover_every_instance() {
 /// name nobody holds anywhere is an error.
 #[test]
 fn private_messages_reach_members_of_other_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, _redis, a, b) = two_instances();
     let mut alice = member(&a.url, "alice");
     let mut bob = member_in(&b.url, "bob", "elsewhere");
     let mut carol = member(&b.url, "carol");
@@ -792,10 +786,7 @@ fn private_messages_reach_members_of_other_instances() {
 /// ack counts the recipients on every instance.
 #[test]
 fn rooms_and_acks_count_every_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let a = Instance::start(&redis.url(), &[]);
-    let b = Instance::start(&redis.url(), &[]);
+    let (_dir, _redis, a, b) = two_instances();
     let mut alice = member(&a.url, "alice");
     let mut bob = member(&b.url, "bob");
     let _dave = member_in(&b.url, "dave", "dev");
