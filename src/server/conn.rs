@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -24,6 +24,7 @@ use super::limits::{RateLimit, Verdict};
 use super::Shared;
 use crate::hub::{ChatError, JoinError, JoinRequest, MemberId, Outbox, Post};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::protocol::{self, close, Event, Inbound};
 
 /// How long a connection waits for the peer's close frame after sending its own.
@@ -121,8 +122,8 @@ impl Closer {
 /// relayed after a client sees its `101` reaches it, in raw mode too.
 pub(super) struct Registration {
     member: Option<MemberId>,
-    frames: mpsc::Sender<Message>,
-    outbox: mpsc::Receiver<Message>,
+    frames: outbox::Sender,
+    outbox: outbox::Receiver,
     evicted: oneshot::Receiver<u16>,
     /// Why the connection is refused after the upgrade (close code and reason), if it is.
     refusal: Option<(u16, &'static str)>,
@@ -135,7 +136,7 @@ impl Registration {
     pub fn new(shared: &Shared, params: &Params, authorized: bool, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
         let (evict, evicted) = oneshot::channel();
         let mut registration = Registration {
             member: None,
@@ -197,7 +198,7 @@ impl Registration {
     pub fn refused(shared: &Shared, error: &JoinError, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
         let (_, evicted) = oneshot::channel();
         tracing::info!(%peer, "refused: {error}");
         let event = Event::error(error.code(), error.to_string(), None);
@@ -482,7 +483,7 @@ pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<M
 /// the WebSocket layer itself queued (the reply to a client's close frame).
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbox: mpsc::Receiver<Message>,
+    mut outbox: outbox::Receiver,
     mut close_request: oneshot::Receiver<CloseFrame>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -524,7 +525,7 @@ async fn write_loop<S>(
 /// Writes what is still queued, then the close frame.
 async fn write_close<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    outbox: &mut mpsc::Receiver<Message>,
+    outbox: &mut outbox::Receiver,
     frame: CloseFrame,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -537,7 +538,7 @@ async fn write_close<S>(
 /// Feeds (without flushing) every frame already waiting in the outbox.
 async fn feed_queued<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    outbox: &mut mpsc::Receiver<Message>,
+    outbox: &mut outbox::Receiver,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
