@@ -210,6 +210,18 @@ impl Receiver {
         self.len() == 0
     }
 
+    /// Takes no more frames: what is queued is dropped, and senders now find the outbox closed.
+    pub fn close(&mut self) {
+        self.batch = VecDeque::new();
+        let frames = {
+            let mut state = self.shared.lock();
+            state.open = false;
+            state.taken = 0;
+            std::mem::take(&mut state.frames)
+        };
+        drop(frames);
+    }
+
     /// Frees the buffers an idle connection no longer needs (call now and then, not per frame).
     pub fn shrink(&mut self) {
         if self.batch.is_empty() {
@@ -253,15 +265,7 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        let frames = {
-            let mut state = self.shared.lock();
-            state.open = false;
-            state.taken = 0;
-            state.waker = None;
-            std::mem::take(&mut state.frames)
-        };
-        // Dropped outside the lock.
-        drop(frames);
+        self.close();
     }
 }
 
