@@ -241,9 +241,10 @@ async fn upgrade(
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes))
         // Sized for chat lines, not for the library's 128 KiB default: an idle client costs
-        // this much per connection (allocated and zero-filled up front). 1 KiB holds a few
-        // chat frames per read; a larger frame grows the buffer to its length when it comes.
-        .read_buffer_size(1024)
+        // this much per connection (allocated and zero-filled up front), an eighth of what it
+        // costs in all. 512 bytes hold a few chat frames per read; a larger frame grows the
+        // buffer to its length when it comes (read 512 bytes at a time).
+        .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
