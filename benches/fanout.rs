@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use wschat::hub::{Hub, HubConfig, JoinRequest, MemberId, Outbox, Post};
+use wschat::outbox;
 use wschat::store::MemoryStore;
 
 const MEMBERS: usize = 1000;
@@ -19,7 +20,7 @@ const MEMBERS: usize = 1000;
 struct Room {
     hub: Hub,
     sender: MemberId,
-    outboxes: Vec<mpsc::Receiver<Message>>,
+    outboxes: Vec<outbox::Receiver>,
     // Kept so no member counts as evicted.
     _evictions: Vec<oneshot::Receiver<u16>>,
 }
@@ -34,7 +35,7 @@ fn room(members: usize) -> Room {
     let mut outboxes = Vec::with_capacity(members);
     let mut evictions = Vec::with_capacity(members + 1);
     let mut join = |name: String, quiet: bool| {
-        let (frames, rx) = mpsc::channel(1024);
+        let (frames, rx) = outbox::channel(1024);
         let (evict, evicted) = oneshot::channel();
         let request = JoinRequest {
             room: "lobby".into(),
@@ -60,7 +61,7 @@ fn room(members: usize) -> Room {
     room
 }
 
-fn drain(outboxes: &mut [mpsc::Receiver<Message>]) {
+fn drain(outboxes: &mut [outbox::Receiver]) {
     for outbox in outboxes {
         while let Ok(frame) = outbox.try_recv() {
             black_box(frame);

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::protocol::{
     self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
     SyncedEvent, SystemEvent, WhoEvent,
@@ -37,7 +38,7 @@ impl MemberId {
 
 /// How the hub reaches a member: its frame queue, and a one-shot to ask its connection to close.
 pub struct Outbox {
-    pub frames: mpsc::Sender<Message>,
+    pub frames: outbox::Sender,
     pub evict: oneshot::Sender<u16>,
 }
 
@@ -172,7 +173,7 @@ struct Room {
 struct Member {
     name: String,
     quiet: bool,
-    frames: mpsc::Sender<Message>,
+    frames: outbox::Sender,
     evict: Option<oneshot::Sender<u16>>,
 }
 
@@ -193,9 +194,9 @@ impl Room {
             }
             match member.frames.try_send(frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
+                Err(outbox::TrySendError::Full(_)) => slow.push(id),
                 // The connection is already ending; it removes itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(outbox::TrySendError::Closed(_)) => {}
             }
         }
         (delivered, slow)
@@ -418,15 +419,9 @@ impl Hub {
 
     /// Queues history for a member that just entered a room. What does not fit in the
     /// outbox is announced as a gap, never dropped silently.
-    fn replay(
-        &self,
-        frames: &mpsc::Sender<Message>,
-        room: &str,
-        last_id: u64,
-        replay: Replay,
-    ) -> bool {
+    fn replay(&self, frames: &outbox::Sender, room: &str, last_id: u64, replay: Replay) -> bool {
         // Leave room in the outbox for the live messages that follow.
-        let fits = frames.max_capacity().saturating_sub(8).max(1);
+        let fits = frames.capacity().saturating_sub(8).max(1);
         let mut note = None;
         let messages = match (replay.since, replay.history) {
             (Some(since), _) if since > last_id => {
@@ -990,7 +985,7 @@ mod tests {
     struct TestMember {
         id: MemberId,
         name: String,
-        rx: mpsc::Receiver<Message>,
+        rx: outbox::Receiver,
         evicted: oneshot::Receiver<u16>,
     }
 
@@ -1005,7 +1000,7 @@ mod tests {
         quiet: bool,
         cap: usize,
     ) -> Result<TestMember, JoinError> {
-        let (tx, rx) = mpsc::channel(cap);
+        let (tx, rx) = outbox::channel(cap);
         let (etx, erx) = oneshot::channel();
         let req = JoinRequest {
             room: room.into(),
@@ -1220,7 +1215,7 @@ mod tests {
     }
 
     fn join_with(hub: &Hub, req: JoinRequest, cap: usize) -> TestMember {
-        let (tx, rx) = mpsc::channel(cap);
+        let (tx, rx) = outbox::channel(cap);
         let (etx, erx) = oneshot::channel();
         let (id, name) = hub
             .join(

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod generated;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod relay;
 pub mod server;

@@ -100,11 +100,12 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use tokio::sync::{mpsc, oneshot};
+    use tokio::sync::oneshot;
     use tokio_tungstenite::tungstenite::Message;
 
     use super::*;
     use crate::hub::{Hub, HubConfig, JoinRequest, Outbox, Post};
+    use crate::outbox;
     use crate::protocol::{Event, Notice};
     use crate::store::{MemoryStore, Store};
 
@@ -140,8 +141,8 @@ mod tests {
         }
     }
 
-    fn join(hub: &Hub, name: &str) -> (MemberId, mpsc::Receiver<Message>) {
-        let (tx, mut rx) = mpsc::channel(64);
+    fn join(hub: &Hub, name: &str) -> (MemberId, outbox::Receiver) {
+        let (tx, mut rx) = outbox::channel(64);
         let (evict, _) = oneshot::channel();
         let request = JoinRequest {
             room: "lobby".into(),
@@ -153,7 +154,7 @@ mod tests {
         (id, rx)
     }
 
-    fn events(rx: &mut mpsc::Receiver<Message>) -> Vec<Event> {
+    fn events(rx: &mut outbox::Receiver) -> Vec<Event> {
         let mut out = Vec::new();
         while let Ok(Message::Text(t)) = rx.try_recv() {
             let event: Event = serde_json::from_str(&t).unwrap();
@@ -234,7 +235,7 @@ mod tests {
         assert_eq!(store.last_id("lobby"), 3);
     }
 
-    fn all_events(rx: &mut mpsc::Receiver<Message>) -> Vec<Event> {
+    fn all_events(rx: &mut outbox::Receiver) -> Vec<Event> {
         let mut out = Vec::new();
         while let Ok(Message::Text(t)) = rx.try_recv() {
             out.push(serde_json::from_str(&t).unwrap());

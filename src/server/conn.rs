@@ -1,17 +1,22 @@
-//! One WebSocket connection: a reader that feeds the hub and a writer that drains the outbox.
+//! One WebSocket connection, one task: it reads frames and feeds the hub, and writes what the
+//! hub queues in its outbox.
 //!
-//! The reader owns the connection's life: it joins the hub, handles each frame, and decides
-//! when to close. The writer only writes: everything queued is fed to the socket and flushed
-//! once, so a burst of messages costs one write, not one per message.
+//! The task joins the hub, handles each frame, and decides when to close. Writing never
+//! blocks reading: everything queued is fed to the socket and flushed once, so a burst of
+//! messages costs one write, not one per message, and a client that stops reading still has
+//! its frames, pings and close handled.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, StreamExt};
-use futures_util::SinkExt;
+use futures_util::task::AtomicWaker;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -24,6 +29,7 @@ use super::limits::{RateLimit, Verdict};
 use super::Shared;
 use crate::hub::{ChatError, JoinError, JoinRequest, MemberId, Outbox, Post};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::protocol::{self, close, DecodeError, Event, Inbound};
 
 /// How long a connection waits for the peer's close frame after sending its own.
@@ -86,17 +92,21 @@ impl std::fmt::Display for Ending {
     }
 }
 
-/// The connection's half of the close handshake: ask the writer once, then wait a bounded time.
+/// The connection's half of the close handshake: a close frame asked for once, written after
+/// everything queued before it, then a bounded wait for the peer's answer.
 struct Closer {
-    request: Option<oneshot::Sender<CloseFrame>>,
+    closing: bool,
+    /// The close frame asked for, until it is written.
+    frame: Option<CloseFrame>,
     deadline: Option<Instant>,
     ending: Option<Ending>,
 }
 
 impl Closer {
     fn close(&mut self, code: u16, reason: &'static str) {
-        if let Some(request) = self.request.take() {
-            let _ = request.send(CloseFrame {
+        if !self.closing {
+            self.closing = true;
+            self.frame = Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             });
@@ -106,13 +116,193 @@ impl Closer {
     }
 
     fn is_closing(&self) -> bool {
-        self.request.is_none()
+        self.closing
+    }
+}
+
+/// What the socket had for the connection's loop.
+enum Io {
+    Read(Option<Result<Message, WsError>>),
+    WriteFailed(WsError),
+}
+
+/// Whether the socket woke the connection since it last read. Frames the hub queues wake the
+/// task too, many times more often: those wake-ups then cost no read attempt.
+struct ReadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
 
-    async fn timed_out(&self) {
-        match self.deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The reading side's waker, made once per connection.
+struct Reader {
+    wake: Arc<ReadWake>,
+    waker: Waker,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        let wake = Arc::new(ReadWake {
+            // Nothing was read yet.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(wake.clone());
+        Reader { wake, waker }
+    }
+
+    /// The next frame, if the socket woke the connection since the last read came up empty.
+    fn poll_next<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Message, WsError>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.wake.task.register(cx.waker());
+        if !self.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let next = ws.poll_next_unpin(&mut Context::from_waker(&self.waker));
+        if next.is_ready() {
+            // More frames may be buffered already: no wake-up would say so.
+            self.wake.woken.store(true, Ordering::Release);
+        }
+        next
+    }
+}
+
+/// The sending side: the outbox, fed to the socket as frames come, one flush per batch.
+struct Writer {
+    /// Frames handed to the WebSocket layer since the last flush.
+    unflushed: bool,
+    /// The close frame is written, or a write failed: nothing more goes out, and the hub finds
+    /// the outbox closed.
+    stopped: bool,
+    failed: bool,
+}
+
+impl Writer {
+    /// Writes what it can, then reads one frame if given a reader. Pending until a frame is read or
+    /// a write fails; wakes when the outbox gets frames or the socket can take more.
+    fn poll_io<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        outbox: &mut outbox::Receiver,
+        close: &mut Option<CloseFrame>,
+        reader: Option<&Reader>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Io>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.stopped {
+            if let Err(e) = self.write(ws, outbox, close, cx) {
+                self.stop(outbox);
+                self.unflushed = false;
+                self.failed = true;
+                return Poll::Ready(Io::WriteFailed(e));
+            }
+        }
+        if let Some(reader) = reader {
+            if let Poll::Ready(next) = reader.poll_next(ws, cx) {
+                return Poll::Ready(Io::Read(next));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Feeds every queued frame to the socket, then the close frame if one was asked for, and
+    /// flushes once. Returns when it would wait (the outbox is empty, or the socket is full).
+    fn write<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        outbox: &mut outbox::Receiver,
+        close: &mut Option<CloseFrame>,
+        cx: &mut Context<'_>,
+    ) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(flushed) => flushed?,
+                Poll::Pending => return Ok(()),
+            }
+            self.unflushed = false;
+        }
+        if self.stopped {
+            return Ok(());
+        }
+        loop {
+            match ws.poll_ready_unpin(cx) {
+                Poll::Ready(ready) => ready?,
+                Poll::Pending => return Ok(()),
+            }
+            match outbox.poll_recv(cx) {
+                Poll::Ready(Some(frame)) => {
+                    ws.start_send_unpin(frame)?;
+                    self.unflushed = true;
+                }
+                // Nothing queued (or nobody left to queue anything).
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if let Some(frame) = close.take() {
+            ws.start_send_unpin(Message::Close(Some(frame)))?;
+            self.unflushed = true;
+            self.stop(outbox);
+        }
+        if self.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(flushed) => flushed?,
+                Poll::Pending => return Ok(()),
+            }
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, outbox: &mut outbox::Receiver) {
+        self.stopped = true;
+        outbox.close();
+    }
+
+    /// After the connection's loop: writes what is still queued and the close frame asked for
+    /// (its code, even when it was asked for just before the loop ended), then closes the
+    /// WebSocket, which also sends the reply to a client's close frame.
+    async fn finish<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        outbox: &mut outbox::Receiver,
+        close: Option<CloseFrame>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.stopped {
+            let mut ok = true;
+            while ok {
+                let Ok(frame) = outbox.try_recv() else { break };
+                ok = ws.feed(frame).await.is_ok();
+            }
+            if let Some(frame) = close.filter(|_| ok) {
+                let _ = ws.feed(Message::Close(Some(frame))).await;
+            }
+            self.stop(outbox);
+        }
+        if !self.failed {
+            let _ = SinkExt::close(ws).await;
         }
     }
 }
@@ -121,13 +311,14 @@ impl Closer {
 /// relayed after a client sees its `101` reaches it, in raw mode too.
 pub(super) struct Registration {
     member: Option<MemberId>,
-    frames: mpsc::Sender<Message>,
-    outbox: mpsc::Receiver<Message>,
+    frames: outbox::Sender,
+    outbox: outbox::Receiver,
     evicted: oneshot::Receiver<u16>,
     /// Why the connection is refused after the upgrade (close code and reason), if it is.
     refusal: Option<(u16, &'static str)>,
-    /// What the member holds in Redis when the server shares rooms (`--redis`).
-    seat: Option<Seat>,
+    /// What the member holds in Redis when the server shares rooms (`--redis`); boxed, as
+    /// most servers have none and every connection would carry its size.
+    seat: Option<Box<Seat>>,
 }
 
 impl Registration {
@@ -135,7 +326,7 @@ impl Registration {
     pub fn new(shared: &Shared, params: &Params, authorized: bool, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
         let (evict, evicted) = oneshot::channel();
         let mut registration = Registration {
             member: None,
@@ -197,7 +388,7 @@ impl Registration {
     pub fn refused(shared: &Shared, error: &JoinError, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = mpsc::channel(shared.config.outbox_frames);
+        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
         let (_, evicted) = oneshot::channel();
         tracing::info!(%peer, "refused: {error}");
         let event = Event::error(error.code(), error.to_string(), None);
@@ -219,7 +410,7 @@ impl Registration {
 
     /// Keeps what the member holds in Redis, to give it back when the connection ends.
     pub fn with_seat(mut self, seat: Seat) -> Self {
-        self.seat = Some(seat);
+        self.seat = Some(Box::new(seat));
         self
     }
 
@@ -236,32 +427,32 @@ impl Registration {
 }
 
 /// Runs a connection from the finished handshake to the closed socket.
+///
+/// Everything it keeps for the connection's life is borrowed from the caller's task, so the
+/// task holds each piece once: an idle connection costs the size of that task, and little else.
 pub(super) async fn run<S>(
-    shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
-    registration: Registration,
+    shared: &Shared,
+    ws: &mut WebSocketStream<S>,
+    registration: &mut Registration,
     peer: SocketAddr,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let metrics = shared.metrics.clone();
-    let Registration {
-        member,
-        frames,
-        outbox,
-        mut evicted,
-        refusal,
-        mut seat,
-    } = registration;
-    let (sink, mut stream) = ws.split();
-    let (close_request, close_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_loop(sink, outbox, close_rx));
+    let metrics = &shared.metrics;
+    let member = registration.member;
+    let mut writer = Writer {
+        unflushed: false,
+        stopped: false,
+        failed: false,
+    };
+    let reader = Reader::new();
     let mut closer = Closer {
-        request: Some(close_request),
+        closing: false,
+        frame: None,
         deadline: None,
         ending: None,
     };
-    if let Some((code, reason)) = refusal {
+    if let Some((code, reason)) = registration.refusal.take() {
         closer.close(code, reason);
     }
     let raw = shared.config.raw;
@@ -276,32 +467,44 @@ pub(super) async fn run<S>(
     // Reading resumes at this instant when the sender is over its rate.
     let mut paused: Option<Instant> = None;
     let ping_every = shared.config.ping_interval;
-    let mut ping = tokio::time::interval_at(
-        now + ping_every.unwrap_or(Duration::from_secs(3600)),
-        ping_every.unwrap_or(Duration::from_secs(3600)),
-    );
+    // Also frees the outbox's buffers when the connection is quiet, pings or not.
+    let tick_every = ping_every.unwrap_or(Duration::from_secs(3600));
+    let mut tick = tokio::time::interval_at(now + tick_every, tick_every);
     let mut last_heard = now;
     let mut evict_pending = member.is_some();
+    // Made once: it stays registered with the server's shutdown signal instead of registering
+    // again each time the loop wakes.
+    let stopping = shared.stopping.cancelled();
+    tokio::pin!(stopping);
     loop {
+        let reading = paused.is_none().then_some(&reader);
         tokio::select! {
-            () = shared.stopping.cancelled(), if !closer.is_closing() => {
+            () = &mut stopping, if !closer.is_closing() => {
                 closer.close(close::GOING_AWAY, "server shutting down");
             }
-            code = &mut evicted, if evict_pending => {
+            code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
                 if let Ok(code) = code {
                     Metrics::inc(&metrics.slow_disconnects);
                     closer.close(code, "too slow: outbox full");
                 }
             }
-            () = closer.timed_out() => {
-                closer.ending = Some(Ending::CloseTimedOut);
-                break;
+            // One timer for both: the end of a pause in reading, and the close deadline.
+            () = sleep_until(earliest(paused, closer.deadline)), if paused.is_some() || closer.deadline.is_some() => {
+                let now = Instant::now();
+                if paused.is_some_and(|until| until <= now) {
+                    paused = None;
+                }
+                if closer.deadline.is_some_and(|deadline| deadline <= now) {
+                    closer.ending = Some(Ending::CloseTimedOut);
+                    break;
+                }
             }
-            () = sleep_until(paused), if paused.is_some() => paused = None,
-            _ = ping.tick(), if ping_every.is_some() => {
+            _ = tick.tick() => {
+                registration.outbox.shrink();
+                let Some(every) = ping_every else { continue };
                 let silence = last_heard.elapsed();
-                if ping_every.is_some_and(|every| silence > every * 2) {
+                if silence > every * 2 {
                     Metrics::inc(&metrics.dead_peer_disconnects);
                     closer.ending = Some(Ending::ClientVanished(format!(
                         "no answer to pings for {}s", silence.as_secs()
@@ -309,9 +512,19 @@ pub(super) async fn run<S>(
                     break;
                 }
                 // A full outbox is handled as a slow consumer elsewhere; skipping a ping is fine.
-                let _ = frames.try_send(Message::Ping(Default::default()));
+                let _ = registration.frames.try_send(Message::Ping(Default::default()));
             }
-            next = stream.next(), if paused.is_none() => {
+            io = poll_fn(|cx| {
+                writer.poll_io(ws, &mut registration.outbox, &mut closer.frame, reading, cx)
+            }) => {
+                let next = match io {
+                    Io::Read(next) => next,
+                    // Usually the client closed first; reading finds out how it ended.
+                    Io::WriteFailed(e) => {
+                        tracing::debug!(%peer, "write error: {e}");
+                        continue;
+                    }
+                };
                 last_heard = Instant::now();
                 let Some(id) = member.filter(|_| !closer.is_closing()) else {
                     // Closing: wait for the peer's close frame, ignore anything else.
@@ -371,11 +584,14 @@ pub(super) async fn run<S>(
                         shared.hub.relay(id, message);
                         None
                     }
-                    Message::Text(text) => match seat.as_mut() {
+                    Message::Text(text) => match registration.seat.as_deref_mut() {
+                        // Boxed: only a server that shares rooms gets here, and the connection's
+                        // task need not be sized for this future.
                         Some(seat) => {
-                            super::cluster_conn::handle_text(&shared, id, seat, &text).await
+                            let handle = super::cluster_conn::handle_text(shared, id, seat, &text);
+                            Box::pin(handle).await
                         }
-                        None => handle_text(&shared, id, &text),
+                        None => handle_text(shared, id, &text),
                     },
                     _ => Some(
                         Event::error(
@@ -388,7 +604,7 @@ pub(super) async fn run<S>(
                 };
                 if let Some(reply) = reply {
                     Metrics::inc(&metrics.replies);
-                    if frames.try_send(reply).is_err() {
+                    if registration.frames.try_send(reply).is_err() {
                         Metrics::inc(&metrics.slow_disconnects);
                         closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
                     }
@@ -400,22 +616,24 @@ pub(super) async fn run<S>(
     if let Some(id) = member {
         shared.hub.leave(id);
     }
-    drop(frames);
     let ending = closer.ending.take().unwrap_or(Ending::ClientClosed);
-    // Dropping the request (if unused) lets the writer finish what is queued and close normally.
-    drop(closer);
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-    if let Some(seat) = seat {
-        seat.release().await;
+    // Bounded: a client that stopped reading cannot hold the connection open. Boxed: it runs
+    // once, and the connection's task need not be sized for it.
+    let finish = writer.finish(ws, &mut registration.outbox, closer.frame.take());
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(finish)).await;
+    if let Some(seat) = registration.seat.take() {
+        Box::pin(seat.release()).await;
     }
     Metrics::dec(&metrics.connections_open);
     tracing::info!(%peer, "disconnected: {ending}");
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -484,77 +702,6 @@ pub(super) fn handle(
         Ok(Inbound::Who) => Some(hub.who(id)),
         Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),
     }
-}
-
-/// Writes queued frames, batching whatever is waiting into one flush. A close request first
-/// writes what is already queued, then the close frame. However it ends, it last flushes what
-/// the WebSocket layer itself queued (the reply to a client's close frame).
-async fn write_loop<S>(
-    mut sink: SplitSink<WebSocketStream<S>, Message>,
-    mut outbox: mpsc::Receiver<Message>,
-    mut close_request: oneshot::Receiver<CloseFrame>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut close_pending = true;
-    loop {
-        tokio::select! {
-            biased;
-            frame = &mut close_request, if close_pending => {
-                close_pending = false;
-                let Ok(frame) = frame else { continue };
-                write_close(&mut sink, &mut outbox, frame).await;
-                break;
-            }
-            next = outbox.recv() => {
-                let Some(first) = next else {
-                    // The reader is done. It may have asked for a close just before dropping its
-                    // outbox, after this loop last looked; it drops the request right after.
-                    if close_pending {
-                        if let Ok(frame) = (&mut close_request).await {
-                            write_close(&mut sink, &mut outbox, frame).await;
-                        }
-                    }
-                    break;
-                };
-                if sink.feed(first).await.is_err()
-                    || feed_queued(&mut sink, &mut outbox).await.is_err()
-                    || sink.flush().await.is_err()
-                {
-                    // Usually the client closed first: its close reply still goes out below.
-                    break;
-                }
-            }
-        }
-    }
-    let _ = sink.close().await;
-}
-
-/// Writes what is still queued, then the close frame.
-async fn write_close<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    outbox: &mut mpsc::Receiver<Message>,
-    frame: CloseFrame,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if feed_queued(sink, outbox).await.is_ok() {
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    }
-}
-
-/// Feeds (without flushing) every frame already waiting in the outbox.
-async fn feed_queued<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    outbox: &mut mpsc::Receiver<Message>,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while let Ok(queued) = outbox.try_recv() {
-        sink.feed(queued).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

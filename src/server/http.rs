@@ -241,14 +241,15 @@ async fn upgrade(
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes))
         // Sized for chat lines, not for the library's 128 KiB default: an idle client costs
-        // this much per connection (allocated and zero-filled up front). 1 KiB holds a few
-        // chat frames per read; a larger frame grows the buffer to its length when it comes.
-        .read_buffer_size(1024)
+        // this much per connection (allocated and zero-filled up front), an eighth of what it
+        // costs in all. 512 bytes hold a few chat frames per read; a larger frame grows the
+        // buffer to its length when it comes (read 512 bytes at a time).
+        .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
     let raw = shared.config.raw;
     // With --redis, the room's history and the name are made ready in Redis first.
-    let registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;
+    let mut registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;
     let tasks = shared.tasks.clone();
     // Only the upgrade goes into the connection's task, not the request: its headers share
     // hyper's 8 KiB read buffer, which would stay allocated for as long as the client is.
@@ -256,13 +257,13 @@ async fn upgrade(
     tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
+                let mut ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     Some(ws_config),
                 )
                 .await;
-                conn::run(shared, ws, registration, peer).await;
+                conn::run(&shared, &mut ws, &mut registration, peer).await;
             }
             Err(e) => {
                 tracing::debug!(%peer, "upgrade failed: {e}");

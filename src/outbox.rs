@@ -1,0 +1,481 @@
+//! A connection's outbox: the bounded queue of encoded frames between the hub and one
+//! connection.
+//!
+//! Built for a server that holds many idle connections and fans each message out to all of
+//! them: an empty outbox allocates nothing (about 100 bytes in all), a send is one short lock
+//! and wakes the connection only when the queue was empty, and the connection takes everything
+//! queued under one lock. Frames taken but not yet handed on still count against the capacity,
+//! so a connection whose socket is stuck fills its outbox as soon as it would with a plain
+//! channel.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use tokio_tungstenite::tungstenite::Message;
+
+/// Buffers kept for reuse while a connection is busy are freed past this many frames once
+/// empty (a history replay or a backlog), so a burst does not pin its memory for good.
+const KEEP_FRAMES: usize = 256;
+
+/// A bounded outbox of `capacity` frames (at least one).
+pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            frames: VecDeque::new(),
+            taken: 0,
+            senders: 1,
+            open: true,
+            waker: None,
+        }),
+        capacity: capacity.max(1),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver {
+            shared,
+            batch: VecDeque::new(),
+        },
+    )
+}
+
+struct Shared {
+    /// Held only to push, to take the whole queue, or to count senders: never across an
+    /// `.await`, and never while a frame is written.
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+struct State {
+    frames: VecDeque<Message>,
+    /// Frames the receiver took with its last batch and may not have handed on yet.
+    taken: usize,
+    senders: usize,
+    /// Whether the receiver is still there.
+    open: bool,
+    /// The receiver's task, when it found the queue empty.
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held but an allocation failure, which aborts; a
+        // poisoned state would still be consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why a frame was not queued; the frame comes back.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The outbox holds its capacity: the connection is not keeping up.
+    Full(Message),
+    /// The connection is gone.
+    Closed(Message),
+}
+
+impl fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => write!(f, "outbox full"),
+            TrySendError::Closed(_) => write!(f, "outbox closed"),
+        }
+    }
+}
+
+impl std::error::Error for TrySendError {}
+
+/// Why no frame was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing queued yet.
+    Empty,
+    /// Nothing queued, and every sender is gone.
+    Closed,
+}
+
+/// Queues frames for one connection. Clones share the outbox; the receiver sees the end once
+/// every clone is dropped.
+pub struct Sender {
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// Queues `frame` without waiting.
+    pub fn try_send(&self, frame: Message) -> Result<(), TrySendError> {
+        let mut state = self.shared.lock();
+        if !state.open {
+            return Err(TrySendError::Closed(frame));
+        }
+        if state.frames.len() + state.taken >= self.shared.capacity {
+            return Err(TrySendError::Full(frame));
+        }
+        state.frames.push_back(frame);
+        // The receiver looks at the queue again before it waits, so only the first frame of a
+        // batch needs to wake it.
+        let waker = if state.frames.len() == 1 {
+            state.waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// How many frames the outbox holds at most.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        !self.shared.lock().open
+    }
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.senders -= 1;
+        let waker = if state.senders == 0 {
+            state.waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("outbox::Sender")
+            .field("capacity", &self.shared.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection's end of the outbox.
+pub struct Receiver {
+    shared: Arc<Shared>,
+    /// Frames taken from the queue in one go, handed out one by one.
+    batch: VecDeque<Message>,
+}
+
+impl Receiver {
+    /// The next frame, taking everything queued at once when the last batch is used up.
+    /// `Ready(None)` once the queue is empty and every sender is gone.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self.take(Some(cx.waker())) {
+            Ok(frame) => Poll::Ready(Some(frame)),
+            Err(TryRecvError::Closed) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+
+    /// Waits for the next frame; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Message> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
+        self.take(None)
+    }
+
+    /// Frames queued and taken but not yet received.
+    pub fn len(&self) -> usize {
+        self.batch.len() + self.shared.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes no more frames: what is queued is dropped, and senders now find the outbox closed.
+    pub fn close(&mut self) {
+        self.batch = VecDeque::new();
+        let frames = {
+            let mut state = self.shared.lock();
+            state.open = false;
+            state.taken = 0;
+            std::mem::take(&mut state.frames)
+        };
+        drop(frames);
+    }
+
+    /// Frees the buffers an idle connection no longer needs (call now and then, not per frame).
+    pub fn shrink(&mut self) {
+        if self.batch.is_empty() {
+            self.batch = VecDeque::new();
+        }
+        let mut state = self.shared.lock();
+        if state.frames.is_empty() {
+            state.frames = VecDeque::new();
+        }
+    }
+
+    fn take(&mut self, waker: Option<&Waker>) -> Result<Message, TryRecvError> {
+        if let Some(frame) = self.batch.pop_front() {
+            return Ok(frame);
+        }
+        if self.batch.capacity() > KEEP_FRAMES {
+            self.batch = VecDeque::new();
+        }
+        let mut state = self.shared.lock();
+        if state.frames.is_empty() {
+            state.taken = 0;
+            if state.senders == 0 {
+                return Err(TryRecvError::Closed);
+            }
+            if let Some(waker) = waker {
+                match &state.waker {
+                    Some(registered) if registered.will_wake(waker) => {}
+                    _ => state.waker = Some(waker.clone()),
+                }
+            }
+            return Err(TryRecvError::Empty);
+        }
+        // The whole queue becomes the batch, and the batch's empty buffer the queue: no frame
+        // is copied and, while the connection is busy, nothing is allocated.
+        std::mem::swap(&mut state.frames, &mut self.batch);
+        state.taken = self.batch.len();
+        drop(state);
+        self.batch.pop_front().ok_or(TryRecvError::Empty)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("outbox::Receiver")
+            .field("capacity", &self.shared.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    fn texts(rx: &mut Receiver) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Message::Text(t)) = rx.try_recv() {
+            out.push(t.to_string());
+        }
+        out
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Counter {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn frames_come_out_in_order() {
+        let (tx, mut rx) = channel(8);
+        for s in ["a", "b", "c"] {
+            tx.try_send(text(s)).unwrap();
+        }
+        assert_eq!(texts(&mut rx), ["a", "b", "c"]);
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+        tx.try_send(text("d")).unwrap();
+        assert_eq!(texts(&mut rx), ["d"]);
+    }
+
+    #[test]
+    fn full_at_capacity_and_frees_as_received() {
+        let (tx, mut rx) = channel(3);
+        assert_eq!(tx.capacity(), 3);
+        for s in ["a", "b", "c"] {
+            tx.try_send(text(s)).unwrap();
+        }
+        match tx.try_send(text("d")) {
+            Err(TrySendError::Full(Message::Text(t))) => assert_eq!(t.as_str(), "d"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // The taken batch still counts until the receiver comes back for more.
+        assert_eq!(texts_one(&mut rx), "a");
+        assert!(matches!(tx.try_send(text("d")), Err(TrySendError::Full(_))));
+        assert_eq!(texts(&mut rx), ["b", "c"]);
+        for s in ["d", "e", "f"] {
+            tx.try_send(text(s)).unwrap();
+        }
+        assert!(matches!(tx.try_send(text("g")), Err(TrySendError::Full(_))));
+        assert_eq!(rx.len(), 3);
+    }
+
+    fn texts_one(rx: &mut Receiver) -> String {
+        match rx.try_recv() {
+            Ok(Message::Text(t)) => t.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn capacity_of_zero_holds_one() {
+        let (tx, _rx) = channel(0);
+        tx.try_send(text("a")).unwrap();
+        assert!(matches!(tx.try_send(text("b")), Err(TrySendError::Full(_))));
+    }
+
+    #[test]
+    fn closed_once_the_receiver_is_gone() {
+        let (tx, rx) = channel(4);
+        tx.try_send(text("a")).unwrap();
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(matches!(
+            tx.try_send(text("b")),
+            Err(TrySendError::Closed(_))
+        ));
+    }
+
+    #[test]
+    fn ends_when_every_sender_is_gone_after_what_was_queued() {
+        let (tx, mut rx) = channel(4);
+        let tx2 = tx.clone();
+        tx.try_send(text("a")).unwrap();
+        tx2.try_send(text("b")).unwrap();
+        drop(tx);
+        assert_eq!(texts_one(&mut rx), "a");
+        drop(tx2);
+        // What was queued still comes out, then the end.
+        assert_eq!(texts_one(&mut rx), "b");
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Closed);
+    }
+
+    #[test]
+    fn a_clone_keeps_it_open() {
+        let (tx, mut rx) = channel(4);
+        let tx2 = tx.clone();
+        drop(tx);
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+        tx2.try_send(text("a")).unwrap();
+        assert_eq!(texts(&mut rx), ["a"]);
+    }
+
+    #[test]
+    fn wakes_the_receiver_once_per_batch() {
+        let (tx, mut rx) = channel(8);
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.try_send(text("a")).unwrap();
+        tx.try_send(text("b")).unwrap();
+        assert_eq!(counter.count(), 1);
+        // Everything queued is one batch: taken under one lock, handed out in order.
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        tx.try_send(text("c")).unwrap();
+        assert_eq!(counter.count(), 1, "not waiting: no wake-up");
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert_eq!(rx.len(), 0);
+        tx.try_send(text("d")).unwrap();
+        assert_eq!(counter.count(), 2);
+    }
+
+    #[test]
+    fn wakes_the_receiver_when_the_last_sender_goes() {
+        let (tx, mut rx) = channel(8);
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let tx2 = tx.clone();
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        drop(tx);
+        assert_eq!(counter.count(), 0);
+        drop(tx2);
+        assert_eq!(counter.count(), 1);
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn empty_outbox_allocates_nothing_and_shrinks_back() {
+        let (tx, mut rx) = channel(1024);
+        assert_eq!(rx.batch.capacity(), 0);
+        assert_eq!(rx.shared.lock().frames.capacity(), 0);
+        for i in 0..100 {
+            tx.try_send(text(&i.to_string())).unwrap();
+        }
+        assert_eq!(texts(&mut rx).len(), 100);
+        rx.shrink();
+        assert_eq!(rx.batch.capacity(), 0);
+        assert_eq!(rx.shared.lock().frames.capacity(), 0);
+    }
+
+    #[test]
+    fn a_busy_outbox_reuses_its_buffers() {
+        let (tx, mut rx) = channel(1024);
+        for round in 0..3 {
+            for i in 0..40 {
+                tx.try_send(text(&i.to_string())).unwrap();
+            }
+            assert_eq!(texts(&mut rx).len(), 40, "round {round}");
+        }
+        let kept = rx.batch.capacity() + rx.shared.lock().frames.capacity();
+        for i in 0..40 {
+            tx.try_send(text(&i.to_string())).unwrap();
+        }
+        assert_eq!(
+            rx.batch.capacity() + rx.shared.lock().frames.capacity(),
+            kept
+        );
+        assert_eq!(texts(&mut rx).len(), 40);
+    }
+
+    #[tokio::test]
+    async fn recv_waits_for_a_frame_from_another_task() {
+        let (tx, mut rx) = channel(4);
+        let sender = tokio::spawn(async move {
+            tx.try_send(text("a")).unwrap();
+            tx
+        });
+        assert_eq!(rx.recv().await, Some(text("a")));
+        drop(sender.await.unwrap());
+        assert_eq!(rx.recv().await, None);
+    }
+}
