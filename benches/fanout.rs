@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use wschat::hub::{Hub, HubConfig, JoinRequest, MemberId, Outbox, Post};
 use wschat::outbox;
-use wschat::store::MemoryStore;
+use wschat::store::{Keep, MemoryStore};
 
 const MEMBERS: usize = 1000;
 
@@ -29,7 +29,7 @@ fn room(members: usize) -> Room {
     // History in memory, as `wschat serve` keeps it by default.
     let hub = Hub::new(
         HubConfig::default(),
-        Arc::new(MemoryStore::new(1000)),
+        Arc::new(MemoryStore::new(Keep::messages(1000))),
         Arc::default(),
     );
     let mut outboxes = Vec::with_capacity(members);

@@ -44,6 +44,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'How long shutdown waits for clients to answer the close frame')
             [CompletionResult]::new('--history', '--history', [CompletionResultType]::ParameterName, 'Messages of a room''s history sent to each member that joins it')
             [CompletionResult]::new('--keep', '--keep', [CompletionResultType]::ParameterName, 'Messages kept in memory per room, for history and resume')
+            [CompletionResult]::new('--keep-bytes', '--keep-bytes', [CompletionResultType]::ParameterName, 'Bytes of history kept in memory across all rooms; past it, the least recently active rooms lose their oldest messages from memory first (with --db or --redis they stay there)')
             [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'Keep history in this SQLite file, durable across restarts (created if missing)')
             [CompletionResult]::new('--redis', '--redis', [CompletionResultType]::ParameterName, 'Run as one of several instances sharing rooms, history, names and presence through this Redis server (redis://HOST:PORT); see docs/scaling.md')
             [CompletionResult]::new('--rate', '--rate', [CompletionResultType]::ParameterName, 'Messages per second one connection may send; past --burst it is read more slowly, and after --flood-timeout of that it is closed with 4029. 0: no limit')

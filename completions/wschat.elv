@@ -40,6 +40,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --grace 'How long shutdown waits for clients to answer the close frame'
             cand --history 'Messages of a room''s history sent to each member that joins it'
             cand --keep 'Messages kept in memory per room, for history and resume'
+            cand --keep-bytes 'Bytes of history kept in memory across all rooms; past it, the least recently active rooms lose their oldest messages from memory first (with --db or --redis they stay there)'
             cand --db 'Keep history in this SQLite file, durable across restarts (created if missing)'
             cand --redis 'Run as one of several instances sharing rooms, history, names and presence through this Redis server (redis://HOST:PORT); see docs/scaling.md'
             cand --rate 'Messages per second one connection may send; past --burst it is read more slowly, and after --flood-timeout of that it is closed with 4029. 0: no limit'

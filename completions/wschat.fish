@@ -43,6 +43,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l outbox -d 'Frame
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How long shutdown waits for clients to answer the close frame' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l history -d 'Messages of a room\'s history sent to each member that joins it' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l keep -d 'Messages kept in memory per room, for history and resume' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l keep-bytes -d 'Bytes of history kept in memory across all rooms; past it, the least recently active rooms lose their oldest messages from memory first (with --db or --redis they stay there)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l db -d 'Keep history in this SQLite file, durable across restarts (created if missing)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l redis -d 'Run as one of several instances sharing rooms, history, names and presence through this Redis server (redis://HOST:PORT); see docs/scaling.md' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l rate -d 'Messages per second one connection may send; past --burst it is read more slowly, and after --flood-timeout of that it is closed with 4029. 0: no limit' -r

@@ -16,7 +16,7 @@ use crate::cli::{Mode, StoreChoice};
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::exit::Exit;
 use crate::signals::Signals;
-use crate::store::{MemoryStore, RedisStore, SqliteStore, Store};
+use crate::store::{Keep, MemoryStore, RedisStore, SqliteStore, Store};
 use crate::{client, generated, server};
 
 pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
@@ -35,11 +35,14 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 StoreChoice::Memory { keep } => Arc::new(MemoryStore::new(keep)),
                 StoreChoice::Sqlite { path, keep } => Arc::new(SqliteStore::open(&path, keep)?),
                 StoreChoice::Redis { url, keep } => {
-                    let store = Arc::new(RedisStore::new(keep.min(cluster::WINDOW_MAX)));
+                    let store = Arc::new(RedisStore::new(Keep {
+                        messages: keep.messages.min(cluster::WINDOW_MAX),
+                        bytes: keep.bytes,
+                    }));
                     let cluster = Cluster::new(
                         ClusterConfig {
                             url: url.clone(),
-                            keep,
+                            keep: keep.messages,
                             log_max: cluster::LOG_MAX,
                         },
                         store.clone(),

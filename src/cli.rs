@@ -15,6 +15,7 @@ use crate::client::send::SendConfig;
 use crate::exit;
 use crate::protocol;
 use crate::server::{Access, ServerConfig};
+use crate::store::Keep;
 use crate::tls;
 
 const ABOUT: &str = "WebSocket chat: a server and its command-line clients in one binary";
@@ -98,6 +99,11 @@ pub struct ServeArgs {
     /// Messages kept in memory per room, for history and resume.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub keep: u64,
+    /// Bytes of history kept in memory across all rooms; past it, the least recently active
+    /// rooms lose their oldest messages from memory first (with --db or --redis they stay
+    /// there).
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range((64 << 10)..))]
+    pub keep_bytes: u64,
     /// Keep history in this SQLite file, durable across restarts (created if missing).
     #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
     pub db: Option<PathBuf>,
@@ -355,9 +361,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Where the server keeps history.
 #[derive(Debug, Clone)]
 pub enum StoreChoice {
-    Memory { keep: usize },
-    Sqlite { path: PathBuf, keep: usize },
-    Redis { url: String, keep: usize },
+    Memory { keep: Keep },
+    Sqlite { path: PathBuf, keep: Keep },
+    Redis { url: String, keep: Keep },
 }
 
 /// A validated request for one mode.
@@ -477,8 +483,11 @@ impl Cli {
                 host: a.host,
                 port: a.port,
                 store: {
-                    // Range enforced by clap; fits in usize.
-                    let keep = usize::try_from(a.keep).unwrap_or(1000);
+                    let keep = Keep {
+                        // Range enforced by clap; fits in usize.
+                        messages: usize::try_from(a.keep).unwrap_or(1000),
+                        bytes: usize::try_from(a.keep_bytes).unwrap_or(usize::MAX),
+                    };
                     match (a.db, a.redis) {
                         (Some(path), _) => StoreChoice::Sqlite { path, keep },
                         (None, Some(url)) => StoreChoice::Redis { url, keep },

@@ -966,10 +966,14 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{Keep, MemoryStore};
 
     fn hub(config: HubConfig) -> Hub {
-        Hub::new(config, Arc::new(MemoryStore::new(100)), Arc::default())
+        Hub::new(
+            config,
+            Arc::new(MemoryStore::new(Keep::messages(100))),
+            Arc::default(),
+        )
     }
 
     fn say(hub: &Hub, from: &TestMember, text: &str) -> Result<(), ChatError> {
@@ -1261,7 +1265,7 @@ mod tests {
 
     #[test]
     fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
-        let store = Arc::new(MemoryStore::new(3));
+        let store = Arc::new(MemoryStore::new(Keep::messages(3)));
         let hub = Hub::new(HubConfig::default(), store, Arc::default());
         let a = join(&hub, "lobby", Some("alice"), false, 16);
         for i in 1..=5 {

@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::Kept;
+
 #[derive(Default)]
 pub struct Metrics {
     pub connections_total: AtomicU64,
@@ -29,7 +31,7 @@ pub struct Metrics {
 pub struct Snapshot {
     pub rooms: usize,
     pub members: usize,
-    pub history_messages: usize,
+    pub history: Kept,
     pub draining: bool,
 }
 
@@ -132,18 +134,8 @@ impl Metrics {
                 get(&self.connections_open),
             ),
         ];
-        for (name, help, value) in counters {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(
-                out,
-                "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} {kind}\nwschat_{name} {value}"
-            );
-        }
-        let gauges = [
+        // Read at scrape time from the hub and the store.
+        let scraped = [
             ("rooms", "Rooms with members", snapshot.rooms as u64),
             (
                 "members",
@@ -153,7 +145,17 @@ impl Metrics {
             (
                 "history_messages",
                 "Messages held in the in-memory history window",
-                snapshot.history_messages as u64,
+                snapshot.history.messages as u64,
+            ),
+            (
+                "history_bytes",
+                "Bytes of messages held in the in-memory history window (bounded by --keep-bytes)",
+                snapshot.history.bytes as u64,
+            ),
+            (
+                "history_evicted_total",
+                "Messages dropped from the in-memory history to stay within --keep-bytes",
+                snapshot.history.evicted,
             ),
             (
                 "draining",
@@ -161,14 +163,24 @@ impl Metrics {
                 u64::from(snapshot.draining),
             ),
         ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} gauge\nwschat_{name} {value}"
-            );
+        for (name, help, value) in counters.into_iter().chain(scraped) {
+            write_metric(&mut out, name, help, value);
         }
         out
     }
+}
+
+/// One metric: a counter when its name ends in `_total`, a gauge otherwise.
+fn write_metric(out: &mut String, name: &str, help: &str, value: u64) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(
+        out,
+        "# HELP wschat_{name} {help}.\n# TYPE wschat_{name} {kind}\nwschat_{name} {value}"
+    );
 }
 
 #[cfg(test)]
@@ -183,7 +195,11 @@ mod tests {
         let text = m.render(&Snapshot {
             rooms: 2,
             members: 3,
-            history_messages: 7,
+            history: Kept {
+                messages: 7,
+                bytes: 1400,
+                evicted: 2,
+            },
             draining: false,
         });
         assert!(
@@ -191,6 +207,10 @@ mod tests {
         );
         assert!(text.contains("wschat_deliveries_total 41\n"));
         assert!(text.contains("# TYPE wschat_rooms gauge\nwschat_rooms 2\n"));
+        assert!(text.contains("wschat_history_bytes 1400\n"));
+        assert!(text.contains(
+            "# TYPE wschat_history_evicted_total counter\nwschat_history_evicted_total 2\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.split_once(' ').unwrap();
             assert!(name.starts_with("wschat_"), "{line}");

@@ -107,7 +107,7 @@ mod tests {
     use crate::hub::{Hub, HubConfig, JoinRequest, Outbox, Post};
     use crate::outbox;
     use crate::protocol::{Event, Notice};
-    use crate::store::{MemoryStore, Store};
+    use crate::store::{Keep, MemoryStore, Store};
 
     /// A relay that records what it is given; "down" asks the hub to deliver locally.
     #[derive(Default)]
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn with_a_relay_messages_go_out_only_when_the_log_delivers_them() {
         let relay = Arc::new(Recorder::default());
-        let store = Arc::new(MemoryStore::new(100));
+        let store = Arc::new(MemoryStore::new(Keep::messages(100)));
         let hub =
             Hub::new(HubConfig::default(), store.clone(), Arc::default()).with_relay(relay.clone());
         let (alice, mut alice_rx) = join(&hub, "alice");
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn with_a_relay_notices_and_private_messages_go_through_the_log() {
         let relay = Arc::new(Recorder::default());
-        let store = Arc::new(MemoryStore::new(100));
+        let store = Arc::new(MemoryStore::new(Keep::messages(100)));
         let hub = Hub::new(HubConfig::default(), store, Arc::default()).with_relay(relay.clone());
         let (alice, mut alice_rx) = join(&hub, "alice");
         let (_bob, mut bob_rx) = join(&hub, "bob");

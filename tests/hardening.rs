@@ -326,3 +326,65 @@ fn tls_serves_wss_to_clients_that_trust_its_ca() {
     assert_no_panic(&untrusted.stderr);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn history_in_memory_stays_within_keep_bytes() {
+    let budget: u64 = 64 * 1024;
+    let server = Server::start(&["--keep-bytes", &budget.to_string(), "--rate", "0"]);
+    // 8 rooms × 4 messages of 16 KiB: 512 KiB, eight times the budget.
+    let mut poster = ws_connect(&server.url, "name=poster&room=r0");
+    let text = "x".repeat(16 * 1024);
+    let mut reference = 0;
+    for room in 0..8 {
+        if room > 0 {
+            send_text(
+                &mut poster,
+                &format!(r#"{{"type":"join","room":"r{room}"}}"#),
+            );
+        }
+        for _ in 0..4 {
+            reference += 1;
+            let chat = serde_json::json!({"type": "chat", "content": text, "ref": reference});
+            send_text(&mut poster, &chat.to_string());
+            loop {
+                let event = next_event(&mut poster);
+                if event["type"] == "ack" {
+                    assert_eq!(event["ref"], reference);
+                    break;
+                }
+            }
+        }
+    }
+    let held = metric(&server, "history_bytes");
+    assert!(held <= budget && held > budget / 2, "{held} bytes held");
+    assert!(metric(&server, "history_evicted_total") >= 24);
+    // The room written first lost its messages from memory: resuming there reports the gap.
+    let mut late = ws_connect(&server.url, "name=late&room=r0&since=0");
+    loop {
+        let event = next_event(&mut late);
+        if event["type"] == "gap" {
+            assert_eq!(event["missed"], 4);
+            break;
+        }
+        assert_ne!(event["type"], "chat", "{event}");
+    }
+    // The room written last keeps as much of its history as fits: three of its four.
+    let mut recent = ws_connect(&server.url, "name=recent&room=r7");
+    let mut replayed = Vec::new();
+    loop {
+        let event = next_event(&mut recent);
+        match event["type"].as_str() {
+            Some("chat") => replayed.push((event["history"].as_bool(), event["id"].as_u64())),
+            Some("synced") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        replayed,
+        vec![
+            (Some(true), Some(2)),
+            (Some(true), Some(3)),
+            (Some(true), Some(4))
+        ]
+    );
+}

@@ -80,7 +80,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
             let snapshot = Snapshot {
                 rooms,
                 members,
-                history_messages: shared.store.kept(),
+                history: shared.store.kept(),
                 draining: shared.stopping.is_cancelled(),
             };
             let mut body = shared.metrics.render(&snapshot);

@@ -1,35 +1,157 @@
-//! History in memory: a bounded window of recent messages per room.
+//! History in memory: a bounded window of recent messages per room, within a byte budget
+//! shared by every room.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::{OnDurable, Since, Store};
+use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
-/// The last `keep` messages of every room. Rooms with no members keep their window, so ids
-/// keep increasing and a client can resume; nothing else of an empty room is kept.
+/// The last `keep.messages` messages of every room, and at most `keep.bytes` bytes of messages
+/// in all: past that, the least recently written rooms lose their oldest messages first. Rooms
+/// with no members keep their window, so ids keep increasing and a client can resume; a room
+/// whose messages were all dropped still keeps its last id.
 pub struct MemoryStore {
-    keep: usize,
+    keep: Keep,
     /// Separate from the hub's lock so the store can also be used on its own (tests, the
     /// SQLite cache); it is only ever taken for in-memory work.
-    rooms: Mutex<HashMap<String, Window>>,
+    rooms: Mutex<Rooms>,
 }
 
 #[derive(Default)]
-pub(super) struct Window {
-    pub last_id: u64,
-    pub messages: VecDeque<ChatEvent>,
+struct Rooms {
+    windows: HashMap<String, Window>,
+    ages: Ages,
 }
 
-impl MemoryStore {
-    pub fn new(keep: usize) -> MemoryStore {
-        MemoryStore {
-            keep: keep.max(1),
-            rooms: Mutex::new(HashMap::new()),
+/// What the byte budget needs: how much is held, and which rooms were written longest ago.
+#[derive(Default)]
+struct Ages {
+    /// Bytes of every message held (see [`cost`]).
+    bytes: usize,
+    /// Messages dropped to stay within the byte budget, since the start.
+    evicted: u64,
+    /// Counts writes; a window remembers the count at its last write.
+    clock: u64,
+    /// Rooms holding messages, least recently written first, by the clock of their last write.
+    by_age: BTreeMap<u64, String>,
+}
+
+#[derive(Default)]
+struct Window {
+    last_id: u64,
+    messages: VecDeque<ChatEvent>,
+    /// The clock at its last write; 0 while it holds no message.
+    written: u64,
+    /// Lost messages to the byte budget, while another room was written, since it was last
+    /// filled by `merge` or `seed`.
+    trimmed: bool,
+}
+
+/// What a message costs the budget: its text, and the event that holds it.
+pub(super) fn cost(message: &ChatEvent) -> usize {
+    std::mem::size_of::<ChatEvent>()
+        + message.room.len()
+        + message.username.len()
+        + message.message.len()
+        + message.timestamp.len()
+        + message.to.as_ref().map_or(0, String::len)
+}
+
+impl Ages {
+    /// Marks `window` as the most recently written (or as holding nothing, if empty).
+    fn touch(&mut self, window: &mut Window) {
+        if window.written != 0 && window.written == self.clock && !window.messages.is_empty() {
+            return; // already the newest: the common case of one busy room
+        }
+        if window.written != 0 {
+            self.by_age.remove(&window.written);
+            window.written = 0;
+        }
+        // Every message of a window carries its room's name.
+        if let Some(newest) = window.messages.back() {
+            self.clock += 1;
+            window.written = self.clock;
+            self.by_age.insert(self.clock, newest.room.clone());
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
+    /// Drops `window`'s oldest message; false if it holds none.
+    fn drop_oldest(&mut self, window: &mut Window) -> bool {
+        let Some(dropped) = window.messages.pop_front() else {
+            return false;
+        };
+        self.bytes -= cost(&dropped);
+        if window.messages.is_empty() && window.written != 0 {
+            self.by_age.remove(&window.written);
+            window.written = 0;
+        }
+        true
+    }
+}
+
+impl Rooms {
+    /// Keeps `room` within `keep.messages`, then every room within `keep.bytes`, taking from
+    /// the least recently written rooms first.
+    fn trim(&mut self, room: &str, keep: Keep) {
+        if let Some(window) = self.windows.get_mut(room) {
+            while window.messages.len() > keep.messages {
+                self.ages.drop_oldest(window);
+            }
+        }
+        self.trim_bytes(keep.bytes);
+    }
+
+    /// Drops the oldest messages of the least recently written rooms while over `budget`.
+    fn trim_bytes(&mut self, budget: usize) {
+        while self.ages.bytes > budget {
+            let Some((written, oldest)) = self.ages.by_age.pop_first() else {
+                break;
+            };
+            // Every room in `by_age` has a window holding a message.
+            let Some(window) = self.windows.get_mut(oldest.as_str()) else {
+                continue;
+            };
+            if let Some(dropped) = window.messages.pop_front() {
+                self.ages.bytes -= cost(&dropped);
+                self.ages.evicted += 1;
+                // The room just written is trimmed by its own growth: filling it again
+                // would not make it fit.
+                window.trimmed |= written != self.ages.clock;
+            }
+            if window.messages.is_empty() {
+                window.written = 0;
+            } else {
+                self.ages.by_age.insert(written, oldest);
+            }
+        }
+    }
+
+    /// Replaces `room`'s messages, keeping the byte count right.
+    fn replace(&mut self, room: &str, last_id: u64, messages: VecDeque<ChatEvent>) {
+        let window = self.windows.entry(room.to_owned()).or_default();
+        let old: usize = window.messages.iter().map(cost).sum();
+        let new: usize = messages.iter().map(cost).sum();
+        window.last_id = window.last_id.max(last_id);
+        window.messages = messages;
+        window.trimmed = false;
+        self.ages.bytes = self.ages.bytes - old + new;
+        self.ages.touch(window);
+    }
+}
+
+impl MemoryStore {
+    pub fn new(keep: Keep) -> MemoryStore {
+        MemoryStore {
+            keep: Keep {
+                messages: keep.messages.max(1),
+                bytes: keep.bytes,
+            },
+            rooms: Mutex::new(Rooms::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         // Every mutation completes before anything that could panic; a poisoned lock still
         // guards consistent data.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
@@ -37,37 +159,42 @@ impl MemoryStore {
 
     /// Whether this store holds a window for `room` (the SQLite store loads it otherwise).
     pub(super) fn knows(&self, room: &str) -> bool {
-        self.lock().contains_key(room)
+        self.lock().windows.contains_key(room)
     }
 
     /// Installs a window loaded from elsewhere, unless one appeared meanwhile.
     pub(super) fn seed(&self, room: &str, last_id: u64, messages: Vec<ChatEvent>) {
         let mut rooms = self.lock();
-        rooms.entry(room.to_owned()).or_insert_with(|| Window {
-            last_id,
-            messages: messages.into(),
-        });
+        if rooms.windows.contains_key(room) {
+            return;
+        }
+        rooms.replace(room, last_id, messages.into());
+        rooms.trim(room, self.keep);
+    }
+
+    /// Whether `room`'s window lost messages to the byte budget since it was last filled by
+    /// [`merge`](Self::merge): a durable store then fills it again when the room is used.
+    pub(super) fn is_trimmed(&self, room: &str) -> bool {
+        self.lock().windows.get(room).is_some_and(|w| w.trimmed)
     }
 
     /// Adds messages loaded from elsewhere to `room`'s window (creating it), keeping ids
     /// unique and in order and the window bounded; `last_id` only ever grows.
     pub(super) fn merge(&self, room: &str, last_id: u64, messages: Vec<ChatEvent>) {
         let mut rooms = self.lock();
-        let window = rooms.entry(room.to_owned()).or_default();
         let newest = messages.iter().map(|m| m.id).max().unwrap_or(0);
-        window.last_id = window.last_id.max(last_id).max(newest);
-        let mut all: std::collections::BTreeMap<u64, ChatEvent> =
-            messages.into_iter().map(|m| (m.id, m)).collect();
-        all.extend(window.messages.drain(..).map(|m| (m.id, m)));
-        window.messages = all.into_values().collect();
-        while window.messages.len() > self.keep {
-            window.messages.pop_front();
+        let mut all: BTreeMap<u64, ChatEvent> = messages.into_iter().map(|m| (m.id, m)).collect();
+        if let Some(window) = rooms.windows.get(room) {
+            all.extend(window.messages.iter().map(|m| (m.id, m.clone())));
         }
+        rooms.replace(room, last_id.max(newest), all.into_values().collect());
+        rooms.trim(room, self.keep);
     }
 
     /// The oldest id the window holds for `room`, if any.
     pub(super) fn oldest(&self, room: &str) -> Option<u64> {
         self.lock()
+            .windows
             .get(room)
             .and_then(|w| w.messages.front().map(|m| m.id))
     }
@@ -75,18 +202,23 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn last_id(&self, room: &str) -> u64 {
-        self.lock().get(room).map_or(0, |w| w.last_id)
+        self.lock().windows.get(room).map_or(0, |w| w.last_id)
     }
 
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         {
             let mut rooms = self.lock();
-            let window = rooms.entry(message.room.clone()).or_default();
+            let rooms = &mut *rooms;
+            let room = message.room.clone();
+            rooms.ages.bytes += cost(&message);
+            let window = rooms.windows.entry(room).or_default();
             window.last_id = window.last_id.max(message.id);
             window.messages.push_back(message);
-            while window.messages.len() > self.keep {
-                window.messages.pop_front();
+            while window.messages.len() > self.keep.messages {
+                rooms.ages.drop_oldest(window);
             }
+            rooms.ages.touch(window);
+            rooms.trim_bytes(self.keep.bytes);
         }
         if let Some(done) = on_durable {
             done();
@@ -95,7 +227,7 @@ impl Store for MemoryStore {
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
         let rooms = self.lock();
-        let Some(window) = rooms.get(room) else {
+        let Some(window) = rooms.windows.get(room) else {
             return Vec::new();
         };
         let skip = window.messages.len().saturating_sub(limit);
@@ -104,7 +236,7 @@ impl Store for MemoryStore {
 
     fn since(&self, room: &str, id: u64, limit: usize) -> Since {
         let rooms = self.lock();
-        let Some(window) = rooms.get(room) else {
+        let Some(window) = rooms.windows.get(room) else {
             return Since::default();
         };
         let first_kept = window.messages.front().map_or(window.last_id + 1, |m| m.id);
@@ -119,7 +251,12 @@ impl Store for MemoryStore {
         Since { missed, messages }
     }
 
-    fn kept(&self) -> usize {
-        self.lock().values().map(|w| w.messages.len()).sum()
+    fn kept(&self) -> Kept {
+        let rooms = self.lock();
+        Kept {
+            messages: rooms.windows.values().map(|w| w.messages.len()).sum(),
+            bytes: rooms.ages.bytes,
+            evicted: rooms.ages.evicted,
+        }
     }
 }

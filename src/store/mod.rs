@@ -10,7 +10,11 @@
 //! writes happen on the store's own thread, in batches, and report back through the
 //! `on_durable` callback (the hub acknowledges a message only then), and a room's window is
 //! loaded by `prepare` before the hub is asked about the room. One exception remains: with
-//! SQLite, resuming from a position older than the window reads the disk under the lock.
+//! SQLite, what the window no longer holds (resuming from a position older than it, or
+//! history on join for a room the byte budget trimmed) is read from disk under the lock.
+//!
+//! Every store keeps its window within a byte budget shared by all rooms (`--keep-bytes`):
+//! past it, the rooms written longest ago lose their oldest messages from memory first.
 
 mod memory;
 mod redis_store;
@@ -21,6 +25,35 @@ pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
 
 use crate::protocol::ChatEvent;
+
+/// How much history a store keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Messages per room (at least 1).
+    pub messages: usize,
+    /// Bytes of messages across all rooms (see `--keep-bytes`); past it, the least recently
+    /// written rooms lose their oldest messages first.
+    pub bytes: usize,
+}
+
+impl Keep {
+    /// `messages` per room, with no byte budget.
+    pub fn messages(messages: usize) -> Keep {
+        Keep {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// What a store holds in memory, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub messages: usize,
+    pub bytes: usize,
+    /// Messages dropped from memory to stay within the byte budget, since the start.
+    pub evicted: u64,
+}
 
 /// Called once a message is stored as durably as the store can.
 pub type OnDurable = Box<dyn FnOnce() + Send>;
@@ -41,8 +74,8 @@ pub trait Store: Send + Sync + 'static {
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent>;
     /// The messages after `id`, oldest first, at most `limit`.
     fn since(&self, room: &str, id: u64, limit: usize) -> Since;
-    /// Number of messages kept across all rooms (for metrics).
-    fn kept(&self) -> usize;
+    /// What is held in memory across all rooms (for metrics).
+    fn kept(&self) -> Kept;
     /// Makes `room` ready to be read at memory speed (a durable store loads its recent
     /// window). Called before the hub is asked about the room, off the hub's lock; it may block.
     fn prepare(&self, _room: &str) {}

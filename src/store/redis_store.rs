@@ -14,15 +14,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use super::memory::MemoryStore;
-use super::{OnDurable, Since, Store};
+use super::memory::{cost, MemoryStore};
+use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
-/// Most older messages kept per room for resuming clients, beyond the window.
+/// Most older messages kept for resuming clients, beyond the windows, across all rooms.
 const OLDER_MAX: usize = 10_000;
 
 pub struct RedisStore {
     window: MemoryStore,
+    /// Bytes the older messages may take, across all rooms (the windows' budget).
+    older_bytes: usize,
     /// Rooms whose window was loaded from Redis (others only hold what the tail delivered).
     loaded: Mutex<HashSet<String>>,
     /// Messages older than the window, fetched for resuming clients.
@@ -36,18 +38,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RedisStore {
-    /// A store keeping the last `window` messages of each room in memory.
-    pub fn new(window: usize) -> RedisStore {
+    /// A store keeping the last `window.messages` messages of each room in memory, within
+    /// `window.bytes`.
+    pub fn new(window: Keep) -> RedisStore {
         RedisStore {
             window: MemoryStore::new(window),
+            older_bytes: window.bytes,
             loaded: Mutex::new(HashSet::new()),
             older: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `room`'s window was loaded from Redis.
+    /// Whether `room`'s window was loaded from Redis, and has not lost messages to the byte
+    /// budget since (it is then loaded again).
     pub fn is_loaded(&self, room: &str) -> bool {
-        lock(&self.loaded).contains(room)
+        lock(&self.loaded).contains(room) && !self.window.is_trimmed(room)
     }
 
     /// Merges what Redis holds for `room` (its latest id and latest messages, read together)
@@ -67,13 +72,37 @@ impl RedisStore {
         self.window.oldest(room)
     }
 
-    /// Keeps messages older than the window (read for a resuming client).
+    /// Keeps messages older than the window (read for a resuming client, who is served
+    /// next). Other rooms' older messages make room first, then this room's oldest.
     pub fn add_older(&self, room: &str, messages: Vec<ChatEvent>) {
         let mut older = lock(&self.older);
-        let kept = older.entry(room.to_owned()).or_default();
-        kept.extend(messages.into_iter().map(|m| (m.id, m)));
-        while kept.len() > OLDER_MAX {
-            kept.pop_first();
+        older
+            .entry(room.to_owned())
+            .or_default()
+            .extend(messages.into_iter().map(|m| (m.id, m)));
+        let kept = older.values().flat_map(BTreeMap::values);
+        let (mut count, mut bytes) = (kept.clone().count(), kept.map(cost).sum::<usize>());
+        while count > OLDER_MAX || bytes > self.older_bytes {
+            let other = older.keys().find(|r| *r != room).cloned();
+            let last_room = other.is_none();
+            let dropped: Vec<ChatEvent> = match other {
+                Some(other) => older
+                    .remove(&other)
+                    .into_iter()
+                    .flat_map(BTreeMap::into_values)
+                    .collect(),
+                None => older
+                    .get_mut(room)
+                    .and_then(BTreeMap::pop_first)
+                    .map(|(_, m)| m)
+                    .into_iter()
+                    .collect(),
+            };
+            if dropped.is_empty() && last_room {
+                break;
+            }
+            count -= dropped.len();
+            bytes -= dropped.iter().map(cost).sum::<usize>();
         }
     }
 }
@@ -130,7 +159,53 @@ impl Store for RedisStore {
         }
     }
 
-    fn kept(&self) -> usize {
+    fn kept(&self) -> Kept {
         self.window.kept()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(room: &str, id: u64) -> ChatEvent {
+        ChatEvent {
+            id,
+            room: room.into(),
+            username: "bob".into(),
+            message: "m".into(),
+            timestamp: "2026-11-22T00:00:00.000Z".into(),
+            to: None,
+            private: false,
+            action: false,
+            history: false,
+        }
+    }
+
+    fn older_ids(store: &RedisStore, room: &str) -> Vec<u64> {
+        lock(&store.older)
+            .get(room)
+            .map(|kept| kept.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn older_messages_stay_within_the_budget_across_rooms() {
+        let store = RedisStore::new(Keep {
+            messages: 10,
+            bytes: 5 * cost(&message("a", 1)),
+        });
+        let some = |room: &str, ids: std::ops::RangeInclusive<u64>| {
+            ids.map(|id| message(room, id)).collect::<Vec<_>>()
+        };
+        store.add_older("a", some("a", 1..=4));
+        assert_eq!(older_ids(&store, "a"), vec![1, 2, 3, 4]);
+        // Another room's resuming client comes first: "a" makes room.
+        store.add_older("b", some("b", 1..=3));
+        assert_eq!(older_ids(&store, "a"), Vec::<u64>::new());
+        assert_eq!(older_ids(&store, "b"), vec![1, 2, 3]);
+        // Alone over the budget, a room keeps its newest.
+        store.add_older("b", some("b", 4..=8));
+        assert_eq!(older_ids(&store, "b"), vec![4, 5, 6, 7, 8]);
     }
 }

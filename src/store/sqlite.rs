@@ -14,7 +14,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::memory::MemoryStore;
-use super::{OnDurable, Since, Store};
+use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
 const SCHEMA: &str = "
@@ -82,7 +82,7 @@ fn id_param(id: u64) -> i64 {
 
 impl SqliteStore {
     /// Opens (or creates) the database and starts its writer thread.
-    pub fn open(path: &Path, keep: usize) -> anyhow::Result<SqliteStore> {
+    pub fn open(path: &Path, keep: Keep) -> anyhow::Result<SqliteStore> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create tables in {}", path.display()))?;
@@ -94,7 +94,7 @@ impl SqliteStore {
             .context("cannot start the database writer")?;
         Ok(SqliteStore {
             cache: MemoryStore::new(keep),
-            keep: keep.max(1),
+            keep: keep.messages.max(1),
             reader: Mutex::new(reader),
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -111,8 +111,8 @@ impl SqliteStore {
             return;
         }
         let loaded = (|| -> rusqlite::Result<(u64, Vec<ChatEvent>)> {
-            let conn = self.reader();
-            let last: Option<i64> = conn
+            let last: Option<i64> = self
+                .reader()
                 .query_row(
                     "SELECT MAX(id) FROM messages WHERE room = ?1",
                     params![room],
@@ -120,22 +120,33 @@ impl SqliteStore {
                 )
                 .optional()?
                 .flatten();
-            let mut statement = conn.prepare_cached(
-                "SELECT id, username, message, timestamp, action FROM messages
-                 WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let mut messages = statement
-                .query_map(params![room, self.keep as i64], |row| {
-                    row_to_event(room, row)
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            messages.reverse();
-            Ok((last.map_or(0, |l| l.try_into().unwrap_or(0)), messages))
+            let messages = self.read_latest(room, self.keep)?;
+            // The writer may commit between the two reads.
+            let newest = messages.last().map_or(0, |m| m.id);
+            let last = last.map_or(0, |l| l.try_into().unwrap_or(0));
+            Ok((last.max(newest), messages))
         })();
         match loaded {
             Ok((last_id, messages)) => self.cache.seed(room, last_id, messages),
             Err(e) => tracing::error!(room, "cannot read history: {e}"),
         }
+    }
+
+    /// The latest `limit` messages of `room` on disk, oldest first.
+    fn read_latest(&self, room: &str, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
+        let conn = self.reader();
+        let mut statement = conn.prepare_cached(
+            "SELECT id, username, message, timestamp, action FROM messages
+             WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let mut messages = statement
+            .query_map(
+                params![room, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| row_to_event(room, row),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        messages.reverse();
+        Ok(messages)
     }
 
     fn read_after(&self, room: &str, id: u64, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
@@ -184,17 +195,40 @@ impl Store for SqliteStore {
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
         self.load(room);
-        self.cache.recent(room, limit)
+        let window = self.cache.recent(room, limit);
+        // The window holds fewer than asked: either the room has no more, or older ones were
+        // dropped from memory (the byte budget, or `--keep` below `--history`) and the disk has
+        // them.
+        let from_first = window
+            .first()
+            .map_or(self.cache.last_id(room) == 0, |m| m.id <= 1);
+        if window.len() >= limit || from_first {
+            return window;
+        }
+        match self.read_latest(room, limit) {
+            Ok(stored) => {
+                // Messages not yet committed are only in the window.
+                let mut all: std::collections::BTreeMap<u64, ChatEvent> =
+                    stored.into_iter().map(|m| (m.id, m)).collect();
+                all.extend(window.into_iter().map(|m| (m.id, m)));
+                let skip = all.len().saturating_sub(limit);
+                all.into_values().skip(skip).collect()
+            }
+            Err(e) => {
+                tracing::error!(room, "cannot read history: {e}");
+                window
+            }
+        }
     }
 
     fn since(&self, room: &str, id: u64, limit: usize) -> Since {
         self.load(room);
         // The window holds everything after `id`: no need for the disk.
-        if self
-            .cache
-            .oldest(room)
-            .is_none_or(|oldest| oldest <= id + 1)
-        {
+        let in_window = match self.cache.oldest(room) {
+            Some(oldest) => oldest <= id + 1,
+            None => self.cache.last_id(room) <= id,
+        };
+        if in_window {
             return self.cache.since(room, id, limit);
         }
         match self.read_after(room, id, limit) {
@@ -221,7 +255,7 @@ impl Store for SqliteStore {
         self.load(room);
     }
 
-    fn kept(&self) -> usize {
+    fn kept(&self) -> Kept {
         self.cache.kept()
     }
 

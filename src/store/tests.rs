@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{MemoryStore, RedisStore, SqliteStore, Store};
+use super::{Keep, MemoryStore, RedisStore, SqliteStore, Store};
 use crate::protocol::ChatEvent;
 
 fn message(room: &str, id: u64) -> ChatEvent {
@@ -81,12 +81,12 @@ fn suite_with(store: &dyn Store, keep: usize, fill: Fill<'_>) {
         since.missed + 1,
         "no hole between the gap and the replay"
     );
-    assert!(store.kept() > 0);
+    assert!(store.kept().messages > 0 && store.kept().bytes > 0);
 }
 
 #[test]
 fn memory_store() {
-    let store = MemoryStore::new(8);
+    let store = MemoryStore::new(Keep::messages(8));
     suite(&store, 8);
     let since = store.since("lobby", 0, 100);
     assert_eq!(since.missed, 10, "memory keeps only its window");
@@ -95,16 +95,23 @@ fn memory_store() {
 #[test]
 fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("chat.db"), 8).unwrap();
+    let store = SqliteStore::open(&dir.path().join("chat.db"), Keep::messages(8)).unwrap();
     suite(&store, 8);
     let since = store.since("lobby", 0, 100);
     assert_eq!(since.missed, 0, "the database keeps everything");
 }
 
-/// The Redis store gets messages only through the shared log: `fill` posts them as a
-/// member would, and waits until the log has delivered them back.
-#[test]
-fn redis_store() {
+/// A Redis store whose cluster tails a real redis-server.
+struct WithRedis<'a> {
+    store: Arc<RedisStore>,
+    cluster: Arc<crate::cluster::Cluster>,
+    runtime: &'a tokio::runtime::Runtime,
+    url: String,
+}
+
+/// Runs `body` with a Redis store of `keep`, and a `fill` that posts messages as a member
+/// would and waits until the log delivered them back.
+fn with_redis_store(keep: Keep, body: impl FnOnce(&WithRedis<'_>, Fill<'_>)) {
     use crate::cluster::testing::RedisServer;
     use crate::cluster::{Cluster, ClusterConfig};
     use crate::hub::MemberId;
@@ -114,7 +121,7 @@ fn redis_store() {
     let redis = RedisServer::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _guard = runtime.enter();
-    let store = Arc::new(RedisStore::new(8));
+    let store = Arc::new(RedisStore::new(keep));
     let config = ClusterConfig {
         url: redis.url.clone(),
         keep: 1000,
@@ -151,32 +158,127 @@ fn redis_store() {
             assert!(origin.is_some(), "this instance is the origin");
         }
     };
-    suite_with(&*store, 8, &fill_through_redis);
-    let since = store.since("lobby", 0, 100);
-    assert_eq!(since.missed, 10, "the window holds 8");
-    // A client resuming from further back: the room's stream has it, read before joining.
-    runtime.block_on(cluster.prepare_room("lobby", Some(0), 100));
-    let since = store.since("lobby", 0, 100);
-    assert_eq!(since.missed, 0);
-    assert_eq!(ids(&since.messages), (1..=18).collect::<Vec<_>>());
-    // Another instance starting now loads the rooms from Redis alone.
-    let other_store = Arc::new(RedisStore::new(4));
-    let other = Cluster::new(
-        ClusterConfig {
-            url: redis.url.clone(),
-            keep: 1000,
-            log_max: 1000,
-        },
-        other_store.clone(),
-    )
-    .unwrap();
-    runtime.block_on(other.prepare_room("dev", None, 0));
-    assert_eq!(other_store.last_id("dev"), 2);
-    assert_eq!(
-        other_store.recent("dev", 5),
-        vec![message("dev", 1), message("dev", 2)]
-    );
+    let with = WithRedis {
+        store: store.clone(),
+        cluster: cluster.clone(),
+        runtime: &runtime,
+        url: redis.url.clone(),
+    };
+    body(&with, &fill_through_redis);
     stop.cancel();
+}
+
+/// The Redis store gets messages only through the shared log.
+#[test]
+fn redis_store() {
+    use crate::cluster::{Cluster, ClusterConfig};
+
+    with_redis_store(Keep::messages(8), |with, fill| {
+        let (store, cluster, runtime) = (&with.store, &with.cluster, with.runtime);
+        suite_with(&**store, 8, fill);
+        let since = store.since("lobby", 0, 100);
+        assert_eq!(since.missed, 10, "the window holds 8");
+        // A client resuming from further back: the room's stream has it, read before joining.
+        runtime.block_on(cluster.prepare_room("lobby", Some(0), 100));
+        let since = store.since("lobby", 0, 100);
+        assert_eq!(since.missed, 0);
+        assert_eq!(ids(&since.messages), (1..=18).collect::<Vec<_>>());
+        // Another instance starting now loads the rooms from Redis alone.
+        let other_store = Arc::new(RedisStore::new(Keep::messages(4)));
+        let other = Cluster::new(
+            ClusterConfig {
+                url: with.url.clone(),
+                keep: 1000,
+                log_max: 1000,
+            },
+            other_store.clone(),
+        )
+        .unwrap();
+        runtime.block_on(other.prepare_room("dev", None, 0));
+        assert_eq!(other_store.last_id("dev"), 2);
+        assert_eq!(
+            other_store.recent("dev", 5),
+            vec![message("dev", 1), message("dev", 2)]
+        );
+    });
+}
+
+/// A budget of ten messages like `message("a", 1)` (a few bytes spare for longer ids).
+fn ten_messages() -> Keep {
+    Keep {
+        messages: 100,
+        bytes: 10 * super::memory::cost(&message("a", 1)) + 9,
+    }
+}
+
+/// Past the byte budget, the least recently written rooms lose their oldest messages from
+/// memory first, and a room's ids go on. Fills "a" with 1..=6 and "b" with 1..=7 (a loses
+/// 1..=3), then "a" with 7 (b loses 1), then "c" with 1..=10 (a and b lose the rest).
+fn byte_budget_suite(store: &dyn Store, fill: Fill<'_>) {
+    let budget = ten_messages().bytes;
+    fill(store, "a", 1..=6);
+    fill(store, "b", 1..=4);
+    assert_eq!((store.kept().messages, store.kept().evicted), (10, 0));
+    fill(store, "b", 5..=7);
+    assert_eq!((store.kept().messages, store.kept().evicted), (10, 3));
+    assert!(store.kept().bytes <= budget);
+    assert_eq!(ids(&store.recent("b", 100)), (1..=7).collect::<Vec<_>>());
+    assert_eq!(store.last_id("a"), 6);
+    fill(store, "a", 7..=7);
+    assert_eq!(store.kept().evicted, 4, "b, written longest ago, lost one");
+    fill(store, "c", 1..=10);
+    assert_eq!((store.kept().messages, store.kept().evicted), (10, 14));
+    assert!(store.kept().bytes <= budget);
+    assert_eq!(ids(&store.recent("c", 100)), (1..=10).collect::<Vec<_>>());
+    assert_eq!((store.last_id("a"), store.last_id("b")), (7, 7));
+}
+
+#[test]
+fn memory_store_keeps_within_its_byte_budget() {
+    let store = MemoryStore::new(ten_messages());
+    byte_budget_suite(&store, &fill);
+    // What memory dropped is reported missed, never silently skipped.
+    assert!(store.recent("a", 100).is_empty());
+    let since = store.since("a", 2, 100);
+    assert_eq!((since.missed, since.messages.len()), (5, 0));
+    fill(&store, "a", 8..=8);
+    let since = store.since("a", 0, 100);
+    assert_eq!((since.missed, ids(&since.messages)), (7, vec![8]));
+}
+
+#[test]
+fn sqlite_store_reads_what_its_byte_budget_dropped_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("chat.db"), ten_messages()).unwrap();
+    byte_budget_suite(&store, &fill);
+    assert_eq!(ids(&store.recent("a", 3)), vec![5, 6, 7]);
+    assert_eq!(ids(&store.recent("b", 100)), (1..=7).collect::<Vec<_>>());
+    let since = store.since("a", 2, 100);
+    assert_eq!((since.missed, ids(&since.messages)), (0, (3..=7).collect()));
+    fill(&store, "a", 8..=8);
+    let since = store.since("a", 0, 100);
+    assert_eq!((since.missed, ids(&since.messages)), (0, (1..=8).collect()));
+}
+
+#[test]
+fn redis_store_loads_what_its_byte_budget_dropped_again() {
+    with_redis_store(ten_messages(), |with, fill| {
+        let (store, cluster, runtime) = (&with.store, &with.cluster, with.runtime);
+        for room in ["a", "b", "c"] {
+            runtime.block_on(cluster.prepare_room(room, None, 0));
+            assert!(store.is_loaded(room));
+        }
+        byte_budget_suite(&**store, fill);
+        assert!(
+            !store.is_loaded("a"),
+            "a lost messages while others were written"
+        );
+        assert!(store.is_loaded("c"), "c lost nothing");
+        // The next member to join "a" loads its window from the room's stream again.
+        runtime.block_on(cluster.prepare_room("a", None, 0));
+        assert_eq!(ids(&store.recent("a", 100)), (1..=7).collect::<Vec<_>>());
+        assert!(store.kept().bytes <= ten_messages().bytes);
+    });
 }
 
 #[test]
@@ -184,11 +286,11 @@ fn sqlite_history_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chat.db");
     {
-        let store = SqliteStore::open(&path, 4).unwrap();
+        let store = SqliteStore::open(&path, Keep::messages(4)).unwrap();
         fill(&store, "lobby", 1..=10);
         store.close();
     }
-    let store = SqliteStore::open(&path, 4).unwrap();
+    let store = SqliteStore::open(&path, Keep::messages(4)).unwrap();
     assert_eq!(store.last_id("lobby"), 10);
     assert_eq!(ids(&store.recent("lobby", 2)), vec![9, 10]);
     assert_eq!(
@@ -206,6 +308,8 @@ fn sqlite_refuses_a_file_that_is_not_a_database() {
         "this is not a database, just some text that is long enough",
     )
     .unwrap();
-    let error = SqliteStore::open(&path, 4).err().expect("not a database");
+    let error = SqliteStore::open(&path, Keep::messages(4))
+        .err()
+        .expect("not a database");
     assert!(format!("{error:#}").contains("notes.txt"), "{error:#}");
 }
