@@ -215,7 +215,14 @@ fn tokens_are_required_when_set() {
     send(&server.url, "bob", Some("hi"), &["--token", "s3cret"]).assert_code(0);
     let mut browser = ws_connect(&server.url, "name=alice&token=s3cret");
     assert_eq!(next_event(&mut browser)["event"], "welcome");
-    assert_eq!(metric(&server, "auth_failures_total"), 3);
+    // Metrics too (Prometheus sends the token as a bearer credential); health checks need none.
+    let scrape = |headers: &str| http_request_with(&server.addr(), "GET", "/metrics", headers);
+    let refused = scrape("");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(scrape("Authorization: Bearer nope\r\n").status, 401);
+    assert_eq!(http_request(&server.addr(), "GET", "/healthz").status, 200);
+    assert_eq!(metric(&server, "auth_failures_total"), 5);
 }
 
 #[test]

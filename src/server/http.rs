@@ -76,6 +76,11 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            if shared.config.access.check_token(req.headers(), None) != TokenCheck::Accepted {
+                Metrics::inc(&shared.metrics.auth_failures);
+                tracing::info!(%peer, "metrics refused: no or wrong token");
+                return unauthorized("token required\n");
+            }
             let (members, rooms) = shared.hub.counts();
             let snapshot = Snapshot {
                 rooms,
@@ -129,6 +134,15 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// 401, asking for a bearer token.
+fn unauthorized(body: &'static str) -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, body);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -214,11 +228,7 @@ async fn upgrade(
         TokenCheck::RefuseHttp => {
             Metrics::inc(&metrics.auth_failures);
             tracing::info!(%peer, "refused: wrong token");
-            let mut response = text(StatusCode::UNAUTHORIZED, "wrong token\n");
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized("wrong token\n");
         }
     };
     let slot = match shared.capacity.acquire(peer.ip()) {

@@ -292,6 +292,8 @@ pub struct Server {
     pub url: String,
     pub port: u16,
     pub proc: Proc,
+    /// The `--token` it was started with: `/metrics` asks for it too.
+    pub token: Option<String>,
 }
 
 impl Server {
@@ -311,7 +313,16 @@ impl Server {
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or_else(|| panic!("serve printed an unexpected URL: {url:?}"));
         assert_ne!(port, 0, "serve printed port 0 instead of the real one");
-        Server { url, port, proc }
+        let token = extra
+            .windows(2)
+            .find(|pair| pair[0] == "--token")
+            .map(|pair| pair[1].to_owned());
+        Server {
+            url,
+            port,
+            proc,
+            token,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -528,11 +539,16 @@ impl HttpResponse {
 /// Sends one `METHOD PATH` request over a fresh TCP connection and reads the whole response
 /// (`Connection: close`, so the server ends it).
 pub fn http_request(addr: &str, method: &str, path: &str) -> HttpResponse {
+    http_request_with(addr, method, path, "")
+}
+
+/// [`http_request`] with extra header lines (each ending in `\r\n`).
+pub fn http_request_with(addr: &str, method: &str, path: &str, headers: &str) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(GUARD)).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wschat-tests\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wschat-tests\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -613,7 +629,12 @@ pub fn rss_kib(server: &Server) -> u64 {
 
 /// One counter or gauge from the server's `/metrics`.
 pub fn metric(server: &Server, name: &str) -> u64 {
-    let response = http_request(&server.addr(), "GET", "/metrics");
+    let auth = server
+        .token
+        .as_ref()
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let response = http_request_with(&server.addr(), "GET", "/metrics", &auth);
     assert_eq!(response.status, 200);
     response
         .body
