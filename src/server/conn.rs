@@ -691,8 +691,9 @@ pub(super) fn handle(
             .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
         Ok(Inbound::Join { room }) => {
             if protocol::validate_room(&room).is_ok() {
-                // Off the hub's lock (a short blocking read at most, once per room).
-                shared.store.prepare(&room);
+                // Off the hub's lock: with --db, a short blocking read at most (the room's
+                // window once, and what memory no longer holds of its latest history).
+                shared.store.prepare(&room, None, shared.config.history);
             }
             hub.move_to(id, &room)
                 .err()

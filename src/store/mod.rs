@@ -8,15 +8,17 @@
 //!
 //! The hub calls a store while holding its lock, so its methods answer from memory: durable
 //! writes happen on the store's own thread, in batches, and report back through the
-//! `on_durable` callback (the hub acknowledges a message only then), and a room's window is
-//! loaded by `prepare` before the hub is asked about the room. One exception remains: with
-//! SQLite, what the window no longer holds (resuming from a position older than it, or
-//! history on join for a room the byte budget trimmed) is read from disk under the lock.
+//! `on_durable` callback (the hub acknowledges a message only then), and `prepare`, called off
+//! the lock before the hub is asked about a room, loads the room's window and reads ahead
+//! what the client about to enter needs beyond it (a resume from further back, or history the
+//! window no longer holds). Only what was not read ahead (the window trimmed again in
+//! between) is read from disk under the lock, with SQLite.
 //!
 //! Every store keeps its window within a byte budget shared by all rooms (`--keep-bytes`):
 //! past it, the rooms written longest ago lose their oldest messages from memory first.
 
 mod memory;
+mod older;
 mod redis_store;
 mod sqlite;
 
@@ -76,9 +78,11 @@ pub trait Store: Send + Sync + 'static {
     fn since(&self, room: &str, id: u64, limit: usize) -> Since;
     /// What is held in memory across all rooms (for metrics).
     fn kept(&self) -> Kept;
-    /// Makes `room` ready to be read at memory speed (a durable store loads its recent
-    /// window). Called before the hub is asked about the room, off the hub's lock; it may block.
-    fn prepare(&self, _room: &str) {}
+    /// Makes `room` ready to be read at memory speed for the client about to enter it: a
+    /// durable store loads the room's window, and reads ahead what the window lacks of the
+    /// messages after `since` (at most `limit`), or without `since`, of the latest `limit`.
+    /// Called before the hub is asked about the room, off the hub's lock; it may block.
+    fn prepare(&self, _room: &str, _since: Option<u64>, _limit: usize) {}
     /// Writes everything pending and stops writing. Called once at shutdown.
     fn close(&self) {}
 }

@@ -11,24 +11,20 @@
 //! A message reaches this store only after Redis has it (the log assigned its id), so
 //! `append` is durable at once, as Redis is configured to be (see docs/scaling.md).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 
-use super::memory::{cost, MemoryStore};
+use super::memory::MemoryStore;
+use super::older::Older;
 use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
-/// Most older messages kept for resuming clients, beyond the windows, across all rooms.
-const OLDER_MAX: usize = 10_000;
-
 pub struct RedisStore {
     window: MemoryStore,
-    /// Bytes the older messages may take, across all rooms (the windows' budget).
-    older_bytes: usize,
     /// Rooms whose window was loaded from Redis (others only hold what the tail delivered).
     loaded: Mutex<HashSet<String>>,
     /// Messages older than the window, fetched for resuming clients.
-    older: Mutex<HashMap<String, BTreeMap<u64, ChatEvent>>>,
+    older: Older,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -43,9 +39,8 @@ impl RedisStore {
     pub fn new(window: Keep) -> RedisStore {
         RedisStore {
             window: MemoryStore::new(window),
-            older_bytes: window.bytes,
             loaded: Mutex::new(HashSet::new()),
-            older: Mutex::new(HashMap::new()),
+            older: Older::new(window.bytes),
         }
     }
 
@@ -73,37 +68,9 @@ impl RedisStore {
     }
 
     /// Keeps messages older than the window (read for a resuming client, who is served
-    /// next). Other rooms' older messages make room first, then this room's oldest.
+    /// next).
     pub fn add_older(&self, room: &str, messages: Vec<ChatEvent>) {
-        let mut older = lock(&self.older);
-        older
-            .entry(room.to_owned())
-            .or_default()
-            .extend(messages.into_iter().map(|m| (m.id, m)));
-        let kept = older.values().flat_map(BTreeMap::values);
-        let (mut count, mut bytes) = (kept.clone().count(), kept.map(cost).sum::<usize>());
-        while count > OLDER_MAX || bytes > self.older_bytes {
-            let other = older.keys().find(|r| *r != room).cloned();
-            let last_room = other.is_none();
-            let dropped: Vec<ChatEvent> = match other {
-                Some(other) => older
-                    .remove(&other)
-                    .into_iter()
-                    .flat_map(BTreeMap::into_values)
-                    .collect(),
-                None => older
-                    .get_mut(room)
-                    .and_then(BTreeMap::pop_first)
-                    .map(|(_, m)| m)
-                    .into_iter()
-                    .collect(),
-            };
-            if dropped.is_empty() && last_room {
-                break;
-            }
-            count -= dropped.len();
-            bytes -= dropped.iter().map(cost).sum::<usize>();
-        }
+        self.older.add(room, messages);
     }
 }
 
@@ -130,15 +97,7 @@ impl Store for RedisStore {
         let Some(oldest) = self.window.oldest(room).filter(|&o| o > id + 1) else {
             return self.window.since(room, id, limit);
         };
-        let before: Vec<ChatEvent> = lock(&self.older)
-            .get(room)
-            .map(|kept| {
-                kept.range(id + 1..oldest)
-                    .map(|(_, m)| m.clone())
-                    .take(limit)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let before = self.older.range(room, id, oldest, limit);
         let (Some(first), Some(last)) = (before.first(), before.last()) else {
             return self.window.since(room, id, limit);
         };
@@ -161,51 +120,5 @@ impl Store for RedisStore {
 
     fn kept(&self) -> Kept {
         self.window.kept()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(room: &str, id: u64) -> ChatEvent {
-        ChatEvent {
-            id,
-            room: room.into(),
-            username: "bob".into(),
-            message: "m".into(),
-            timestamp: "2026-11-22T00:00:00.000Z".into(),
-            to: None,
-            private: false,
-            action: false,
-            history: false,
-        }
-    }
-
-    fn older_ids(store: &RedisStore, room: &str) -> Vec<u64> {
-        lock(&store.older)
-            .get(room)
-            .map(|kept| kept.keys().copied().collect())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn older_messages_stay_within_the_budget_across_rooms() {
-        let store = RedisStore::new(Keep {
-            messages: 10,
-            bytes: 5 * cost(&message("a", 1)),
-        });
-        let some = |room: &str, ids: std::ops::RangeInclusive<u64>| {
-            ids.map(|id| message(room, id)).collect::<Vec<_>>()
-        };
-        store.add_older("a", some("a", 1..=4));
-        assert_eq!(older_ids(&store, "a"), vec![1, 2, 3, 4]);
-        // Another room's resuming client comes first: "a" makes room.
-        store.add_older("b", some("b", 1..=3));
-        assert_eq!(older_ids(&store, "a"), Vec::<u64>::new());
-        assert_eq!(older_ids(&store, "b"), vec![1, 2, 3]);
-        // Alone over the budget, a room keeps its newest.
-        store.add_older("b", some("b", 4..=8));
-        assert_eq!(older_ids(&store, "b"), vec![4, 5, 6, 7, 8]);
     }
 }

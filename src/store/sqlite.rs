@@ -14,6 +14,7 @@ use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::memory::MemoryStore;
+use super::older::Older;
 use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
@@ -39,6 +40,8 @@ type Write = (ChatEvent, Option<OnDurable>);
 
 pub struct SqliteStore {
     cache: MemoryStore,
+    /// Messages older than the window, read ahead by `prepare` for the client served next.
+    older: Older,
     keep: usize,
     /// Reads of older history and of rooms not yet in the window. WAL lets them run while the
     /// writer commits.
@@ -94,6 +97,7 @@ impl SqliteStore {
             .context("cannot start the database writer")?;
         Ok(SqliteStore {
             cache: MemoryStore::new(keep),
+            older: Older::new(keep.bytes),
             keep: keep.messages.max(1),
             reader: Mutex::new(reader),
             writes: Mutex::new(Some(tx)),
@@ -120,7 +124,7 @@ impl SqliteStore {
                 )
                 .optional()?
                 .flatten();
-            let messages = self.read_latest(room, self.keep)?;
+            let messages = self.read_before(room, u64::MAX, self.keep)?;
             // The writer may commit between the two reads.
             let newest = messages.last().map_or(0, |m| m.id);
             let last = last.map_or(0, |l| l.try_into().unwrap_or(0));
@@ -132,16 +136,39 @@ impl SqliteStore {
         }
     }
 
-    /// The latest `limit` messages of `room` on disk, oldest first.
-    fn read_latest(&self, room: &str, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
+    /// The first id the window holds for `room` (or the next id, if it holds none), when the
+    /// window does not hold everything after `id`: the disk has what lies between.
+    fn window_starts_after(&self, room: &str, id: u64) -> Option<u64> {
+        let first = self
+            .cache
+            .oldest(room)
+            .unwrap_or_else(|| self.cache.last_id(room) + 1);
+        (first > id + 1).then_some(first)
+    }
+
+    /// When `window` (the window's latest `limit` of `room`) holds fewer than `limit` and the
+    /// room has older messages on disk (dropped from memory by the byte budget, or `--keep`
+    /// below `--history`): the id they come before.
+    fn short_of(&self, room: &str, window: &[ChatEvent], limit: usize) -> Option<u64> {
+        if window.len() >= limit {
+            return None;
+        }
+        let first = window
+            .first()
+            .map_or_else(|| self.cache.last_id(room) + 1, |m| m.id);
+        (first > 1).then_some(first)
+    }
+
+    /// The latest `limit` messages of `room` before `id` on disk, oldest first.
+    fn read_before(&self, room: &str, id: u64, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
         let conn = self.reader();
         let mut statement = conn.prepare_cached(
             "SELECT id, username, message, timestamp, action FROM messages
-             WHERE room = ?1 ORDER BY id DESC LIMIT ?2",
+             WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
         )?;
         let mut messages = statement
             .query_map(
-                params![room, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![room, id_param(id), i64::try_from(limit).unwrap_or(i64::MAX)],
                 |row| row_to_event(room, row),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -196,63 +223,73 @@ impl Store for SqliteStore {
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
         self.load(room);
         let window = self.cache.recent(room, limit);
-        // The window holds fewer than asked: either the room has no more, or older ones were
-        // dropped from memory (the byte budget, or `--keep` below `--history`) and the disk has
-        // them.
-        let from_first = window
-            .first()
-            .map_or(self.cache.last_id(room) == 0, |m| m.id <= 1);
-        if window.len() >= limit || from_first {
+        let Some(before) = self.short_of(room, &window, limit) else {
             return window;
-        }
-        match self.read_latest(room, limit) {
-            Ok(stored) => {
-                // Messages not yet committed are only in the window.
-                let mut all: std::collections::BTreeMap<u64, ChatEvent> =
-                    stored.into_iter().map(|m| (m.id, m)).collect();
-                all.extend(window.into_iter().map(|m| (m.id, m)));
-                let skip = all.len().saturating_sub(limit);
-                all.into_values().skip(skip).collect()
-            }
-            Err(e) => {
-                tracing::error!(room, "cannot read history: {e}");
-                window
-            }
-        }
+        };
+        let need = limit - window.len();
+        let mut messages = match self.older.latest_before(room, before, need) {
+            Some(read_ahead) => read_ahead,
+            // Not read ahead (the room was trimmed since): read it now.
+            None => match self.read_before(room, before, need) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(room, "cannot read history: {e}");
+                    Vec::new()
+                }
+            },
+        };
+        messages.extend(window);
+        messages
     }
 
     fn since(&self, room: &str, id: u64, limit: usize) -> Since {
         self.load(room);
-        // The window holds everything after `id`: no need for the disk.
-        let in_window = match self.cache.oldest(room) {
-            Some(oldest) => oldest <= id + 1,
-            None => self.cache.last_id(room) <= id,
-        };
-        if in_window {
+        let Some(before) = self.window_starts_after(room, id) else {
             return self.cache.since(room, id, limit);
-        }
-        match self.read_after(room, id, limit) {
-            Ok(mut messages) => {
-                // Anything newer than what is committed is in the window.
-                let last = messages.last().map_or(id, |m| m.id);
-                let more = self
-                    .cache
-                    .since(room, last, limit - messages.len().min(limit));
-                messages.extend(more.messages);
-                Since {
-                    missed: 0,
-                    messages,
+        };
+        let older = match self.older.after(room, id, before, limit) {
+            Some(read_ahead) => read_ahead,
+            // Not read ahead (a position older than `prepare` was told of): read it now.
+            None => match self.read_after(room, id, limit) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(room, "cannot read history: {e}");
+                    return self.cache.since(room, id, limit);
                 }
-            }
-            Err(e) => {
-                tracing::error!(room, "cannot read history: {e}");
-                self.cache.since(room, id, limit)
-            }
+            },
+        };
+        // Anything newer than what was read is in the window.
+        let last = older.last().map_or(id, |m| m.id);
+        let mut messages = older;
+        let more = self
+            .cache
+            .since(room, last, limit - messages.len().min(limit));
+        messages.extend(more.messages);
+        Since {
+            missed: 0,
+            messages,
         }
     }
 
-    fn prepare(&self, room: &str) {
+    fn prepare(&self, room: &str, since: Option<u64>, limit: usize) {
         self.load(room);
+        let read = match since {
+            Some(id) => match self.window_starts_after(room, id) {
+                Some(_) => self.read_after(room, id, limit),
+                None => return,
+            },
+            None => {
+                let window = self.cache.recent(room, limit);
+                match self.short_of(room, &window, limit) {
+                    Some(before) => self.read_before(room, before, limit - window.len()),
+                    None => return,
+                }
+            }
+        };
+        match read {
+            Ok(messages) => self.older.add(room, messages),
+            Err(e) => tracing::error!(room, "cannot read history: {e}"),
+        }
     }
 
     fn kept(&self) -> Kept {

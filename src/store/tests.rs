@@ -313,3 +313,25 @@ fn sqlite_refuses_a_file_that_is_not_a_database() {
         .expect("not a database");
     assert!(format!("{error:#}").contains("notes.txt"), "{error:#}");
 }
+
+#[test]
+fn sqlite_prepare_reads_ahead_what_the_window_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, Keep::messages(4)).unwrap();
+    fill(&store, "lobby", 1..=10);
+    // A client resuming from 2, and a newcomer asking for 6 messages (the window holds 4).
+    store.prepare("lobby", Some(2), 100);
+    store.prepare("lobby", None, 6);
+    // The disk loses everything: what the hub asks next comes from memory.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM messages", [])
+        .unwrap();
+    let since = store.since("lobby", 2, 100);
+    assert_eq!(
+        (since.missed, ids(&since.messages)),
+        (0, (3..=10).collect())
+    );
+    assert_eq!(ids(&store.recent("lobby", 6)), (5..=10).collect::<Vec<_>>());
+}
