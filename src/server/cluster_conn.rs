@@ -53,15 +53,14 @@ pub(super) async fn register(
     authorized: bool,
     peer: SocketAddr,
 ) -> Registration {
-    if protocol::validate_room(&params.room).is_ok() && !shared.config.raw {
-        // A room's history may have to come from disk: read it now, on a blocking thread,
-        // rather than under the hub's lock.
-        let (store, room, since) = (shared.store.clone(), params.room.clone(), params.since);
-        let limit = match since {
+    if authorized && !shared.config.raw {
+        // No more than the hub can send it (its outbox).
+        let limit = match params.since {
             Some(_) => shared.config.outbox_frames,
             None => params.history.unwrap_or(shared.config.history),
         };
-        let _ = tokio::task::spawn_blocking(move || store.prepare(&room, since, limit)).await;
+        let limit = limit.min(shared.config.outbox_frames);
+        conn::prepare_history(shared, &params.room, params.since, limit).await;
     }
     let Some(cluster) = shared.config.cluster.clone() else {
         return Registration::new(shared, params, authorized, peer);

@@ -591,7 +591,16 @@ pub(super) async fn run<S>(
                             let handle = super::cluster_conn::handle_text(shared, id, seat, &text);
                             Box::pin(handle).await
                         }
-                        None => handle_text(shared, id, &text),
+                        None => {
+                            let decoded = protocol::decode(&text);
+                            if let Ok(Inbound::Join { room }) = &decoded {
+                                // Boxed: rare, and the connection's task need not be sized
+                                // for it.
+                                let limit = shared.config.history;
+                                Box::pin(prepare_history(shared, room, None, limit)).await;
+                            }
+                            handle(shared, id, decoded)
+                        }
                     },
                     _ => Some(
                         Event::error(
@@ -643,6 +652,20 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Makes `room`'s history ready for a member about to enter it (see [`Store::prepare`]): it
+/// may come from disk, so it is read on a blocking thread, not under the hub's lock.
+///
+/// [`Store::prepare`]: crate::store::Store::prepare
+pub(super) async fn prepare_history(shared: &Shared, room: &str, since: Option<u64>, limit: usize) {
+    if protocol::validate_room(room).is_err() {
+        return; // refused by the hub
+    }
+    let (store, room) = (shared.store.clone(), room.to_owned());
+    if let Err(e) = tokio::task::spawn_blocking(move || store.prepare(&room, since, limit)).await {
+        tracing::error!("cannot read history ahead: {e}");
+    }
+}
+
 /// Handles one JSON-mode text frame; returns the reply for the sender, if any.
 pub(super) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
     handle(shared, id, protocol::decode(text))
@@ -689,16 +712,10 @@ pub(super) fn handle(
             .rename(id, &name)
             .err()
             .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
-        Ok(Inbound::Join { room }) => {
-            if protocol::validate_room(&room).is_ok() {
-                // Off the hub's lock: with --db, a short blocking read at most (the room's
-                // window once, and what memory no longer holds of its latest history).
-                shared.store.prepare(&room, None, shared.config.history);
-            }
-            hub.move_to(id, &room)
-                .err()
-                .map(|e| Event::error(e.code(), e.to_string(), None).to_frame())
-        }
+        Ok(Inbound::Join { room }) => hub
+            .move_to(id, &room)
+            .err()
+            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
         Ok(Inbound::Rooms) => Some(hub.rooms()),
         Ok(Inbound::Who) => Some(hub.who(id)),
         Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),

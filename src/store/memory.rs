@@ -8,9 +8,14 @@ use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
 
 /// The last `keep.messages` messages of every room, and at most `keep.bytes` bytes of messages
-/// in all: past that, the least recently written rooms lose their oldest messages first. Rooms
-/// with no members keep their window, so ids keep increasing and a client can resume; a room
-/// whose messages were all dropped still keeps its last id.
+/// in all: past that, the least recently written rooms lose their oldest messages first. The
+/// room written last always keeps its newest message, however large. Rooms with no members
+/// keep their window, so ids keep increasing and a client can resume; a room whose messages
+/// were all dropped still keeps its last id.
+///
+/// In front of a durable store ([`MemoryStore::until_durable`]) a message is only dropped
+/// once the store reports it durable: the window may then hold more than `keep` for as long
+/// as the disk is behind, and memory and disk together never miss a message.
 pub struct MemoryStore {
     keep: Keep,
     /// Separate from the hub's lock so the store can also be used on its own (tests, the
@@ -22,6 +27,8 @@ pub struct MemoryStore {
 struct Rooms {
     windows: HashMap<String, Window>,
     ages: Ages,
+    /// Messages are dropped only once durable (see [`Window::durable`]).
+    until_durable: bool,
 }
 
 /// What the byte budget needs: how much is held, and which rooms were written longest ago.
@@ -29,6 +36,8 @@ struct Rooms {
 struct Ages {
     /// Bytes of every message held (see [`cost`]).
     bytes: usize,
+    /// Messages held.
+    messages: usize,
     /// Messages dropped to stay within the byte budget, since the start.
     evicted: u64,
     /// Counts writes; a window remembers the count at its last write.
@@ -46,6 +55,17 @@ struct Window {
     /// Lost messages to the byte budget, while another room was written, since it was last
     /// filled by `merge` or `seed`.
     trimmed: bool,
+    /// The latest id stored durably (for a store that drops messages only once durable).
+    durable: u64,
+}
+
+impl Window {
+    /// Whether the oldest message may be dropped: it is durable, or nothing else keeps it.
+    fn may_drop_oldest(&self, until_durable: bool) -> bool {
+        self.messages
+            .front()
+            .is_some_and(|m| !until_durable || m.id <= self.durable)
+    }
 }
 
 /// What a message costs the budget: its text, and the event that holds it.
@@ -82,6 +102,7 @@ impl Ages {
             return false;
         };
         self.bytes -= cost(&dropped);
+        self.messages -= 1;
         if window.messages.is_empty() && window.written != 0 {
             self.by_age.remove(&window.written);
             window.written = 0;
@@ -95,15 +116,20 @@ impl Rooms {
     /// the least recently written rooms first.
     fn trim(&mut self, room: &str, keep: Keep) {
         if let Some(window) = self.windows.get_mut(room) {
-            while window.messages.len() > keep.messages {
+            while window.messages.len() > keep.messages
+                && window.may_drop_oldest(self.until_durable)
+            {
                 self.ages.drop_oldest(window);
             }
         }
         self.trim_bytes(keep.bytes);
     }
 
-    /// Drops the oldest messages of the least recently written rooms while over `budget`.
+    /// Drops the oldest messages of the least recently written rooms while over `budget`,
+    /// except what must stay: messages not yet durable, and the newest message of the room
+    /// written last.
     fn trim_bytes(&mut self, budget: usize) {
+        let mut held = Vec::new();
         while self.ages.bytes > budget {
             let Some((written, oldest)) = self.ages.by_age.pop_first() else {
                 break;
@@ -112,19 +138,24 @@ impl Rooms {
             let Some(window) = self.windows.get_mut(oldest.as_str()) else {
                 continue;
             };
-            if let Some(dropped) = window.messages.pop_front() {
-                self.ages.bytes -= cost(&dropped);
+            let written_last = written == self.ages.clock;
+            if !window.may_drop_oldest(self.until_durable)
+                || (written_last && window.messages.len() <= 1)
+            {
+                held.push((written, oldest));
+                continue;
+            }
+            if self.ages.drop_oldest(window) {
                 self.ages.evicted += 1;
                 // The room just written is trimmed by its own growth: filling it again
                 // would not make it fit.
-                window.trimmed |= written != self.ages.clock;
+                window.trimmed |= !written_last;
             }
-            if window.messages.is_empty() {
-                window.written = 0;
-            } else {
+            if !window.messages.is_empty() {
                 self.ages.by_age.insert(written, oldest);
             }
         }
+        self.ages.by_age.extend(held);
     }
 
     /// Replaces `room`'s messages, keeping the byte count right.
@@ -132,6 +163,7 @@ impl Rooms {
         let window = self.windows.entry(room.to_owned()).or_default();
         let old: usize = window.messages.iter().map(cost).sum();
         let new: usize = messages.iter().map(cost).sum();
+        self.ages.messages = self.ages.messages - window.messages.len() + messages.len();
         window.last_id = window.last_id.max(last_id);
         window.messages = messages;
         window.trimmed = false;
@@ -149,6 +181,26 @@ impl MemoryStore {
             },
             rooms: Mutex::new(Rooms::default()),
         }
+    }
+
+    /// A window in front of a durable store: it drops a message only after
+    /// [`durable`](Self::durable) reported it stored, so that what the window no longer
+    /// holds can always be read from the store.
+    pub(super) fn until_durable(keep: Keep) -> MemoryStore {
+        let store = MemoryStore::new(keep);
+        store.lock().until_durable = true;
+        store
+    }
+
+    /// Records that `room`'s messages up to `id` are stored durably, and drops from memory
+    /// what was kept only for want of that.
+    pub(super) fn durable(&self, room: &str, id: u64) {
+        let mut rooms = self.lock();
+        let Some(window) = rooms.windows.get_mut(room) else {
+            return;
+        };
+        window.durable = window.durable.max(id);
+        rooms.trim(room, self.keep);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
@@ -169,6 +221,9 @@ impl MemoryStore {
             return;
         }
         rooms.replace(room, last_id, messages.into());
+        if let Some(window) = rooms.windows.get_mut(room) {
+            window.durable = last_id; // read from where it is durable
+        }
         rooms.trim(room, self.keep);
     }
 
@@ -211,10 +266,13 @@ impl Store for MemoryStore {
             let rooms = &mut *rooms;
             let room = message.room.clone();
             rooms.ages.bytes += cost(&message);
+            rooms.ages.messages += 1;
             let window = rooms.windows.entry(room).or_default();
             window.last_id = window.last_id.max(message.id);
             window.messages.push_back(message);
-            while window.messages.len() > self.keep.messages {
+            while window.messages.len() > self.keep.messages
+                && window.may_drop_oldest(rooms.until_durable)
+            {
                 rooms.ages.drop_oldest(window);
             }
             rooms.ages.touch(window);
@@ -254,7 +312,7 @@ impl Store for MemoryStore {
     fn kept(&self) -> Kept {
         let rooms = self.lock();
         Kept {
-            messages: rooms.windows.values().map(|w| w.messages.len()).sum(),
+            messages: rooms.ages.messages,
             bytes: rooms.ages.bytes,
             evicted: rooms.ages.evicted,
         }

@@ -15,7 +15,9 @@
 //! between) is read from disk under the lock, with SQLite.
 //!
 //! Every store keeps its window within a byte budget shared by all rooms (`--keep-bytes`):
-//! past it, the rooms written longest ago lose their oldest messages from memory first.
+//! past it, the rooms written longest ago lose their oldest messages from memory first. The
+//! SQLite store's window lets a message go only once it is on disk, so the two together never
+//! miss one.
 
 mod memory;
 mod older;

@@ -7,64 +7,117 @@ use std::sync::Mutex;
 use super::memory::cost;
 use crate::protocol::ChatEvent;
 
-/// Most messages kept across all rooms.
-const MAX_MESSAGES: usize = 10_000;
+/// Most messages kept across all rooms (beyond what one read ahead brings).
+const MAX_MESSAGES: usize = 100_000;
 
 pub(super) struct Older {
-    /// Bytes the messages may take, across all rooms.
+    /// Bytes the messages may take across all rooms (beyond what one read ahead brings).
     max_bytes: usize,
-    rooms: Mutex<HashMap<String, BTreeMap<u64, ChatEvent>>>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    rooms: HashMap<String, Room>,
+    /// Rooms by the clock of their last read ahead, least recent first.
+    by_age: BTreeMap<u64, String>,
+    clock: u64,
+    count: usize,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Room {
+    messages: BTreeMap<u64, ChatEvent>,
+    /// The clock of its last read ahead.
+    added: u64,
+}
+
+impl Kept {
+    /// Forgets the room read ahead least recently.
+    fn drop_oldest_room(&mut self) -> bool {
+        let Some((_, name)) = self.by_age.pop_first() else {
+            return false;
+        };
+        if let Some(room) = self.rooms.remove(&name) {
+            self.count -= room.messages.len();
+            self.bytes -= room.messages.values().map(cost).sum::<usize>();
+        }
+        true
+    }
+
+    /// Drops `room`'s messages outside `keep`, oldest first, while `over` says so.
+    fn drop_outside(
+        &mut self,
+        room: &str,
+        keep: std::ops::RangeInclusive<u64>,
+        over: impl Fn(&Kept) -> bool,
+    ) {
+        while over(self) {
+            let Some(kept) = self.rooms.get_mut(room) else {
+                return;
+            };
+            let dropped = match kept.messages.first_key_value() {
+                Some((&id, _)) if id < *keep.start() => kept.messages.pop_first(),
+                _ => match kept.messages.last_key_value() {
+                    Some((&id, _)) if id > *keep.end() => kept.messages.pop_last(),
+                    _ => return,
+                },
+            };
+            if let Some((_, m)) = dropped {
+                self.count -= 1;
+                self.bytes -= cost(&m);
+            }
+        }
+    }
 }
 
 impl Older {
     pub fn new(max_bytes: usize) -> Older {
         Older {
             max_bytes,
-            rooms: Mutex::new(HashMap::new()),
+            kept: Mutex::new(Kept::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<u64, ChatEvent>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // Every mutation completes before anything that could panic: a poisoned lock still
         // guards consistent data.
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `messages` of `room` for the client served next. Other rooms' messages make
-    /// room first, then this room's oldest.
+    /// Keeps `messages` of `room` (one read, in order) for the client served next. To stay
+    /// within bounds, the rooms read ahead least recently are forgotten first, then what this
+    /// room kept from earlier reads; this read is kept whole, as the client needs all of it.
     pub fn add(&self, room: &str, messages: Vec<ChatEvent>) {
-        if messages.is_empty() {
+        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
             return;
+        };
+        let read = first.id..=last.id;
+        let mut kept = self.lock();
+        let kept = &mut *kept;
+        kept.clock += 1;
+        let clock = kept.clock;
+        let entry = kept.rooms.entry(room.to_owned()).or_default();
+        if entry.added != 0 {
+            kept.by_age.remove(&entry.added);
         }
-        let mut rooms = self.lock();
-        rooms
-            .entry(room.to_owned())
-            .or_default()
-            .extend(messages.into_iter().map(|m| (m.id, m)));
-        let kept = rooms.values().flat_map(BTreeMap::values);
-        let (mut count, mut bytes) = (kept.clone().count(), kept.map(cost).sum::<usize>());
-        while count > MAX_MESSAGES || bytes > self.max_bytes {
-            let other = rooms.keys().find(|r| *r != room).cloned();
-            let last_room = other.is_none();
-            let dropped: Vec<ChatEvent> = match other {
-                Some(other) => rooms
-                    .remove(&other)
-                    .into_iter()
-                    .flat_map(BTreeMap::into_values)
-                    .collect(),
-                None => rooms
-                    .get_mut(room)
-                    .and_then(BTreeMap::pop_first)
-                    .map(|(_, m)| m)
-                    .into_iter()
-                    .collect(),
-            };
-            if dropped.is_empty() && last_room {
-                break;
+        entry.added = clock;
+        kept.by_age.insert(clock, room.to_owned());
+        for m in messages {
+            kept.count += 1;
+            kept.bytes += cost(&m);
+            if let Some(replaced) = entry.messages.insert(m.id, m) {
+                kept.count -= 1;
+                kept.bytes -= cost(&replaced);
             }
-            count -= dropped.len();
-            bytes -= dropped.iter().map(cost).sum::<usize>();
         }
+        let over = |k: &Kept| k.count > MAX_MESSAGES || k.bytes > self.max_bytes;
+        // This room, read ahead last, is the last of `by_age`.
+        while over(kept) && kept.by_age.len() > 1 {
+            kept.drop_oldest_room();
+        }
+        kept.drop_outside(room, read, over);
     }
 
     /// The messages of `room` kept after `id` and before `before`, at most `limit`, whether
@@ -73,8 +126,9 @@ impl Older {
         if before <= id + 1 {
             return Vec::new();
         }
-        self.lock().get(room).map_or_else(Vec::new, |kept| {
-            kept.range(id + 1..before)
+        self.lock().rooms.get(room).map_or_else(Vec::new, |kept| {
+            kept.messages
+                .range(id + 1..before)
                 .map(|(_, m)| m.clone())
                 .take(limit)
                 .collect()
@@ -158,14 +212,35 @@ mod tests {
     #[test]
     fn stays_within_its_budget_across_rooms() {
         let older = Older::new(5 * cost(&message("a", 1)));
-        older.add("a", some("a", 1..=4));
-        // Another room's client comes first: "a" makes room.
-        older.add("b", some("b", 1..=3));
+        older.add("a", some("a", 1..=2));
+        older.add("b", some("b", 1..=2));
+        older.add("a", some("a", 3..=4));
+        // A third room's client comes next: "b", read ahead least recently, makes room first.
+        older.add("c", some("c", 1..=1));
+        assert_eq!(ids(older.after("b", 0, 3, 10)), None);
+        assert_eq!(ids(older.after("a", 0, 5, 10)), Some(vec![1, 2, 3, 4]));
+        assert_eq!(ids(older.after("c", 0, 2, 10)), Some(vec![1]));
+        // A read larger than the budget is kept whole: its client needs all of it.
+        older.add("b", some("b", 10..=17));
+        assert_eq!(
+            ids(older.after("b", 9, 18, 10)),
+            Some((10..=17).collect::<Vec<_>>())
+        );
         assert_eq!(ids(older.after("a", 0, 5, 10)), None);
-        assert_eq!(ids(older.after("b", 0, 4, 10)), Some(vec![1, 2, 3]));
-        // Alone over the budget, a room keeps its newest.
-        older.add("b", some("b", 4..=8));
-        assert_eq!(ids(older.after("b", 3, 9, 10)), Some(vec![4, 5, 6, 7, 8]));
-        assert_eq!(ids(older.after("b", 2, 9, 10)), None);
+        assert_eq!(ids(older.after("c", 0, 2, 10)), None);
+    }
+
+    #[test]
+    fn a_room_read_ahead_again_keeps_its_latest_read_first() {
+        let older = Older::new(6 * cost(&message("a", 1)));
+        older.add("a", some("a", 1..=4));
+        // The next client resumes from further on: the earlier read makes room, oldest first.
+        older.add("a", some("a", 5..=8));
+        assert_eq!(ids(older.after("a", 4, 9, 10)), Some(vec![5, 6, 7, 8]));
+        assert_eq!(
+            ids(older.after("a", 2, 9, 10)),
+            Some(vec![3, 4, 5, 6, 7, 8])
+        );
+        assert_eq!(ids(older.after("a", 1, 9, 10)), None);
     }
 }

@@ -40,7 +40,8 @@ impl RedisStore {
         RedisStore {
             window: MemoryStore::new(window),
             loaded: Mutex::new(HashSet::new()),
-            older: Older::new(window.bytes),
+            // Read ahead within a quarter of the window's budget, plus the latest read.
+            older: Older::new(window.bytes / 4),
         }
     }
 

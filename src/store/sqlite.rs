@@ -5,9 +5,10 @@
 //! only once it is on disk, and a burst costs one commit, not one per message. Recent messages
 //! are served from an in-memory window, so the hub never waits on the disk for them.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -39,7 +40,9 @@ const MAX_BATCH: usize = 4096;
 type Write = (ChatEvent, Option<OnDurable>);
 
 pub struct SqliteStore {
-    cache: MemoryStore,
+    /// Drops a message only once the writer has committed it: what it no longer holds is on
+    /// disk.
+    cache: Arc<MemoryStore>,
     /// Messages older than the window, read ahead by `prepare` for the client served next.
     older: Older,
     keep: usize,
@@ -91,13 +94,16 @@ impl SqliteStore {
             .with_context(|| format!("cannot create tables in {}", path.display()))?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
+        let cache = Arc::new(MemoryStore::until_durable(keep));
+        let written = cache.clone();
         let writer = std::thread::Builder::new()
             .name("wschat-sqlite".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, &written))
             .context("cannot start the database writer")?;
         Ok(SqliteStore {
-            cache: MemoryStore::new(keep),
-            older: Older::new(keep.bytes),
+            cache,
+            // Read ahead within a quarter of the window's budget, plus the latest read.
+            older: Older::new(keep.bytes / 4),
             keep: keep.messages.max(1),
             reader: Mutex::new(reader),
             writes: Mutex::new(Some(tx)),
@@ -176,14 +182,26 @@ impl SqliteStore {
         Ok(messages)
     }
 
-    fn read_after(&self, room: &str, id: u64, limit: usize) -> rusqlite::Result<Vec<ChatEvent>> {
+    /// The first `limit` messages of `room` after `id` and before `before` on disk.
+    fn read_between(
+        &self,
+        room: &str,
+        id: u64,
+        before: u64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<ChatEvent>> {
         let conn = self.reader();
         let mut statement = conn.prepare_cached(
             "SELECT id, username, message, timestamp, action FROM messages
-             WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+             WHERE room = ?1 AND id > ?2 AND id < ?3 ORDER BY id LIMIT ?4",
         )?;
         let rows = statement.query_map(
-            params![room, id_param(id), i64::try_from(limit).unwrap_or(i64::MAX)],
+            params![
+                room,
+                id_param(id),
+                id_param(before),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
             |row| row_to_event(room, row),
         )?;
         rows.collect()
@@ -199,25 +217,24 @@ impl Store for SqliteStore {
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         self.load(&message.room);
         self.cache.append(message.clone(), None);
+        let (room, id) = (message.room.clone(), message.id);
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        match writes.as_ref() {
-            Some(tx) => {
-                match tx.try_send((message, on_durable)) {
-                    Ok(()) => {}
-                    // The disk is slower than the room: the message was delivered but is not
-                    // stored, and its sender gets no acknowledgement, so it knows.
-                    Err(mpsc::TrySendError::Full(_)) => {
-                        tracing::error!(
-                            "database writer is {MAX_QUEUED} messages behind; message not stored"
-                        );
-                    }
-                    Err(mpsc::TrySendError::Disconnected(_)) => {
-                        tracing::error!("database writer has stopped; message not stored");
-                    }
+        let lost = match writes.as_ref() {
+            Some(tx) => match tx.try_send((message, on_durable)) {
+                Ok(()) => return,
+                // The disk is slower than the room: the message was delivered but is not
+                // stored, and its sender gets no acknowledgement, so it knows.
+                Err(mpsc::TrySendError::Full(_)) => {
+                    format!("database writer is {MAX_QUEUED} messages behind")
                 }
-            }
-            None => tracing::error!("database is closed; message not stored"),
-        }
+                Err(mpsc::TrySendError::Disconnected(_)) => "database writer has stopped".into(),
+            },
+            None => "database is closed".into(),
+        };
+        tracing::error!(room, id, "{lost}; message not stored");
+        // Nothing will make it durable: the window must not keep it (and what follows it)
+        // for ever, so it is dropped in its turn like a stored one.
+        self.cache.durable(&room, id);
     }
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
@@ -244,38 +261,48 @@ impl Store for SqliteStore {
 
     fn since(&self, room: &str, id: u64, limit: usize) -> Since {
         self.load(room);
-        let Some(before) = self.window_starts_after(room, id) else {
-            return self.cache.since(room, id, limit);
-        };
-        let older = match self.older.after(room, id, before, limit) {
-            Some(read_ahead) => read_ahead,
-            // Not read ahead (a position older than `prepare` was told of): read it now.
-            None => match self.read_after(room, id, limit) {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::error!(room, "cannot read history: {e}");
-                    return self.cache.since(room, id, limit);
-                }
-            },
-        };
-        // Anything newer than what was read is in the window.
-        let last = older.last().map_or(id, |m| m.id);
-        let mut messages = older;
-        let more = self
-            .cache
-            .since(room, last, limit - messages.len().min(limit));
-        messages.extend(more.messages);
-        Since {
-            missed: 0,
-            messages,
+        let mut found = Since::default();
+        let mut last = id;
+        // The writer may drop messages from the window while this runs (once they are on
+        // disk): whenever the window starts later than `last`, what lies between is read from
+        // disk (or from what `prepare` read ahead), until `limit` or the window's end.
+        while found.messages.len() < limit {
+            let left = limit - found.messages.len();
+            let window = self.cache.since(room, last, left);
+            if window.missed == 0 {
+                found.messages.extend(window.messages);
+                break;
+            }
+            let before = last + window.missed + 1;
+            let older = match self.older.after(room, last, before, left) {
+                Some(read_ahead) => read_ahead,
+                // Not read ahead (a position older than `prepare` was told of): read it now.
+                None => self
+                    .read_between(room, last, before, left)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(room, "cannot read history: {e}");
+                        Vec::new()
+                    }),
+            };
+            let complete = older.len() == left;
+            // A message neither on disk nor in memory was lost (a failed write): it is
+            // reported missed rather than skipped silently.
+            let reached = older.last().map_or(last, |m| m.id);
+            found.messages.extend(older);
+            if complete {
+                break;
+            }
+            found.missed += before - 1 - reached;
+            last = before - 1;
         }
+        found
     }
 
     fn prepare(&self, room: &str, since: Option<u64>, limit: usize) {
         self.load(room);
         let read = match since {
             Some(id) => match self.window_starts_after(room, id) {
-                Some(_) => self.read_after(room, id, limit),
+                Some(before) => self.read_between(room, id, before, limit),
                 None => return,
             },
             None => {
@@ -314,8 +341,9 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Commits queued messages in batches until every sender is gone.
-fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>) {
+/// Commits queued messages in batches until every sender is gone, telling `cache` what is
+/// durable.
+fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>, cache: &MemoryStore) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -324,7 +352,17 @@ fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match commit(&mut conn, &batch) {
+        let result = commit(&mut conn, &batch);
+        // Stored, or never to be (the window keeps them no longer than stored ones).
+        let mut latest: HashMap<&str, u64> = HashMap::new();
+        for (m, _) in &batch {
+            let id = latest.entry(m.room.as_str()).or_default();
+            *id = (*id).max(m.id);
+        }
+        for (room, id) in latest {
+            cache.durable(room, id);
+        }
+        match result {
             Ok(()) => {
                 for (_, on_durable) in batch {
                     if let Some(done) = on_durable {

@@ -335,3 +335,67 @@ fn sqlite_prepare_reads_ahead_what_the_window_lacks() {
     );
     assert_eq!(ids(&store.recent("lobby", 6)), (5..=10).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_window_in_front_of_a_durable_store_drops_only_what_is_durable() {
+    let store = MemoryStore::until_durable(Keep::messages(2));
+    for id in 1..=5 {
+        store.append(message("lobby", id), None);
+    }
+    assert_eq!(ids(&store.recent("lobby", 100)), vec![1, 2, 3, 4, 5]);
+    store.durable("lobby", 2);
+    assert_eq!(ids(&store.recent("lobby", 100)), vec![3, 4, 5]);
+    store.durable("lobby", 5);
+    assert_eq!(ids(&store.recent("lobby", 100)), vec![4, 5]);
+    assert_eq!(store.kept().messages, 2);
+}
+
+#[test]
+fn sqlite_serves_every_message_while_the_disk_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 3 * super::memory::cost(&message("lobby", 1));
+    let store = SqliteStore::open(
+        &dir.path().join("chat.db"),
+        Keep {
+            messages: 2,
+            bytes: budget,
+        },
+    )
+    .unwrap();
+    // A burst far larger than the window, faster than the writer commits (each commit waits
+    // for the disk): at every point, memory and disk together hold everything.
+    for id in 1..=500 {
+        store.append(message("lobby", id), None);
+        store.append(message("dev", id), None);
+        if id % 50 == 0 {
+            for room in ["lobby", "dev"] {
+                let since = store.since(room, 0, 10_000);
+                assert_eq!(
+                    (since.missed, ids(&since.messages)),
+                    (0, (1..=id).collect()),
+                    "{room} after {id}"
+                );
+            }
+        }
+    }
+    fill(&store, "lobby", 501..=501);
+    assert!(store.kept().bytes <= budget, "within budget once durable");
+}
+
+#[test]
+fn the_room_written_last_keeps_its_newest_message_whatever_its_size() {
+    let store = MemoryStore::new(Keep {
+        messages: 10,
+        bytes: 1024,
+    });
+    store.append(message("dev", 1), None);
+    let mut large = message("lobby", 1);
+    large.message = "x".repeat(4096);
+    store.append(large.clone(), None);
+    assert_eq!(store.recent("lobby", 10), vec![large]);
+    assert!(store.recent("dev", 10).is_empty(), "others make room first");
+    // The next write elsewhere makes it the room written longest ago.
+    store.append(message("dev", 2), None);
+    assert!(store.recent("lobby", 10).is_empty());
+    assert_eq!(ids(&store.recent("dev", 10)), vec![2]);
+}
