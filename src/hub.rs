@@ -350,9 +350,9 @@ impl Hub {
             });
         let (quiet, name, frames) = (member.quiet, member.name.clone(), member.frames.clone());
         room.members.insert(id, member);
+        room.others = self.relay.as_ref().map_or(0, |r| r.others(room_name));
         if !quiet {
             room.visible += 1;
-            room.others = self.relay.as_ref().map_or(0, |r| r.others(room_name));
             let count = room.count();
             let others = if count == 1 {
                 "you are the only one here".to_owned()

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::*;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -205,15 +204,18 @@ fn tokens_are_required_when_set() {
     let wrong = send(&server.url, "bob", Some("hi"), &["--token", "nope"]);
     wrong.assert_code(4);
     assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
-    // Browsers (no header): upgraded, then closed with 4001, terminal for join.
-    let mut anonymous = ws_connect(&server.url, "name=eve");
-    assert_eq!(next_event(&mut anonymous)["code"], "unauthorized");
-    assert_eq!(close_code(&mut anonymous), 4001);
     let refused = run(&["join", "eve", "--url", &server.url], None);
     refused.assert_code(4);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+    run(&["history", "--url", &server.url], None).assert_code(4);
+    // Pages (they cannot send a header, nor read an HTTP status): upgraded, then closed
+    // with 4001.
+    let mut anonymous = ws_connect_as_page(&server.url, "name=eve");
+    assert_eq!(next_event(&mut anonymous)["code"], "unauthorized");
+    assert_eq!(close_code(&mut anonymous), 4001);
     // The right token, as a header or in the URL.
     send(&server.url, "bob", Some("hi"), &["--token", "s3cret"]).assert_code(0);
-    let mut browser = ws_connect(&server.url, "name=alice&token=s3cret");
+    let mut browser = ws_connect_as_page(&server.url, "name=alice&token=s3cret");
     assert_eq!(next_event(&mut browser)["event"], "welcome");
     // Metrics too (Prometheus sends the token as a bearer credential); health checks need none.
     let scrape = |headers: &str| http_request_with(&server.addr(), "GET", "/metrics", headers);
@@ -222,7 +224,7 @@ fn tokens_are_required_when_set() {
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
     assert_eq!(scrape("Authorization: Bearer nope\r\n").status, 401);
     assert_eq!(http_request(&server.addr(), "GET", "/healthz").status, 200);
-    assert_eq!(metric(&server, "auth_failures_total"), 5);
+    assert_eq!(metric(&server, "auth_failures_total"), 6);
 }
 
 #[test]
@@ -331,7 +333,15 @@ fn tls_serves_wss_to_clients_that_trust_its_ca() {
     untrusted.assert_code(3);
     assert!(untrusted.stderr.contains("TLS") || untrusted.stderr.contains("certificate"));
     assert_no_panic(&untrusted.stderr);
-    let _ = Duration::ZERO;
+    // A plain ws:// URL for a TLS server: cannot connect, and the line says what to try.
+    let plain = url.replacen("wss://", "ws://", 1);
+    let mismatched = send(&plain, "bob", Some("hi"), &[]);
+    mismatched.assert_code(3);
+    assert!(
+        mismatched.stderr.contains("try wss://"),
+        "{}",
+        mismatched.stderr
+    );
 }
 
 #[test]

@@ -802,6 +802,27 @@ fn rooms_and_acks_count_every_instance() {
     let ack = until(&mut alice, "the ack", |e| e["type"] == "ack");
     assert_eq!(ack["delivered"], 1, "bob, on the other instance: {ack}");
     assert_eq!(chats(&mut bob, 1)[0].1, "hello");
+    // A quiet sender (as `wschat send`) where nobody else is in the room here: its ack counts
+    // the members of the other instance, as `send --min-recipients` needs.
+    let sent = Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .args([
+            "send",
+            "carol",
+            "to dev",
+            "--room",
+            "dev",
+            "--min-recipients",
+            "1",
+        ])
+        .args(["--url", &a.url])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run wschat send");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
 }
 
 /// A TCP proxy in front of redis-server that can cut one instance off and let it back.

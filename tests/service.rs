@@ -114,6 +114,8 @@ fn a_resuming_client_gets_exactly_what_it_missed() {
     for i in 1..=3 {
         send_text(&mut alice, &format!("m{i}"));
     }
+    // Frames are handled in order: once the ping is answered, the room has m1..m3.
+    ping_sync(&mut alice);
     // A client that saw m1 comes back: m2 and m3, in order, marked history, then `synced`.
     let mut back = ws_connect(&server.url, "name=bob&since=1");
     let mut replay = Vec::new();

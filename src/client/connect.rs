@@ -185,6 +185,18 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
             format!("cannot connect to {url}: TLS failed: {e}"),
         ),
         WsError::Url(e) => fail(Exit::Usage, format!("invalid URL {url}: {e}")),
+        // Not HTTP at all: most often a TLS server answering a plain connection.
+        WsError::Protocol(ProtocolError::HttparseError(e)) => {
+            let hint = if url.scheme() == "ws" {
+                " — is it a TLS server? try wss://"
+            } else {
+                ""
+            };
+            fail(
+                Exit::CannotConnect,
+                format!("cannot connect to {url}: the answer is not HTTP ({e}){hint}"),
+            )
+        }
         WsError::Http(response) => {
             let status = response.status();
             let body = response

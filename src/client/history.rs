@@ -57,7 +57,9 @@ pub async fn run(config: HistoryConfig) -> anyhow::Result<Exit> {
             }),
             Event::Synced(_) => break,
             Event::Error(error) => {
-                return Err(fail(Exit::Failure, format!("server: {}", error.message)));
+                let exit = super::exit_for_refusal(&error.code);
+                let message = escape_control(&error.message);
+                return Err(fail(exit, format!("server: {message}")));
             }
             _ => {}
         }

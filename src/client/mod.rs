@@ -65,6 +65,15 @@ pub async fn close(sink: &mut Sink, stream: &mut Stream) -> bool {
         .unwrap_or(false)
 }
 
+/// The exit status for an error event: a refusal of the connection itself (the token, the
+/// name, the room) is a rejected handshake, as it is when the server says so in HTTP.
+pub fn exit_for_refusal(code: &str) -> Exit {
+    match code {
+        "unauthorized" | "name_taken" | "invalid_name" | "invalid_room" => Exit::HandshakeRejected,
+        _ => Exit::Failure,
+    }
+}
+
 /// The error for a close frame the server sent on its own.
 pub fn server_closed(url: &str, frame: Option<&CloseFrame>) -> anyhow::Error {
     let Some(frame) = frame else {

@@ -35,10 +35,12 @@ fn is_loopback_host(host: &str) -> bool {
 pub enum TokenCheck {
     /// No token needed, or the right one presented.
     Accepted,
-    /// A header with the wrong token: refuse with 401 before upgrading.
+    /// A header with the wrong token, or no token from a client that is not a browser (no
+    /// `Origin`): refuse with 401 before upgrading.
     RefuseHttp,
-    /// No header, and no or a wrong `?token=`: upgrade, then close with 4001 (browsers cannot
-    /// read an HTTP status from a failed WebSocket handshake).
+    /// A browser (it sends `Origin`, and cannot send a header) with no or a wrong `?token=`:
+    /// upgrade, then close with 4001, as a page cannot read an HTTP status from a failed
+    /// WebSocket handshake.
     CloseAfterUpgrade,
 }
 
@@ -61,7 +63,8 @@ impl Access {
             (Some(given), _) if same(given, expected) => TokenCheck::Accepted,
             (Some(_), _) => TokenCheck::RefuseHttp,
             (None, Some(given)) if same(given, expected) => TokenCheck::Accepted,
-            (None, _) => TokenCheck::CloseAfterUpgrade,
+            (None, _) if headers.contains_key(header::ORIGIN) => TokenCheck::CloseAfterUpgrade,
+            (None, _) => TokenCheck::RefuseHttp,
         }
     }
 
@@ -125,13 +128,28 @@ mod tests {
             locked.check_token(&HeaderMap::new(), Some("s3cret")),
             TokenCheck::Accepted
         );
+        // A client that is not a browser hears it in HTTP.
         assert_eq!(
             locked.check_token(&HeaderMap::new(), Some("s3cre")),
-            TokenCheck::CloseAfterUpgrade
+            TokenCheck::RefuseHttp
         );
         assert_eq!(
             locked.check_token(&HeaderMap::new(), None),
+            TokenCheck::RefuseHttp
+        );
+        // A page cannot read an HTTP status: it is told after the upgrade.
+        let page = headers(&[(header::ORIGIN, "http://127.0.0.1:8080")]);
+        assert_eq!(
+            locked.check_token(&page, Some("s3cre")),
             TokenCheck::CloseAfterUpgrade
+        );
+        assert_eq!(
+            locked.check_token(&page, None),
+            TokenCheck::CloseAfterUpgrade
+        );
+        assert_eq!(
+            locked.check_token(&page, Some("s3cret")),
+            TokenCheck::Accepted
         );
     }
 

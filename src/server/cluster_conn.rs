@@ -91,8 +91,10 @@ pub(super) async fn register(
             Err(e) => return Registration::refused(shared, &e, peer),
         }
     };
+    // The other instances' members, counted before the hub hears of this one: they are in
+    // its welcome and in the acks of what it sends (`send --min-recipients`), quiet or not.
+    cluster.census(&params.room).await;
     if !quiet {
-        cluster.census(&params.room).await;
         params.name = Some(name.clone());
         // Before the hub: once the member sees its welcome, `who` anywhere lists it.
         cluster.enter(&params.room, &name).await;

@@ -227,8 +227,8 @@ async fn upgrade(
         TokenCheck::CloseAfterUpgrade => false,
         TokenCheck::RefuseHttp => {
             Metrics::inc(&metrics.auth_failures);
-            tracing::info!(%peer, "refused: wrong token");
-            return unauthorized("wrong token\n");
+            tracing::info!(%peer, "refused: no or wrong token");
+            return unauthorized("missing or wrong token\n");
         }
     };
     let slot = match shared.capacity.acquire(peer.ip()) {

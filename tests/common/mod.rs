@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::Response;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
@@ -313,10 +314,11 @@ impl Server {
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or_else(|| panic!("serve printed an unexpected URL: {url:?}"));
         assert_ne!(port, 0, "serve printed port 0 instead of the real one");
-        let token = extra
-            .windows(2)
-            .find(|pair| pair[0] == "--token")
-            .map(|pair| pair[1].to_owned());
+        // As `--token VALUE` or `--token=VALUE`.
+        let token = extra.iter().enumerate().find_map(|(i, arg)| match *arg {
+            "--token" => extra.get(i + 1).map(|v| (*v).to_owned()),
+            _ => arg.strip_prefix("--token=").map(str::to_owned),
+        });
         Server {
             url,
             port,
@@ -390,7 +392,16 @@ pub fn ws_connect(url: &str, query: &str) -> Ws {
     ws_connect_with_response(url, query).0
 }
 
+/// Connects as a page of the server's own origin would (browsers always send `Origin`).
+pub fn ws_connect_as_page(url: &str, query: &str) -> Ws {
+    ws_connect_with(url, query, true).0
+}
+
 pub fn ws_connect_with_response(url: &str, query: &str) -> (Ws, Response) {
+    ws_connect_with(url, query, false)
+}
+
+fn ws_connect_with(url: &str, query: &str, as_page: bool) -> (Ws, Response) {
     let addr = url
         .strip_prefix("ws://")
         .and_then(|r| r.split('/').next())
@@ -404,9 +415,15 @@ pub fn ws_connect_with_response(url: &str, query: &str) -> (Ws, Response) {
     } else {
         format!("{url}?{query}")
     };
-    match tungstenite::client(request.as_str(), stream) {
+    let mut request = request.as_str().into_client_request().unwrap();
+    if as_page {
+        let origin = format!("http://{addr}").parse().unwrap();
+        request.headers_mut().insert("origin", origin);
+    }
+    let shown = request.uri().to_string();
+    match tungstenite::client(request, stream) {
         Ok(pair) => pair,
-        Err(e) => panic!("WebSocket handshake with {request} failed: {e}"),
+        Err(e) => panic!("WebSocket handshake with {shown} failed: {e}"),
     }
 }
 
