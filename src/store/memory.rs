@@ -125,11 +125,10 @@ impl Rooms {
         self.trim_bytes(keep.bytes);
     }
 
-    /// Drops the oldest messages of the least recently written rooms while over `budget`,
-    /// except what must stay: messages not yet durable, and the newest message of the room
-    /// written last.
+    /// Drops the oldest messages of the least recently written rooms while over `budget`, up
+    /// to what must stay: a message not yet durable (in the least recently written room still
+    /// holding any), and the newest message of the room written last.
     fn trim_bytes(&mut self, budget: usize) {
-        let mut held = Vec::new();
         while self.ages.bytes > budget {
             let Some((written, oldest)) = self.ages.by_age.pop_first() else {
                 break;
@@ -142,8 +141,10 @@ impl Rooms {
             if !window.may_drop_oldest(self.until_durable)
                 || (written_last && window.messages.len() <= 1)
             {
-                held.push((written, oldest));
-                continue;
+                // Stop rather than look further (which would cost a pass over every room on
+                // each write while the disk is behind); `durable` trims again once it is not.
+                self.ages.by_age.insert(written, oldest);
+                break;
             }
             if self.ages.drop_oldest(window) {
                 self.ages.evicted += 1;
@@ -155,7 +156,6 @@ impl Rooms {
                 self.ages.by_age.insert(written, oldest);
             }
         }
-        self.ages.by_age.extend(held);
     }
 
     /// Replaces `room`'s messages, keeping the byte count right.
