@@ -902,7 +902,15 @@ impl Cluster {
     async fn recount(&self, rooms: Vec<String>) -> anyhow::Result<()> {
         let others = self.count_others(&rooms).await?;
         for (room, others) in rooms.into_iter().zip(others) {
-            lock(&self.census).insert(room.clone(), others);
+            // A room nobody elsewhere is in counts 0 without an entry: the map stays as small
+            // as the rooms shared right now.
+            let mut census = lock(&self.census);
+            if others == 0 {
+                census.remove(&room);
+            } else {
+                census.insert(room.clone(), others);
+            }
+            drop(census);
             self.deliver(Delivery::Census { room, others });
         }
         Ok(())

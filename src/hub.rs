@@ -432,14 +432,17 @@ impl Hub {
                 self.store.recent(room, self.config.history.min(fits))
             }
             (Some(since), _) => {
-                let found = self.store.since(room, since, fits + 1);
-                let (missed, messages) = if found.messages.len() > fits {
+                let (missed, messages) = if last_id - since > fits as u64 {
                     // More than fits: send the latest, and say how many older ones are skipped.
                     let recent = self.store.recent(room, fits);
                     let first = recent.first().map_or(last_id + 1, |m| m.id);
                     (first.saturating_sub(since + 1), recent)
                 } else {
-                    (found.missed, found.messages)
+                    // Every id after `since` is either here or missing (lost to a failed
+                    // write, or no longer kept), wherever the holes are.
+                    let found = self.store.since(room, since, fits);
+                    let missed = (last_id - since).saturating_sub(found.messages.len() as u64);
+                    (missed, found.messages)
                 };
                 if missed > 0 {
                     let why = format!("missed {missed} message(s) that are no longer kept");

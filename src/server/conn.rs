@@ -657,8 +657,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 ///
 /// [`Store::prepare`]: crate::store::Store::prepare
 pub(super) async fn prepare_history(shared: &Shared, room: &str, since: Option<u64>, limit: usize) {
-    if protocol::validate_room(room).is_err() {
-        return; // refused by the hub
+    // An invalid room is refused by the hub.
+    if !shared.store.reads_ahead() || protocol::validate_room(room).is_err() {
+        return;
     }
     let (store, room) = (shared.store.clone(), room.to_owned());
     if let Err(e) = tokio::task::spawn_blocking(move || store.prepare(&room, since, limit)).await {

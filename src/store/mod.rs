@@ -85,6 +85,11 @@ pub trait Store: Send + Sync + 'static {
     /// messages after `since` (at most `limit`), or without `since`, of the latest `limit`.
     /// Called before the hub is asked about the room, off the hub's lock; it may block.
     fn prepare(&self, _room: &str, _since: Option<u64>, _limit: usize) {}
+    /// Whether [`prepare`](Self::prepare) does anything (callers skip the blocking thread
+    /// otherwise).
+    fn reads_ahead(&self) -> bool {
+        false
+    }
     /// Writes everything pending and stops writing. Called once at shutdown.
     fn close(&self) {}
 }

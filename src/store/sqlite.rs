@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::memory::MemoryStore;
+use super::memory::{cost, MemoryStore};
 use super::older::Older;
 use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
@@ -34,6 +35,11 @@ CREATE TABLE IF NOT EXISTS messages (
 /// Messages waiting for the writer, at most; past it new ones are not stored (nor acknowledged).
 const MAX_QUEUED: usize = 100_000;
 
+/// Bytes of messages waiting for the writer, at least (`--keep-bytes` if larger). The window
+/// keeps each of them too until it is committed, so this is also how far past `--keep-bytes`
+/// the window may grow while the disk is behind.
+const MIN_QUEUED_BYTES: usize = 64 << 20;
+
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -50,6 +56,9 @@ pub struct SqliteStore {
     /// writer commits.
     reader: Mutex<Connection>,
     writes: Mutex<Option<mpsc::SyncSender<Write>>>,
+    /// Bytes of the messages queued for the writer (see [`cost`]), and their bound.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -89,16 +98,26 @@ fn id_param(id: u64) -> i64 {
 impl SqliteStore {
     /// Opens (or creates) the database and starts its writer thread.
     pub fn open(path: &Path, keep: Keep) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open_queueing(path, keep, MAX_QUEUED)
+    }
+
+    /// Opens the database with room for `max_queued` messages waiting for the writer.
+    pub(super) fn open_queueing(
+        path: &Path,
+        keep: Keep,
+        max_queued: usize,
+    ) -> anyhow::Result<SqliteStore> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create tables in {}", path.display()))?;
         let reader = open(path)?;
-        let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
+        let (tx, rx) = mpsc::sync_channel(max_queued);
         let cache = Arc::new(MemoryStore::until_durable(keep));
-        let written = cache.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (written, dequeued) = (cache.clone(), queued.clone());
         let writer = std::thread::Builder::new()
             .name("wschat-sqlite".into())
-            .spawn(move || write_loop(conn, rx, &written))
+            .spawn(move || write_loop(conn, rx, &written, &dequeued))
             .context("cannot start the database writer")?;
         Ok(SqliteStore {
             cache,
@@ -107,6 +126,8 @@ impl SqliteStore {
             keep: keep.messages.max(1),
             reader: Mutex::new(reader),
             writes: Mutex::new(Some(tx)),
+            queued,
+            max_queued: keep.bytes.max(MIN_QUEUED_BYTES),
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -216,25 +237,45 @@ impl Store for SqliteStore {
 
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         self.load(&message.room);
-        self.cache.append(message.clone(), None);
-        let (room, id) = (message.room.clone(), message.id);
+        let size = cost(&message);
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let lost = match writes.as_ref() {
-            Some(tx) => match tx.try_send((message, on_durable)) {
-                Ok(()) => return,
-                // The disk is slower than the room: the message was delivered but is not
-                // stored, and its sender gets no acknowledgement, so it knows.
-                Err(mpsc::TrySendError::Full(_)) => {
-                    format!("database writer is {MAX_QUEUED} messages behind")
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => "database writer has stopped".into(),
-            },
-            None => "database is closed".into(),
+        let Some(tx) = writes.as_ref() else {
+            tracing::error!(
+                room = message.room,
+                id = message.id,
+                "database is closed; message not stored"
+            );
+            return;
         };
-        tracing::error!(room, id, "{lost}; message not stored");
-        // Nothing will make it durable: the window must not keep it (and what follows it)
-        // for ever, so it is dropped in its turn like a stored one.
-        self.cache.durable(&room, id);
+        // Queued first: the window keeps only what will reach the disk, so a message it no
+        // longer holds can always be read there (or was lost, and is reported missed).
+        if self.queued.load(Ordering::Relaxed) + size > self.max_queued {
+            // The disk is slower than the room: the message was delivered but is not stored,
+            // and its sender gets no acknowledgement, so it knows.
+            tracing::error!(
+                room = message.room,
+                id = message.id,
+                "database writer is {} MiB behind; message not stored",
+                self.max_queued >> 20
+            );
+            return;
+        }
+        self.queued.fetch_add(size, Ordering::Relaxed);
+        match tx.try_send((message.clone(), on_durable)) {
+            Ok(()) => self.cache.append(message, None),
+            Err(e) => {
+                self.queued.fetch_sub(size, Ordering::Relaxed);
+                let why = match e {
+                    mpsc::TrySendError::Full(_) => "database writer's queue is full".to_owned(),
+                    mpsc::TrySendError::Disconnected(_) => "database writer has stopped".into(),
+                };
+                tracing::error!(
+                    room = message.room,
+                    id = message.id,
+                    "{why}; message not stored"
+                );
+            }
+        }
     }
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
@@ -261,16 +302,16 @@ impl Store for SqliteStore {
 
     fn since(&self, room: &str, id: u64, limit: usize) -> Since {
         self.load(room);
-        let mut found = Since::default();
+        let mut messages = Vec::new();
         let mut last = id;
         // The writer may drop messages from the window while this runs (once they are on
         // disk): whenever the window starts later than `last`, what lies between is read from
         // disk (or from what `prepare` read ahead), until `limit` or the window's end.
-        while found.messages.len() < limit {
-            let left = limit - found.messages.len();
+        while messages.len() < limit {
+            let left = limit - messages.len();
             let window = self.cache.since(room, last, left);
             if window.missed == 0 {
-                found.messages.extend(window.messages);
+                messages.extend(window.messages);
                 break;
             }
             let before = last + window.missed + 1;
@@ -285,21 +326,25 @@ impl Store for SqliteStore {
                     }),
             };
             let complete = older.len() == left;
-            // A message neither on disk nor in memory was lost (a failed write): it is
-            // reported missed rather than skipped silently.
-            let reached = older.last().map_or(last, |m| m.id);
-            found.messages.extend(older);
+            messages.extend(older);
             if complete {
                 break;
             }
-            found.missed += before - 1 - reached;
             last = before - 1;
         }
-        found
+        // An id up to the last message that is not among them was lost (a write that failed,
+        // or that the writer had no room for): counted, never skipped silently.
+        let newest = messages.last().map_or(id, |m: &ChatEvent| m.id);
+        Since {
+            missed: (newest - id).saturating_sub(messages.len() as u64),
+            messages,
+        }
     }
 
     fn prepare(&self, room: &str, since: Option<u64>, limit: usize) {
         self.load(room);
+        // More to resume than `limit`: the client gets the latest `limit`, as a newcomer.
+        let since = since.filter(|&id| self.cache.last_id(room).saturating_sub(id) <= limit as u64);
         let read = match since {
             Some(id) => match self.window_starts_after(room, id) {
                 Some(before) => self.read_between(room, id, before, limit),
@@ -317,6 +362,10 @@ impl Store for SqliteStore {
             Ok(messages) => self.older.add(room, messages),
             Err(e) => tracing::error!(room, "cannot read history: {e}"),
         }
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
     }
 
     fn kept(&self) -> Kept {
@@ -342,8 +391,13 @@ impl Drop for SqliteStore {
 }
 
 /// Commits queued messages in batches until every sender is gone, telling `cache` what is
-/// durable.
-fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>, cache: &MemoryStore) {
+/// durable and `queued` how many bytes left the queue.
+fn write_loop(
+    mut conn: Connection,
+    writes: mpsc::Receiver<Write>,
+    cache: &MemoryStore,
+    queued: &AtomicUsize,
+) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -355,10 +409,13 @@ fn write_loop(mut conn: Connection, writes: mpsc::Receiver<Write>, cache: &Memor
         let result = commit(&mut conn, &batch);
         // Stored, or never to be (the window keeps them no longer than stored ones).
         let mut latest: HashMap<&str, u64> = HashMap::new();
+        let mut bytes = 0;
         for (m, _) in &batch {
             let id = latest.entry(m.room.as_str()).or_default();
             *id = (*id).max(m.id);
+            bytes += cost(m);
         }
+        queued.fetch_sub(bytes, Ordering::Relaxed);
         for (room, id) in latest {
             cache.durable(room, id);
         }

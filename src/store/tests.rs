@@ -399,3 +399,64 @@ fn the_room_written_last_keeps_its_newest_message_whatever_its_size() {
     assert!(store.recent("lobby", 10).is_empty());
     assert_eq!(ids(&store.recent("dev", 10)), vec![2]);
 }
+
+#[test]
+fn sqlite_reports_messages_lost_among_those_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path, Keep::messages(2)).unwrap();
+    fill(&store, "lobby", 1..=10);
+    // Two writes that never reached the disk.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM messages WHERE id IN (1, 3)", [])
+        .unwrap();
+    let since = store.since("lobby", 0, 100);
+    assert_eq!(
+        (since.missed, ids(&since.messages)),
+        (2, vec![2, 4, 5, 6, 7, 8, 9, 10])
+    );
+    let since = store.since("lobby", 0, 3);
+    assert_eq!((since.missed, ids(&since.messages)), (2, vec![2, 4, 5]));
+}
+
+#[test]
+fn sqlite_keeps_queued_messages_in_memory_when_the_queue_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open_queueing(&path, Keep::messages(2), 20).unwrap();
+    // Another connection holds the write lock: the writer waits (up to its busy timeout).
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (stored, on_disk) = std::sync::mpsc::channel();
+    for id in 1..=100 {
+        let stored = stored.clone();
+        let done = move || {
+            let _ = stored.send(id);
+        };
+        store.append(message("lobby", id), Some(Box::new(done)));
+    }
+    // What was queued stays in memory, contiguous; what overflowed is not kept anywhere.
+    let since = store.since("lobby", 0, 1000);
+    let kept = ids(&since.messages);
+    assert_eq!(since.missed, 0);
+    assert_eq!(kept, (1..=kept.len() as u64).collect::<Vec<_>>());
+    assert!((20..100).contains(&kept.len()), "{} kept", kept.len());
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    for _ in 0..kept.len() {
+        on_disk
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("every queued message is stored once the disk is free");
+    }
+    fill(&store, "lobby", 101..=101);
+    // Once on disk, the window lets them go; a resume counts the overflowed ones as missed.
+    let since = store.since("lobby", 0, 1000);
+    let mut expected: Vec<u64> = (1..=kept.len() as u64).collect();
+    expected.push(101);
+    assert_eq!(
+        (since.missed, ids(&since.messages)),
+        (100 - kept.len() as u64, expected)
+    );
+    assert_eq!(store.kept().messages, 2);
+}
