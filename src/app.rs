@@ -76,7 +76,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             }
             let files = server::raise_file_limit();
             tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
-            server::run(listener, config, store, signals.shutdown()).await?;
+            let shutdown = drain_then_stop(signals, config.drain_delay, config.draining.clone());
+            server::run(listener, config, store, shutdown).await?;
             if let Some(cluster) = cluster_handle {
                 cluster.close().await;
             }
@@ -91,5 +92,23 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             generated::completions(shell, &mut std::io::stdout());
             Ok(Exit::Success)
         }
+    }
+}
+
+/// Completes when the server should stop: at the first SIGINT/SIGTERM, or with a drain delay,
+/// that long after it (reporting itself draining meanwhile), or at a second signal.
+async fn drain_then_stop(mut signals: Signals, delay: Duration, draining: CancellationToken) {
+    signals.recv().await;
+    if delay.is_zero() {
+        return;
+    }
+    draining.cancel();
+    tracing::info!(
+        "draining for {}: /healthz answers 503; a second signal stops at once",
+        humantime::format_duration(delay)
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = signals.recv() => {}
     }
 }

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to answer the close frame.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a
+    /// load balancer stops sending clients before they are closed; a second signal ends it.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_delay: Duration,
     /// Messages of a room's history sent to each member that joins it.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub history: usize,
@@ -447,6 +451,8 @@ impl Cli {
                     outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
                     max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
                     grace: a.grace,
+                    drain_delay: a.drain_delay,
+                    draining: Default::default(),
                     rate: if a.rate == 0.0 || (a.rate.is_finite() && a.rate >= 0.001) {
                         a.rate
                     } else {

@@ -159,7 +159,7 @@ impl Metrics {
             ),
             (
                 "draining",
-                "1 while the server is shutting down",
+                "1 while the server is draining (--drain-delay) or shutting down",
                 u64::from(snapshot.draining),
             ),
         ];

@@ -40,9 +40,4 @@ impl Signals {
             Exit::Interrupted
         }
     }
-
-    /// Completes on the next SIGINT or SIGTERM (the server's shutdown trigger).
-    pub async fn shutdown(mut self) {
-        self.recv().await;
-    }
 }

@@ -320,6 +320,38 @@ fn sigterm_closes_every_client_with_1001_and_serve_exits_0() {
 }
 
 #[test]
+fn with_a_drain_delay_the_server_reports_draining_and_goes_on_serving() {
+    let mut server = Server::start(&["--drain-delay", "5m", "--grace", "2s"]);
+    let mut raw = ws_member(&server.url, "raw");
+    server.proc.signal("TERM");
+    // What a load balancer sees: /healthz turns 503 (checked until it does, as one would).
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let health = http_request(&server.addr(), "GET", "/healthz");
+        if health.status == 503 {
+            assert!(health.body.contains("draining"), "{}", health.body);
+            break;
+        }
+        assert_eq!(health.status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never reported draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&server, "draining"), 1);
+    // Everything else is served as before: a newcomer joins and talks.
+    let mut late = ws_member(&server.url, "late");
+    send_text(&mut late, "still here");
+    assert_eq!(next_non_system(&mut raw)["message"], "still here");
+    // A second signal ends the delay: clients are closed with 1001 and serve exits 0.
+    server.proc.signal("TERM");
+    let frame = expect_close(&mut raw).expect("the close frame has a code");
+    assert_eq!(u16::from(frame.code), 1001);
+    server.proc.finish(GUARD).assert_code(0);
+}
+
+#[test]
 fn sigint_drains_the_same_way() {
     let mut server = Server::start(&["--grace", "2s"]);
     let mut raw = ws_member(&server.url, "raw");

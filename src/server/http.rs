@@ -86,7 +86,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 rooms,
                 members,
                 history: shared.store.kept(),
-                draining: shared.stopping.is_cancelled(),
+                draining: shared.is_draining(),
             };
             let mut body = shared.metrics.render(&snapshot);
             if let Some(cluster) = &shared.config.cluster {
@@ -101,7 +101,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
         }
         (&Method::GET | &Method::HEAD, "/") => page(),
         (&Method::GET | &Method::HEAD, "/healthz") => {
-            if shared.stopping.is_cancelled() {
+            if shared.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if let Some(cluster) = &shared.config.cluster {
                 // Still 200: this instance serves its clients while Redis is away.

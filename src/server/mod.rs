@@ -39,6 +39,12 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How long shutdown waits for clients to answer the close frame.
     pub grace: Duration,
+    /// How long the server goes on serving, reporting itself draining, once told to stop
+    /// (the caller waits it out before completing `run`'s shutdown future).
+    pub drain_delay: Duration,
+    /// Cancelled by the caller when the server is about to stop: `GET /healthz` answers 503
+    /// from then on, while everything else is served as before.
+    pub draining: CancellationToken,
     /// Messages replayed to a member joining a room.
     pub history: usize,
     /// Messages per second one connection may send (0: no limit), and the burst allowed.
@@ -69,6 +75,8 @@ impl Default for ServerConfig {
             outbox_frames: 1024,
             max_message_bytes: 64 * 1024,
             grace: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
+            draining: CancellationToken::new(),
             history: 50,
             rate: 20.0,
             burst: 40,
@@ -81,6 +89,13 @@ impl Default for ServerConfig {
             tls: None,
             cluster: None,
         }
+    }
+}
+
+impl Shared {
+    /// Whether the server is on its way out (`GET /healthz` answers 503).
+    fn is_draining(&self) -> bool {
+        self.config.draining.is_cancelled() || self.stopping.is_cancelled()
     }
 }
 
