@@ -66,6 +66,9 @@ const READ_COUNT: usize = 1000;
 /// Posts waiting to go to Redis (while it is slow or away) before new ones are refused.
 const QUEUE: usize = 10_000;
 /// Backoff between attempts while Redis is unreachable.
+/// Most posts sent to Redis in one round trip.
+const MAX_PIPELINE: usize = 64;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Entries kept in the shared log.
@@ -509,25 +512,37 @@ impl Cluster {
             () = stop.cancelled() => return,
         }
         loop {
-            let pending = tokio::select! {
+            let first = tokio::select! {
                 next = queue.recv() => match next {
                     Some(pending) => pending,
                     None => return,
                 },
                 () = stop.cancelled() => return,
             };
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            // Whatever else is waiting goes in the same round trip, in order.
+            let mut batch = vec![first];
+            while batch.len() < MAX_PIPELINE {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            self.counters
+                .queued
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
             let mut backoff = BACKOFF_MIN;
             loop {
-                match self.publish_one(&pending).await {
-                    Ok(_) => {
+                match self.publish_batch(&batch).await {
+                    Ok(()) => {
                         self.set_up(true, None);
-                        self.counters.published.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .published
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => {
                         self.set_up(false, Some(&e));
-                        tracing::debug!("post not stored yet: {e:#}");
+                        tracing::debug!("posts not stored yet: {e:#}");
                         tokio::select! {
                             () = tokio::time::sleep(backoff) => {}
                             () = stop.cancelled() => return,
@@ -539,16 +554,40 @@ impl Cluster {
         }
     }
 
-    async fn publish_one(&self, pending: &Pending) -> anyhow::Result<()> {
+    /// Posts `batch` in one pipeline. Retrying it whole is safe: each post carries a dedupe
+    /// key, so one that was stored before a failure is not stored twice.
+    async fn publish_batch(&self, batch: &[Pending]) -> anyhow::Result<()> {
+        let invocations: Vec<redis::ScriptInvocation<'_>> =
+            batch.iter().map(|p| self.invocation(p)).collect();
+        let mut pipe = redis::pipe();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation).ignore();
+        }
+        let mut connection = self.commands.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => Ok(()),
+            // A pipeline does not load scripts by itself: after Redis restarted, load them and
+            // try again at once.
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                for script in [&self.post, &self.private, &self.notice] {
+                    bounded(script.load_async(&mut connection)).await?;
+                }
+                bounded(pipe.query_async::<()>(&mut connection)).await
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => anyhow::bail!("no answer within {COMMAND_TIMEOUT:?}"),
+        }
+    }
+
+    fn invocation(&self, pending: &Pending) -> redis::ScriptInvocation<'_> {
         let dedupe = format!("wschat:post:{}:{}", self.id, pending.serial);
-        let invocation = match &pending.post {
+        match &pending.post {
             Outgoing::Chat(m, o) => self.post_chat(m, o, dedupe),
             Outgoing::Private(m, o) => self.post_private(m, o, dedupe),
             Outgoing::Notice(a) => self.post_notice(a, dedupe),
-        };
-        let mut connection = self.commands.clone();
-        bounded(invocation.invoke_async::<u64>(&mut connection)).await?;
-        Ok(())
+        }
     }
 
     fn post_chat(&self, m: &ChatEvent, o: &Origin, dedupe: String) -> redis::ScriptInvocation<'_> {
