@@ -65,10 +65,9 @@ const BLOCK: Duration = Duration::from_secs(2);
 const READ_COUNT: usize = 1000;
 /// Posts waiting to go to Redis (while it is slow or away) before new ones are refused.
 const QUEUE: usize = 10_000;
-/// Backoff between attempts while Redis is unreachable.
 /// Most posts sent to Redis in one round trip.
 const MAX_PIPELINE: usize = 64;
-
+/// Backoff between attempts while Redis is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Entries kept in the shared log.

@@ -432,18 +432,17 @@ impl Hub {
                 self.store.recent(room, self.config.history.min(fits))
             }
             (Some(since), _) => {
-                let (missed, messages) = if last_id - since > fits as u64 {
-                    // More than fits: send the latest, and say how many older ones are skipped.
-                    let recent = self.store.recent(room, fits);
-                    let first = recent.first().map_or(last_id + 1, |m| m.id);
-                    (first.saturating_sub(since + 1), recent)
+                // More than fits: the latest, skipping older ones.
+                let mut messages = if last_id - since > fits as u64 {
+                    self.store.recent(room, fits)
                 } else {
-                    // Every id after `since` is either here or missing (lost to a failed
-                    // write, or no longer kept), wherever the holes are.
-                    let found = self.store.since(room, since, fits);
-                    let missed = (last_id - since).saturating_sub(found.messages.len() as u64);
-                    (missed, found.messages)
+                    self.store.since(room, since, fits).messages
                 };
+                // Newer ones a store loaded ahead of the log's tail arrive live.
+                messages.retain(|m| m.id > since && m.id <= last_id);
+                // Every id after `since` is either here or missing (skipped, lost to a failed
+                // write, or no longer kept), wherever the holes are.
+                let missed = (last_id - since).saturating_sub(messages.len() as u64);
                 if missed > 0 {
                     let why = format!("missed {missed} message(s) that are no longer kept");
                     note = Some((missed, why));
@@ -454,6 +453,9 @@ impl Hub {
             (None, Some(_)) => Vec::new(),
             (None, None) => return true,
         };
+        // A store may have loaded messages the log's tail has not delivered here yet: those
+        // arrive live, not twice.
+        let messages: Vec<ChatEvent> = messages.into_iter().filter(|m| m.id <= last_id).collect();
         // Every frame must go in: a replay with a hole would be a silent loss.
         let mut complete = true;
         let mut push = |event: Event| complete &= frames.try_send(event.to_frame()).is_ok();

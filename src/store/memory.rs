@@ -209,6 +209,14 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records that `room` has reached `id` without keeping the message (it could not be
+    /// stored): ids are never given out again, and a resume reports it missed.
+    pub(super) fn advance(&self, room: &str, id: u64) {
+        let mut rooms = self.lock();
+        let window = rooms.windows.entry(room.to_owned()).or_default();
+        window.last_id = window.last_id.max(id);
+    }
+
     /// Whether this store holds a window for `room` (the SQLite store loads it otherwise).
     pub(super) fn knows(&self, room: &str) -> bool {
         self.lock().windows.contains_key(room)

@@ -203,6 +203,29 @@ impl SqliteStore {
         Ok(messages)
     }
 
+    /// Hands `message` to the writer, or says why it cannot.
+    fn queue(&self, message: &ChatEvent, on_durable: Option<OnDurable>) -> Result<(), String> {
+        let size = cost(message);
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = writes.as_ref() else {
+            return Err("database is closed".into());
+        };
+        if self.queued.load(Ordering::Relaxed) + size > self.max_queued {
+            return Err(format!(
+                "database writer is {} MiB behind",
+                self.max_queued >> 20
+            ));
+        }
+        self.queued.fetch_add(size, Ordering::Relaxed);
+        tx.try_send((message.clone(), on_durable)).map_err(|e| {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            match e {
+                mpsc::TrySendError::Full(_) => "database writer's queue is full".into(),
+                mpsc::TrySendError::Disconnected(_) => "database writer has stopped".into(),
+            }
+        })
+    }
+
     /// The first `limit` messages of `room` after `id` and before `before` on disk.
     fn read_between(
         &self,
@@ -237,45 +260,20 @@ impl Store for SqliteStore {
 
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         self.load(&message.room);
-        let size = cost(&message);
-        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = writes.as_ref() else {
-            tracing::error!(
-                room = message.room,
-                id = message.id,
-                "database is closed; message not stored"
-            );
-            return;
-        };
         // Queued first: the window keeps only what will reach the disk, so a message it no
         // longer holds can always be read there (or was lost, and is reported missed).
-        if self.queued.load(Ordering::Relaxed) + size > self.max_queued {
-            // The disk is slower than the room: the message was delivered but is not stored,
-            // and its sender gets no acknowledgement, so it knows.
-            tracing::error!(
-                room = message.room,
-                id = message.id,
-                "database writer is {} MiB behind; message not stored",
-                self.max_queued >> 20
-            );
+        let Err(why) = self.queue(&message, on_durable) else {
+            self.cache.append(message, None);
             return;
-        }
-        self.queued.fetch_add(size, Ordering::Relaxed);
-        match tx.try_send((message.clone(), on_durable)) {
-            Ok(()) => self.cache.append(message, None),
-            Err(e) => {
-                self.queued.fetch_sub(size, Ordering::Relaxed);
-                let why = match e {
-                    mpsc::TrySendError::Full(_) => "database writer's queue is full".to_owned(),
-                    mpsc::TrySendError::Disconnected(_) => "database writer has stopped".into(),
-                };
-                tracing::error!(
-                    room = message.room,
-                    id = message.id,
-                    "{why}; message not stored"
-                );
-            }
-        }
+        };
+        // Delivered, but not stored: its sender gets no acknowledgement, so it knows. Its id
+        // is not given out again, and a client resuming from before it is told it missed it.
+        tracing::error!(
+            room = message.room,
+            id = message.id,
+            "{why}; message not stored"
+        );
+        self.cache.advance(&message.room, message.id);
     }
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {

@@ -442,6 +442,7 @@ fn sqlite_keeps_queued_messages_in_memory_when_the_queue_overflows() {
     assert_eq!(since.missed, 0);
     assert_eq!(kept, (1..=kept.len() as u64).collect::<Vec<_>>());
     assert!((20..100).contains(&kept.len()), "{} kept", kept.len());
+    assert_eq!(store.last_id("lobby"), 100, "no id is given out twice");
     blocker.execute_batch("ROLLBACK").unwrap();
     drop(blocker);
     for _ in 0..kept.len() {
