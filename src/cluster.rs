@@ -67,6 +67,9 @@ const READ_COUNT: usize = 1000;
 const QUEUE: usize = 10_000;
 /// Most posts sent to Redis in one round trip.
 const MAX_PIPELINE: usize = 64;
+/// A post Redis refuses this many times in a row (an error in the script, not Redis being
+/// away or busy) is dropped, so that it does not hold up every post after it.
+const MAX_REFUSALS: u32 = 10;
 /// Backoff between attempts while Redis is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -79,6 +82,11 @@ pub const WINDOW_MAX: usize = 1000;
 /// `*` (Redis picks the time, after the last entry). When the log is gone (Redis lost its data)
 /// a new one starts one millisecond in the future: every entry of the lost log is older than
 /// now, and an entry with an id at or below an instance's position would never be read by it.
+///
+/// Also prepended: posts sent together in one round trip are chained. A post after another
+/// carries that one's dedupe key as one key more than its script takes; if that post was not
+/// stored, neither is this one (error `WSCHATAFTER`), so the posts that failed are always the
+/// tail of the round trip, and retrying them keeps the order.
 const LOG_ID: &str = r"
 redis.replicate_commands()
 local function log_id(log)
@@ -86,6 +94,10 @@ local function log_id(log)
   local now = redis.call('TIME')
   return (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + 1) .. '-0'
 end
+local function after_stored(keys)
+  return #KEYS <= keys or redis.call('EXISTS', KEYS[keys + 1]) == 1
+end
+local not_after = {err = 'WSCHATAFTER the post before this one was not stored'}
 ";
 
 /// Increments the room's counter and appends the message to the room's stream and to the log,
@@ -95,6 +107,7 @@ end
 const POST: &str = r"
 local done = redis.call('GET', KEYS[4])
 if done then return tonumber(done) end
+if not after_stored(4) then return not_after end
 local known = tonumber(ARGV[12])
 if tonumber(redis.call('GET', KEYS[1]) or '0') < known then
   redis.call('SET', KEYS[1], known)
@@ -112,6 +125,7 @@ return id
 /// Appends a private message to the log, once (KEYS[2] remembers a post already made).
 const PRIVATE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if not after_stored(2) then return not_after end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(KEYS[1]), 'kind', 'private',
   'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
   'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10])
@@ -124,6 +138,7 @@ return 1
 /// An instance is live while its heartbeat key exists; the posting one always is.
 const NOTICE: &str = r"
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if not after_stored(4) then return not_after end
 if tonumber(ARGV[9]) > 0 then
   redis.call('HSET', KEYS[1], ARGV[7], ARGV[9])
 else
@@ -300,6 +315,57 @@ async fn bounded<T>(
     match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => anyhow::bail!("no answer within {COMMAND_TIMEOUT:?}"),
+    }
+}
+
+/// A Redis call bounded by [`COMMAND_TIMEOUT`]; `Err(None)` when it timed out.
+async fn timed<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Option<redis::RedisError>> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
+        Ok(result) => result.map_err(Some),
+        Err(_) => Err(None),
+    }
+}
+
+/// How a round trip of posts went wrong.
+#[derive(Default)]
+struct Failure {
+    /// Posts stored, from the first: the rest were not.
+    stored: usize,
+    /// What went wrong; `None` if nothing did.
+    error: Option<anyhow::Error>,
+    /// Redis answered, and refused the first post not stored (an error in its script, which
+    /// trying again is unlikely to change), rather than being away or busy.
+    refused: bool,
+}
+
+impl Failure {
+    fn unreachable(error: Option<redis::RedisError>) -> Failure {
+        let error = match error {
+            Some(e) => anyhow::Error::from(e),
+            None => anyhow::anyhow!("no answer within {COMMAND_TIMEOUT:?}"),
+        };
+        Failure {
+            error: Some(error),
+            ..Failure::default()
+        }
+    }
+
+    /// Reads a pipeline's error: the replies that are errors say which posts were not stored.
+    fn from_redis(error: redis::RedisError) -> Failure {
+        let first = error
+            .clone()
+            .into_server_errors()
+            .and_then(|errors| errors.iter().min_by_key(|(i, _)| *i).cloned());
+        let Some((stored, first)) = first else {
+            return Failure::unreachable(Some(error)); // the connection, not a reply
+        };
+        Failure {
+            stored,
+            refused: matches!(first.code(), "ERR" | "WRONGTYPE"),
+            error: Some(error.into()),
+        }
     }
 }
 
@@ -526,62 +592,108 @@ impl Cluster {
                     Err(_) => break,
                 }
             }
-            self.counters
-                .queued
-                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                match self.publish_batch(&batch).await {
-                    Ok(()) => {
-                        self.set_up(true, None);
-                        self.counters
-                            .published
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => {
-                        self.set_up(false, Some(&e));
-                        tracing::debug!("posts not stored yet: {e:#}");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
-                            () = stop.cancelled() => return,
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+            if !self.publish_in_order(&batch, &stop).await {
+                return;
             }
         }
     }
 
-    /// Posts `batch` in one pipeline. Retrying it whole is safe: each post carries a dedupe
-    /// key, so one that was stored before a failure is not stored twice.
-    async fn publish_batch(&self, batch: &[Pending]) -> anyhow::Result<()> {
-        let invocations: Vec<redis::ScriptInvocation<'_>> =
-            batch.iter().map(|p| self.invocation(p)).collect();
+    /// Posts `batch` in order, retrying what failed until it is stored (or refused for good);
+    /// false if stopped first.
+    async fn publish_in_order(&self, batch: &[Pending], stop: &CancellationToken) -> bool {
+        let mut start = 0;
+        let mut backoff = BACKOFF_MIN;
+        let mut refusals = 0;
+        while start < batch.len() {
+            let failure = match self.publish_batch(&batch[start..]).await {
+                Ok(()) => Failure {
+                    stored: batch.len() - start,
+                    ..Failure::default()
+                },
+                Err(failure) => failure,
+            };
+            self.posts_left(failure.stored, &self.counters.published);
+            start += failure.stored;
+            if failure.stored > 0 {
+                (backoff, refusals) = (BACKOFF_MIN, 0);
+            }
+            let Some(error) = failure.error else {
+                self.set_up(true, None);
+                continue;
+            };
+            if failure.refused {
+                // Redis is there, and refuses this post.
+                refusals += 1;
+                if refusals >= MAX_REFUSALS {
+                    tracing::error!("redis refuses a post {refusals} times: dropped: {error:#}");
+                    self.posts_left(1, &self.counters.refused);
+                    (start, refusals) = (start + 1, 0);
+                    continue;
+                }
+            } else {
+                self.set_up(false, Some(&error));
+            }
+            tracing::debug!("posts not stored yet: {error:#}");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return false,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        true
+    }
+
+    /// Counts `n` posts as gone from the queue, into `outcome`.
+    fn posts_left(&self, n: usize, outcome: &AtomicU64) {
+        self.counters.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        outcome.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Posts `batch` in one pipeline, chained (see [`LOG_ID`]): on failure, the posts stored
+    /// are a prefix of the batch. Retrying is safe: each post carries a dedupe key, so one
+    /// stored before a failure (even one whose answer was lost) is not stored twice.
+    async fn publish_batch(&self, batch: &[Pending]) -> Result<(), Failure> {
+        let keys: Vec<String> = batch.iter().map(|p| self.dedupe_key(p)).collect();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut invocation = self.invocation(p, keys[i].clone());
+                if let Some(before) = i.checked_sub(1) {
+                    invocation.key(&keys[before]);
+                }
+                invocation
+            })
+            .collect();
         let mut pipe = redis::pipe();
         for invocation in &invocations {
             pipe.invoke_script(invocation).ignore();
         }
         let mut connection = self.commands.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(Ok(())) => Ok(()),
-            // A pipeline does not load scripts by itself: after Redis restarted, load them and
-            // try again at once.
-            Ok(Err(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                for script in [&self.post, &self.private, &self.notice] {
-                    bounded(script.load_async(&mut connection)).await?;
+        let mut result = timed(pipe.query_async::<()>(&mut connection)).await;
+        if matches!(&result, Err(Some(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // A pipeline does not load scripts by itself: after Redis restarted, load them
+            // and try again at once.
+            for script in [&self.post, &self.private, &self.notice] {
+                if let Err(e) = timed(script.load_async::<_>(&mut connection)).await {
+                    return Err(Failure::unreachable(e));
                 }
-                bounded(pipe.query_async::<()>(&mut connection)).await
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => anyhow::bail!("no answer within {COMMAND_TIMEOUT:?}"),
+            result = timed(pipe.query_async::<()>(&mut connection)).await;
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(Some(e)) => Err(Failure::from_redis(e)),
+            Err(None) => Err(Failure::unreachable(None)),
         }
     }
 
-    fn invocation(&self, pending: &Pending) -> redis::ScriptInvocation<'_> {
-        let dedupe = format!("wschat:post:{}:{}", self.id, pending.serial);
+    fn dedupe_key(&self, pending: &Pending) -> String {
+        format!("wschat:post:{}:{}", self.id, pending.serial)
+    }
+
+    fn invocation(&self, pending: &Pending, dedupe: String) -> redis::ScriptInvocation<'_> {
         match &pending.post {
             Outgoing::Chat(m, o) => self.post_chat(m, o, dedupe),
             Outgoing::Private(m, o) => self.post_private(m, o, dedupe),
@@ -1103,7 +1215,7 @@ impl Cluster {
             (
                 "relay_refused_total",
                 "counter",
-                "Room messages refused because the queue to Redis was full",
+                "Posts not sent to Redis: the queue to it was full, or Redis refused them 10 times",
                 get(&self.counters.refused),
             ),
             (

@@ -168,16 +168,32 @@ impl Instance {
     }
 
     fn healthz(&self) -> String {
+        self.get("/healthz")
+    }
+
+    /// The whole HTTP response to `GET path`.
+    fn get(&self, path: &str) -> String {
         let mut stream = TcpStream::connect(&self.addr).expect("connect");
         stream.set_read_timeout(Some(GUARD)).unwrap();
         write!(
             stream,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
+    }
+
+    /// A counter or gauge from `/metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let metrics = self.get("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("wschat_{name} ")))
+            .unwrap_or_else(|| panic!("no metric {name} in {metrics}"))
+            .parse()
+            .unwrap()
     }
 }
 
@@ -938,4 +954,33 @@ fn an_instance_cut_off_from_redis_catches_up_when_it_is_back() {
         assert_eq!(chats(ws, 1)[0].1, "after");
     }
     assert!(!b.healthz().contains("redis: down"));
+}
+
+/// A post Redis refuses (here: the room's counter is not a number) is retried, then dropped
+/// after a few attempts; the posts queued behind it go out afterwards, in order.
+#[test]
+fn a_post_redis_refuses_does_not_hold_up_the_ones_after_it() {
+    let (_dir, redis, a, b) = two_instances();
+    redis_command(
+        &redis.url(),
+        &["HSET", "wschat:room:broken:seq", "not", "a counter"],
+    );
+    let mut bob = member(&b.url, "bob");
+    let mut alice = member_in(&a.url, "alice", "broken");
+    // One connection, so these are queued in this order: a post that is refused, then the
+    // notices of the move to the lobby, then a post there.
+    say(&mut alice, "never stored", 1);
+    alice
+        .send(Message::text(r#"{"type":"join","room":"lobby"}"#))
+        .unwrap();
+    say(&mut alice, "after", 2);
+    let joined = notice(&mut bob, "join", "alice");
+    assert_eq!(joined["room"], "lobby");
+    assert_eq!(chats(&mut bob, 1)[0].1, "after");
+    assert_eq!(a.metric("relay_refused_total"), 1);
+    assert_eq!(a.metric("relay_queued"), 0);
+    assert!(
+        a.healthz().contains("redis: up"),
+        "a refusal is not an outage"
+    );
 }
