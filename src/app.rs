@@ -76,8 +76,15 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             }
             let files = server::raise_file_limit();
             tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
-            let shutdown = drain_then_stop(signals, config.drain_delay, config.draining.clone());
-            server::run(listener, config, store, shutdown).await?;
+            let stop = Stop::default();
+            tokio::spawn(follow_signals(
+                signals,
+                config.drain_delay,
+                config.draining.clone(),
+                stop.clone(),
+            ));
+            let (now, hurry) = (stop.now.cancelled_owned(), stop.hurry.cancelled_owned());
+            server::run(listener, config, store, now, hurry).await?;
             if let Some(cluster) = cluster_handle {
                 cluster.close().await;
             }
@@ -95,20 +102,38 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
     }
 }
 
-/// Completes when the server should stop: at the first SIGINT/SIGTERM, or with a drain delay,
-/// that long after it (reporting itself draining meanwhile), or at a second signal.
-async fn drain_then_stop(mut signals: Signals, delay: Duration, draining: CancellationToken) {
+/// What the signals ask of a running server.
+#[derive(Clone, Default)]
+struct Stop {
+    /// Stop serving: close every client and wait (at most `--grace`) for them.
+    now: CancellationToken,
+    /// Stop waiting for clients.
+    hurry: CancellationToken,
+}
+
+/// Turns SIGINT/SIGTERM into what the server does: the first one stops it (with a drain
+/// delay, that long after, reporting itself draining meanwhile); each further one cuts the
+/// current wait short (the drain delay, then the grace period).
+async fn follow_signals(
+    mut signals: Signals,
+    delay: Duration,
+    draining: CancellationToken,
+    stop: Stop,
+) {
     signals.recv().await;
-    if delay.is_zero() {
-        return;
+    if !delay.is_zero() {
+        draining.cancel();
+        tracing::info!(
+            "draining for {}: /healthz answers 503; a second signal stops at once",
+            humantime::format_duration(delay)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = signals.recv() => {}
+        }
     }
-    draining.cancel();
-    tracing::info!(
-        "draining for {}: /healthz answers 503; a second signal stops at once",
-        humantime::format_duration(delay)
-    );
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = signals.recv() => {}
-    }
+    stop.now.cancel();
+    signals.recv().await;
+    tracing::info!("signal during shutdown: not waiting for clients any longer");
+    stop.hurry.cancel();
 }

@@ -90,7 +90,8 @@ pub struct ServeArgs {
     /// Frames queued for one client before it counts as too slow and is closed with 4008.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub outbox: u64,
-    /// How long shutdown waits for clients to answer the close frame.
+    /// How long shutdown waits for clients to answer the close frame (a further signal ends
+    /// the wait).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
     /// On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a

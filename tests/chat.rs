@@ -352,6 +352,24 @@ fn with_a_drain_delay_the_server_reports_draining_and_goes_on_serving() {
 }
 
 #[test]
+fn a_second_signal_stops_waiting_for_clients() {
+    let mut server = Server::start(&["--grace", "5m"]);
+    let mut raw = ws_member(&server.url, "raw");
+    server.proc.signal("TERM");
+    // Every client is closed; this one never answers, so the server would wait out --grace.
+    let frame = expect_close(&mut raw).expect("the close frame has a code");
+    assert_eq!(u16::from(frame.code), 1001);
+    server.proc.signal("TERM");
+    let served = server.proc.finish(GUARD);
+    served.assert_code(0);
+    assert!(
+        served.stderr.contains("not waiting for clients any longer"),
+        "{}",
+        served.stderr
+    );
+}
+
+#[test]
 fn sigint_drains_the_same_way() {
     let mut server = Server::start(&["--grace", "2s"]);
     let mut raw = ws_member(&server.url, "raw");

@@ -113,12 +113,14 @@ struct Shared {
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then closes every
-/// client with 1001, waits at most `config.grace` for them to go, and flushes the store.
+/// client with 1001, waits at most `config.grace` for them to go (or until `hurry`
+/// completes), and flushes the store.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()>,
+    hurry: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let hub_config = HubConfig {
         echo: config.echo,
@@ -178,14 +180,17 @@ pub async fn run(
     );
     shared.stopping.cancel();
     shared.tasks.close();
+    let started = std::time::Instant::now();
     let grace = shared.config.grace;
-    if tokio::time::timeout(grace, shared.tasks.wait())
-        .await
-        .is_err()
-    {
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(grace, shared.tasks.wait()) => waited.is_ok(),
+        () = hurry => false,
+    };
+    if !waited {
         tracing::warn!(
-            "{} connection(s) still open after {grace:?}; dropping them",
-            shared.tasks.len()
+            "{} connection(s) still open after {:.1?}; dropping them",
+            shared.tasks.len(),
+            started.elapsed()
         );
     }
     // Every acknowledged message is already stored; this writes what was sent but not yet
