@@ -281,14 +281,14 @@ fn healthz_answers_200_ok() {
 
 #[test]
 fn sigterm_closes_every_client_with_1001_and_serve_exits_0() {
-    let mut server = Server::start(&["--grace", "2s"]);
+    // A grace far beyond GUARD: serve exits within it only because every client answered.
+    let mut server = Server::start(&["--grace", "5m"]);
     let mut raw = ws_member(&server.url, "raw");
     // Without --no-reconnect, join would wait for the server to come back.
     let mut joined = join(&server.url, "alice", &["--no-reconnect"]);
     expect_notice(&mut raw, "alice joined the chat");
 
     server.proc.signal("TERM");
-    let signalled = Instant::now();
 
     let frame = expect_close(&mut raw).expect("the close frame has a code");
     assert_eq!(u16::from(frame.code), 1001, "close code: {frame:?}");
@@ -313,9 +313,9 @@ fn sigterm_closes_every_client_with_1001_and_serve_exits_0() {
     let served = server.proc.finish(GUARD);
     served.assert_code(0);
     assert!(
-        signalled.elapsed() < Duration::from_secs(2),
-        "serve took {:?} although every client answered the close",
-        signalled.elapsed()
+        !served.stderr.contains("still open after"),
+        "serve waited for a client although every client answered the close: {}",
+        served.stderr
     );
 }
 
@@ -417,9 +417,11 @@ fn serve_exits_0_within_the_grace_period_even_if_a_client_never_answers_the_clos
         took >= Duration::from_millis(900),
         "serve exited after {took:?}: it did not wait for the silent client at all"
     );
+    // It gave up on the silent client (rather than the client going away by itself).
     assert!(
-        took < Duration::from_millis(2500),
-        "serve took {took:?}, longer than --grace 1s (plus slack)"
+        served.stderr.contains("1 connection(s) still open after"),
+        "{}",
+        served.stderr
     );
 }
 
