@@ -113,7 +113,8 @@ struct Stop {
 
 /// Turns SIGINT/SIGTERM into what the server does: the first one stops it (with a drain
 /// delay, that long after, reporting itself draining meanwhile); each further one cuts the
-/// current wait short (the drain delay, then the grace period).
+/// current wait short (the drain delay, then the grace period), and the one after that exits
+/// at once.
 async fn follow_signals(
     mut signals: Signals,
     delay: Duration,
@@ -136,4 +137,9 @@ async fn follow_signals(
     signals.recv().await;
     tracing::info!("signal during shutdown: not waiting for clients any longer");
     stop.hurry.cancel();
+    // Writing out history (and leaving Redis) is bounded, but an operator who insists gets
+    // the process back at once; what was not written out is lost.
+    let exit = signals.recv().await;
+    tracing::warn!("third signal: exiting without writing out what is pending");
+    std::process::exit(i32::from(exit.code()));
 }

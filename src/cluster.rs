@@ -338,6 +338,8 @@ struct Failure {
     /// Redis answered, and refused the first post not stored (an error in its script, which
     /// trying again is unlikely to change), rather than being away or busy.
     refused: bool,
+    /// Redis answered (whatever it said).
+    reachable: bool,
 }
 
 impl Failure {
@@ -363,9 +365,33 @@ impl Failure {
         };
         Failure {
             stored,
-            refused: matches!(first.code(), "ERR" | "WRONGTYPE"),
+            refused: is_refusal(&first),
+            reachable: true,
             error: Some(error.into()),
         }
+    }
+}
+
+/// Whether a script's error is the script's own (a key of the wrong type, bad data), as
+/// opposed to Redis not taking writes right now. Before Redis 7 every error inside a script
+/// comes as `ERR Error running script ...`, with the real one in its text.
+fn is_refusal(error: &redis::ServerError) -> bool {
+    const TRANSIENT: [&str; 7] = [
+        "OOM",
+        "READONLY",
+        "MISCONF",
+        "NOREPLICAS",
+        "BUSY",
+        "LOADING",
+        "NOPERM",
+    ];
+    match error.code() {
+        "WRONGTYPE" => true,
+        "ERR" => {
+            let detail = error.details().unwrap_or_default();
+            !TRANSIENT.iter().any(|code| detail.contains(code))
+        }
+        _ => false,
     }
 }
 
@@ -627,10 +653,18 @@ impl Cluster {
                 if refusals >= MAX_REFUSALS {
                     tracing::error!("redis refuses a post {refusals} times: dropped: {error:#}");
                     self.posts_left(1, &self.counters.refused);
-                    (start, refusals) = (start + 1, 0);
+                    if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
+                        &batch[start].post
+                    {
+                        self.deliver(Delivery::Refused(*origin));
+                    }
+                    (start, refusals, backoff) = (start + 1, 0, BACKOFF_MIN);
                     continue;
                 }
-            } else {
+            } else if !failure.reachable {
+                // Only a Redis that does not answer is down (local delivery goes on without
+                // it); one that answers but cannot write now (busy, full, loading, a replica)
+                // holds the posts back until it can.
                 self.set_up(false, Some(&error));
             }
             tracing::debug!("posts not stored yet: {error:#}");

@@ -619,6 +619,7 @@ impl Hub {
             Delivery::Private(event, origin) => self.deliver_private(state, event, origin),
             Delivery::Notice(entry) => self.deliver_notice(state, entry),
             Delivery::Census { room, others } => self.deliver_census(state, &room, others),
+            Delivery::Refused(origin) => self.refused(state, origin),
         }
     }
 
@@ -672,6 +673,17 @@ impl Hub {
         } else if let Some(ack) = on_durable {
             ack();
         }
+    }
+
+    /// A post the log refused for good: its sender gets an error instead of an ack.
+    fn refused(&self, state: &State, origin: Origin) {
+        let (Some(reference), Some(sender)) = (origin.reference, state.member(origin.member))
+        else {
+            return;
+        };
+        let why = "not stored: the shared log refused it; try again";
+        let error = Event::error("unavailable", why, Some(reference));
+        let _ = sender.frames.try_send(error.to_frame());
     }
 
     /// A private message through the log: to its target if it is a member here, and the

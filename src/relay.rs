@@ -66,6 +66,8 @@ pub enum Delivery {
         room: String,
         others: usize,
     },
+    /// A post of this instance that the log refused for good: its sender is told.
+    Refused(Origin),
 }
 
 /// What the hub should do after handing something over.

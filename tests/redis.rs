@@ -977,6 +977,12 @@ fn a_post_redis_refuses_does_not_hold_up_the_ones_after_it() {
     let joined = notice(&mut bob, "join", "alice");
     assert_eq!(joined["room"], "lobby");
     assert_eq!(chats(&mut bob, 1)[0].1, "after");
+    // Its sender is told, with the message's ref.
+    let refused = until(&mut alice, "the refusal", |e| e["type"] == "error");
+    assert_eq!(
+        (refused["code"].as_str(), refused["ref"].as_u64()),
+        (Some("unavailable"), Some(1))
+    );
     assert_eq!(a.metric("relay_refused_total"), 1);
     assert_eq!(a.metric("relay_queued"), 0);
     assert!(
