@@ -122,6 +122,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--rooms', '--rooms', [CompletionResultType]::ParameterName, 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)')
             [CompletionResult]::new('--drain', '--drain', [CompletionResultType]::ParameterName, 'After sending, wait at most this long for deliveries still on their way')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up when one connection''s handshake takes longer than this')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Token for a server started with --token (sent as Authorization: Bearer)')
             [CompletionResult]::new('--idle', '--idle', [CompletionResultType]::ParameterName, 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('--quiet-receivers', '--quiet-receivers', [CompletionResultType]::ParameterName, 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts')

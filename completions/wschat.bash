@@ -83,7 +83,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__bench)
-            opts="-h --url --receivers --publishers --rate --duration --size --rooms --quiet-receivers --drain --connect-timeout --json --idle --color --help"
+            opts="-h --url --receivers --publishers --rate --duration --size --rooms --quiet-receivers --drain --connect-timeout --json --token --idle --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -122,6 +122,10 @@ _wschat() {
                     return 0
                     ;;
                 --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -114,6 +114,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --rooms 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)'
             cand --drain 'After sending, wait at most this long for deliveries still on their way'
             cand --connect-timeout 'Give up when one connection''s handshake takes longer than this'
+            cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
             cand --idle 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --quiet-receivers 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'

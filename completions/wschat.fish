@@ -114,6 +114,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand bench" -l size -d 'Length 
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l rooms -d 'Spread receivers and publishers over K rooms, round robin (a server that ignores rooms shows it as unexpected deliveries)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l drain -d 'After sending, wait at most this long for deliveries still on their way' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l connect-timeout -d 'Give up when one connection\'s handshake takes longer than this' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l idle -d 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''

@@ -291,6 +291,9 @@ pub struct BenchArgs {
     /// Print one JSON object with every figure instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Instead of a load: open N connections that send nothing and hold them for --duration
     /// (or until Ctrl-C), printing how many are open.
     #[arg(long, value_name = "N", conflicts_with_all = ["receivers", "publishers", "rate", "size", "rooms", "drain", "quiet_receivers"])]
@@ -348,6 +351,13 @@ impl BenchArgs {
                 })
             }
         };
+        let authorization = match self.token.as_deref() {
+            Some(token) => Some(
+                connect::bearer(token)
+                    .map_err(|_| usage("--token may hold only visible ASCII characters"))?,
+            ),
+            None => None,
+        };
         Ok(BenchConfig {
             url,
             mode,
@@ -355,6 +365,7 @@ impl BenchArgs {
             drain: self.drain,
             connect_timeout: self.connect_timeout,
             json: self.json,
+            authorization,
         })
     }
 }

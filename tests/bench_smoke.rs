@@ -144,3 +144,35 @@ fn bad_arguments_are_usage_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_presents_a_token_to_a_server_that_wants_one() {
+    let (_server, url) = serve(&["--token", "s3cret"]);
+    let args = |token: &'static str| {
+        let mut args = vec![
+            "--url",
+            &url,
+            "--idle",
+            "5",
+            "--duration",
+            "100ms",
+            "--json",
+        ];
+        if !token.is_empty() {
+            args.extend(["--token", token]);
+        }
+        bench(&args)
+    };
+    let (output, r) = args("s3cret");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(r["opened"], 5, "{r}");
+    // Without it: refused in the handshake, one clear line.
+    let (output, _) = args("");
+    assert_eq!(output.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+}

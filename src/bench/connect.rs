@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
@@ -40,6 +41,8 @@ pub struct Dialer {
     sources: Vec<Ipv4Addr>,
     config: WebSocketConfig,
     timeout: Duration,
+    /// Sent with every handshake (`--token`).
+    authorization: Option<HeaderValue>,
 }
 
 impl Dialer {
@@ -50,6 +53,7 @@ impl Dialer {
         connections: usize,
         read_buffer: usize,
         timeout: Duration,
+        authorization: Option<HeaderValue>,
     ) -> anyhow::Result<Dialer> {
         if url.scheme() != "ws" {
             return Err(fail(
@@ -81,6 +85,7 @@ impl Dialer {
             sources,
             config,
             timeout,
+            authorization,
         })
     }
 
@@ -99,11 +104,16 @@ impl Dialer {
             let stream = self.tcp(index).await.map_err(|e| self.io_error(e))?;
             // Chat frames are small: send each at once.
             let _ = stream.set_nodelay(true);
-            let request = self
+            let mut request = self
                 .handshake_url(identity)
                 .as_str()
                 .into_client_request()
                 .map_err(|e| fail(Exit::Usage, format!("invalid URL {}: {e}", self.url)))?;
+            if let Some(authorization) = &self.authorization {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, authorization.clone());
+            }
             tokio_tungstenite::client_async_with_config(request, stream, Some(self.config))
                 .await
                 .map_err(|e| self.handshake_error(e))
@@ -295,7 +305,7 @@ mod tests {
     #[tokio::test]
     async fn only_ws_urls_are_accepted() {
         let url = Url::parse("wss://127.0.0.1:9/").unwrap();
-        let err = Dialer::new(&url, 1, 1024, Duration::from_secs(1))
+        let err = Dialer::new(&url, 1, 1024, Duration::from_secs(1), None)
             .await
             .err()
             .unwrap();

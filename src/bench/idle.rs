@@ -35,6 +35,7 @@ pub async fn run(config: &BenchConfig, connections: usize) -> anyhow::Result<Exi
             connections,
             IDLE_READ_BUFFER,
             config.connect_timeout,
+            config.authorization.clone(),
         )
         .await?,
     );

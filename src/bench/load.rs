@@ -44,6 +44,7 @@ pub async fn run(config: &BenchConfig, load: &LoadConfig) -> anyhow::Result<Exit
             total,
             RECEIVER_READ_BUFFER,
             config.connect_timeout,
+            config.authorization.clone(),
         )
         .await?,
     );

@@ -22,6 +22,7 @@ mod token;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use url::Url;
 
 use crate::exit::Exit;
@@ -40,6 +41,8 @@ pub struct BenchConfig {
     pub connect_timeout: Duration,
     /// One JSON object on stdout instead of the table.
     pub json: bool,
+    /// Sent with every handshake, for a server started with `--token`.
+    pub authorization: Option<HeaderValue>,
 }
 
 #[derive(Debug, Clone)]

@@ -110,16 +110,21 @@ fn client_config() -> WebSocketConfig {
         .max_frame_size(Some(16 << 20))
 }
 
+/// The `Authorization` header that presents `token`.
+pub fn bearer(
+    token: &str,
+) -> Result<HeaderValue, tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}"))
+}
+
 async fn handshake(
     url: &Url,
     target: &Target,
     subprotocol: bool,
 ) -> Result<(Socket, Response), WsError> {
-    let token = target.token.as_deref();
     let mut request = url.as_str().into_client_request()?;
-    if let Some(token) = token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| WsError::HttpFormat(e.into()))?;
+    if let Some(token) = target.token.as_deref() {
+        let value = bearer(token).map_err(|e| WsError::HttpFormat(e.into()))?;
         request.headers_mut().insert("authorization", value);
     }
     if subprotocol {
