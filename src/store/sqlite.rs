@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS messages (
     action    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    room    TEXT    NOT NULL PRIMARY KEY,
+    last_id INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Messages waiting for the writer, at most; past it new ones are not stored (nor acknowledged).
@@ -45,6 +49,11 @@ const MAX_BATCH: usize = 4096;
 
 type Write = (ChatEvent, Option<OnDurable>);
 
+/// The latest id given out in each room since the writer last recorded them (in the `rooms`
+/// table, with its next batch): ids of messages that never reach the disk are not given out
+/// again after a restart.
+type GivenOut = Arc<Mutex<HashMap<String, u64>>>;
+
 pub struct SqliteStore {
     /// Drops a message only once the writer has committed it: what it no longer holds is on
     /// disk.
@@ -58,6 +67,7 @@ pub struct SqliteStore {
     writes: Mutex<Option<mpsc::SyncSender<Write>>>,
     /// Bytes of the messages queued for the writer (see [`cost`]), and their bound.
     queued: Arc<AtomicUsize>,
+    given_out: GivenOut,
     max_queued: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -114,11 +124,14 @@ impl SqliteStore {
         let (tx, rx) = mpsc::sync_channel(max_queued);
         let cache = Arc::new(MemoryStore::until_durable(keep));
         let queued = Arc::new(AtomicUsize::new(0));
-        let (written, dequeued) = (cache.clone(), queued.clone());
-        let writer = std::thread::Builder::new()
-            .name("wschat-sqlite".into())
-            .spawn(move || write_loop(conn, rx, &written, &dequeued))
-            .context("cannot start the database writer")?;
+        let given_out = GivenOut::default();
+        let writer = {
+            let (cache, queued, given_out) = (cache.clone(), queued.clone(), given_out.clone());
+            std::thread::Builder::new()
+                .name("wschat-sqlite".into())
+                .spawn(move || write_loop(conn, rx, &cache, &queued, &given_out))
+                .context("cannot start the database writer")?
+        };
         Ok(SqliteStore {
             cache,
             // Read ahead within a quarter of the window's budget, plus the latest read.
@@ -127,6 +140,7 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             writes: Mutex::new(Some(tx)),
             queued,
+            given_out,
             max_queued: keep.bytes.max(MIN_QUEUED_BYTES),
             writer: Mutex::new(Some(writer)),
         })
@@ -151,10 +165,18 @@ impl SqliteStore {
                 )
                 .optional()?
                 .flatten();
+            let given_out: Option<i64> = self
+                .reader()
+                .query_row(
+                    "SELECT last_id FROM rooms WHERE room = ?1",
+                    params![room],
+                    |row| row.get(0),
+                )
+                .optional()?;
             let messages = self.read_before(room, u64::MAX, self.keep)?;
-            // The writer may commit between the two reads.
+            // The writer may commit between the reads.
             let newest = messages.last().map_or(0, |m| m.id);
-            let last = last.map_or(0, |l| l.try_into().unwrap_or(0));
+            let last = last.max(given_out).map_or(0, |l| l.try_into().unwrap_or(0));
             Ok((last.max(newest), messages))
         })();
         match loaded {
@@ -260,6 +282,15 @@ impl Store for SqliteStore {
 
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         self.load(&message.room);
+        {
+            let mut given_out = self.given_out.lock().unwrap_or_else(|e| e.into_inner());
+            match given_out.get_mut(&message.room) {
+                Some(id) => *id = (*id).max(message.id),
+                None => {
+                    given_out.insert(message.room.clone(), message.id);
+                }
+            }
+        }
         // Queued first: the window keeps only what will reach the disk, so a message it no
         // longer holds can always be read there (or was lost, and is reported missed).
         let Err(why) = self.queue(&message, on_durable) else {
@@ -395,6 +426,7 @@ fn write_loop(
     writes: mpsc::Receiver<Write>,
     cache: &MemoryStore,
     queued: &AtomicUsize,
+    given_out: &Mutex<HashMap<String, u64>>,
 ) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
@@ -404,7 +436,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = commit(&mut conn, &batch);
+        let result = commit(&mut conn, &batch, given_out);
         // Stored, or never to be (the window keeps them no longer than stored ones).
         let mut latest: HashMap<&str, u64> = HashMap::new();
         let mut bytes = 0;
@@ -429,10 +461,46 @@ fn write_loop(
             Err(e) => tracing::error!("cannot store {} message(s): {e}", batch.len()),
         }
     }
+    // Ids given out after the last batch (messages the writer had no room for).
+    if let Err(e) = commit(&mut conn, &[], given_out) {
+        tracing::error!("cannot record the rooms' latest ids: {e}");
+    }
 }
 
-fn commit(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+/// Stores `batch` and the ids given out meanwhile, in one transaction.
+fn commit(
+    conn: &mut Connection,
+    batch: &[Write],
+    given_out: &Mutex<HashMap<String, u64>>,
+) -> rusqlite::Result<()> {
+    let ids = std::mem::take(&mut *given_out.lock().unwrap_or_else(|e| e.into_inner()));
+    let result = commit_with(conn, batch, &ids);
+    if result.is_err() {
+        // Recorded with the next batch instead.
+        let mut given_out = given_out.lock().unwrap_or_else(|e| e.into_inner());
+        for (room, id) in ids {
+            let latest = given_out.entry(room).or_default();
+            *latest = (*latest).max(id);
+        }
+    }
+    result
+}
+
+fn commit_with(
+    conn: &mut Connection,
+    batch: &[Write],
+    ids: &HashMap<String, u64>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    {
+        let mut record = tx.prepare_cached(
+            "INSERT INTO rooms (room, last_id) VALUES (?1, ?2)
+             ON CONFLICT (room) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+        )?;
+        for (room, id) in ids {
+            record.execute(params![room, id_param(*id)])?;
+        }
+    }
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR REPLACE INTO messages (room, id, username, message, timestamp, action)
