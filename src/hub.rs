@@ -423,7 +423,7 @@ impl Hub {
         // Leave room in the outbox for the live messages that follow.
         let fits = frames.capacity().saturating_sub(8).max(1);
         let mut note = None;
-        let messages = match (replay.since, replay.history) {
+        let mut messages = match (replay.since, replay.history) {
             (Some(since), _) if since > last_id => {
                 // A position from a history this server no longer has (an in-memory server
                 // restarted): say so, then catch the client up as a newcomer.
@@ -438,7 +438,7 @@ impl Hub {
                 } else {
                     self.store.since(room, since, fits).messages
                 };
-                // Newer ones a store loaded ahead of the log's tail arrive live.
+                // Counted as below: only what is between `since` and `last_id`.
                 messages.retain(|m| m.id > since && m.id <= last_id);
                 // Every id after `since` is either here or missing (skipped, lost to a failed
                 // write, or no longer kept), wherever the holes are.
@@ -455,7 +455,7 @@ impl Hub {
         };
         // A store may have loaded messages the log's tail has not delivered here yet: those
         // arrive live, not twice.
-        let messages: Vec<ChatEvent> = messages.into_iter().filter(|m| m.id <= last_id).collect();
+        messages.retain(|m| m.id <= last_id);
         // Every frame must go in: a replay with a hole would be a silent loss.
         let mut complete = true;
         let mut push = |event: Event| complete &= frames.try_send(event.to_frame()).is_ok();
