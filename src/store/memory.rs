@@ -107,6 +107,15 @@ impl Ages {
             self.by_age.remove(&window.written);
             window.written = 0;
         }
+        // The budget counts messages, not the room a window keeps for them: a window the
+        // budget emptied (or mostly emptied) gives its buffer back, or rooms written once long
+        // ago would each hold a full window's worth of memory for good.
+        let len = window.messages.len();
+        if len == 0 {
+            window.messages = VecDeque::new();
+        } else if len <= window.messages.capacity() / 4 {
+            window.messages.shrink_to(len * 2);
+        }
         true
     }
 }
@@ -252,6 +261,15 @@ impl MemoryStore {
         }
         rooms.replace(room, last_id.max(newest), all.into_values().collect());
         rooms.trim(room, self.keep);
+    }
+
+    /// How many messages `room`'s window has room for without growing.
+    #[cfg(test)]
+    pub(super) fn capacity(&self, room: &str) -> usize {
+        self.lock()
+            .windows
+            .get(room)
+            .map_or(0, |w| w.messages.capacity())
     }
 
     /// The oldest id the window holds for `room`, if any.

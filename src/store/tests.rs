@@ -489,3 +489,25 @@ fn sqlite_never_gives_out_an_id_again_after_a_restart() {
     assert!(stored.len() < 50);
     assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_window_the_budget_empties_gives_its_memory_back() {
+    let one = super::memory::cost(&message("r0", 1));
+    let store = MemoryStore::new(Keep {
+        messages: 1000,
+        bytes: 1000 * one,
+    });
+    for id in 1..=1000 {
+        store.append(message("r0", id), None);
+    }
+    assert!(store.capacity("r0") >= 1000);
+    // Other rooms take the whole budget: r0 keeps its last id, and no buffer.
+    for room in 1..=4 {
+        for id in 1..=250 {
+            store.append(message(&format!("r{room}"), id), None);
+        }
+    }
+    assert!(store.recent("r0", 10).is_empty());
+    assert_eq!(store.last_id("r0"), 1000);
+    assert_eq!(store.capacity("r0"), 0);
+}
