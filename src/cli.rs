@@ -84,8 +84,9 @@ pub struct ServeArgs {
     /// no notices.
     #[arg(long)]
     pub raw: bool,
-    /// Largest message accepted from a client, in bytes; larger ones close it with 1009.
-    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(16..=(64 << 20)))]
+    /// Largest message accepted from a client (bytes, or with KiB/MiB); larger ones close it
+    /// with 1009.
+    #[arg(long, default_value = "64KiB", value_name = "BYTES", value_parser = bytes_between(16, 64 << 20))]
     pub max_message_bytes: u64,
     /// Frames queued for one client before it counts as too slow and is closed with 4008.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -107,7 +108,7 @@ pub struct ServeArgs {
     /// Bytes of history kept in memory across all rooms; past it, the least recently active
     /// rooms lose their oldest messages from memory first (with --db or --redis they stay
     /// there).
-    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range((64 << 10)..))]
+    #[arg(long, default_value = "256MiB", value_name = "BYTES", value_parser = bytes_between(64 << 10, u64::MAX))]
     pub keep_bytes: u64,
     /// Keep history in this SQLite file, durable across restarts (created if missing).
     #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
@@ -370,6 +371,56 @@ impl BenchArgs {
     }
 }
 
+/// A size in bytes, plain or with a binary unit (`64KiB`, `256MiB`, `1GiB`; `K`, `M`, `G` alike),
+/// within `min..=max`.
+fn bytes_between(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text| {
+        let bytes = parse_bytes(text)?;
+        if bytes < min {
+            return Err(format!("it must be at least {}", show_bytes(min)));
+        }
+        if bytes > max {
+            return Err(format!("it must be at most {}", show_bytes(max)));
+        }
+        Ok(bytes)
+    }
+}
+
+/// `bytes` in the largest binary unit that divides it.
+fn show_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a size: bytes, or with KiB, MiB or GiB (e.g. 256MiB)"
+            ))
+        }
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size: it starts with no number"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
 }
@@ -562,6 +613,32 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("256 MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("1MB").unwrap_err().contains("KiB, MiB or GiB"));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+        let keep = bytes_between(64 << 10, u64::MAX);
+        assert_eq!(keep("1KiB"), Err("it must be at least 64 KiB".to_owned()));
+        assert_eq!(
+            bytes_between(16, 64 << 20)("65M"),
+            Err("it must be at most 64 MiB".to_owned())
+        );
+        let cli = Cli::try_parse_from(["wschat", "serve", "--keep-bytes", "1MiB"]).unwrap();
+        let Mode::Serve { store, .. } = cli.into_mode().unwrap() else {
+            panic!()
+        };
+        let StoreChoice::Memory { keep } = store else {
+            panic!()
+        };
+        assert_eq!(keep.bytes, 1 << 20);
+    }
 
     #[test]
     fn clap_definition_is_consistent() {
