@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::memory::{cost, MemoryStore};
 use super::older::Older;
@@ -156,28 +156,18 @@ impl SqliteStore {
             return;
         }
         let loaded = (|| -> rusqlite::Result<(u64, Vec<ChatEvent>)> {
-            let last: Option<i64> = self
-                .reader()
-                .query_row(
-                    "SELECT MAX(id) FROM messages WHERE room = ?1",
-                    params![room],
-                    |row| row.get(0),
-                )
-                .optional()?
-                .flatten();
-            let given_out: Option<i64> = self
-                .reader()
-                .query_row(
-                    "SELECT last_id FROM rooms WHERE room = ?1",
-                    params![room],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            // The latest id stored, or given out to a message that never was.
+            let last: i64 = self.reader().query_row(
+                "SELECT MAX(
+                     COALESCE((SELECT MAX(id) FROM messages WHERE room = ?1), 0),
+                     COALESCE((SELECT last_id FROM rooms WHERE room = ?1), 0))",
+                params![room],
+                |row| row.get(0),
+            )?;
             let messages = self.read_before(room, u64::MAX, self.keep)?;
             // The writer may commit between the reads.
             let newest = messages.last().map_or(0, |m| m.id);
-            let last = last.max(given_out).map_or(0, |l| l.try_into().unwrap_or(0));
-            Ok((last.max(newest), messages))
+            Ok((u64::try_from(last).unwrap_or(0).max(newest), messages))
         })();
         match loaded {
             Ok((last_id, messages)) => self.cache.seed(room, last_id, messages),
