@@ -146,6 +146,7 @@ fn a_resuming_client_gets_exactly_what_it_missed() {
     for i in 5..=10 {
         send_text(&mut alice, &format!("m{i}"));
     }
+    ping_sync(&mut alice);
     let mut late = ws_connect(&server.url, "name=carol&since=1");
     let mut gap = None;
     let mut ids = Vec::new();
