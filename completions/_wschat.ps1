@@ -41,6 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'Port to listen on; 0 picks a free one (the real URL is printed)')
             [CompletionResult]::new('--max-message-bytes', '--max-message-bytes', [CompletionResultType]::ParameterName, 'Largest message accepted from a client (bytes, or with KiB/MiB); larger ones close it with 1009')
             [CompletionResult]::new('--outbox', '--outbox', [CompletionResultType]::ParameterName, 'Frames queued for one client before it counts as too slow and is closed with 4008')
+            [CompletionResult]::new('--outbox-bytes', '--outbox-bytes', [CompletionResultType]::ParameterName, 'Bytes queued for one client before it counts as too slow and is closed with 4008 (at least twice --max-message-bytes); a history replay takes at most half of it')
             [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'How long shutdown waits for clients to answer the close frame (a further signal ends the wait)')
             [CompletionResult]::new('--drain-delay', '--drain-delay', [CompletionResultType]::ParameterName, 'On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a load balancer stops sending clients before they are closed; a second signal ends it')
             [CompletionResult]::new('--history', '--history', [CompletionResultType]::ParameterName, 'Messages of a room''s history sent to each member that joins it')

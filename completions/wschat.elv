@@ -37,6 +37,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --port 'Port to listen on; 0 picks a free one (the real URL is printed)'
             cand --max-message-bytes 'Largest message accepted from a client (bytes, or with KiB/MiB); larger ones close it with 1009'
             cand --outbox 'Frames queued for one client before it counts as too slow and is closed with 4008'
+            cand --outbox-bytes 'Bytes queued for one client before it counts as too slow and is closed with 4008 (at least twice --max-message-bytes); a history replay takes at most half of it'
             cand --grace 'How long shutdown waits for clients to answer the close frame (a further signal ends the wait)'
             cand --drain-delay 'On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a load balancer stops sending clients before they are closed; a second signal ends it'
             cand --history 'Messages of a room''s history sent to each member that joins it'

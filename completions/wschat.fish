@@ -40,6 +40,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -s p -l port -d 'Port to listen on; 0 picks a free one (the real URL is printed)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l max-message-bytes -d 'Largest message accepted from a client (bytes, or with KiB/MiB); larger ones close it with 1009' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l outbox -d 'Frames queued for one client before it counts as too slow and is closed with 4008' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l outbox-bytes -d 'Bytes queued for one client before it counts as too slow and is closed with 4008 (at least twice --max-message-bytes); a history replay takes at most half of it' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l grace -d 'How long shutdown waits for clients to answer the close frame (a further signal ends the wait)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l drain-delay -d 'On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a load balancer stops sending clients before they are closed; a second signal ends it' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l history -d 'Messages of a room\'s history sent to each member that joins it' -r

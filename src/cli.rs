@@ -89,8 +89,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "64KiB", value_name = "BYTES", value_parser = bytes_between(16, 64 << 20))]
     pub max_message_bytes: u64,
     /// Frames queued for one client before it counts as too slow and is closed with 4008.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 4096, value_name = "FRAMES", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub outbox: u64,
+    /// Bytes queued for one client before it counts as too slow and is closed with 4008 (at
+    /// least twice --max-message-bytes); a history replay takes at most half of it.
+    #[arg(long, default_value = "1MiB", value_name = "BYTES", value_parser = bytes_between(4 << 10, 1 << 40))]
+    pub outbox_bytes: u64,
     /// How long shutdown waits for clients to answer the close frame (a further signal ends
     /// the wait).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -491,6 +495,7 @@ impl ClientArgs {
             quiet,
             connect_timeout: self.connect_timeout,
             since: None,
+            epoch: None,
             history: None,
             token: self.token.clone(),
             tls: match &self.ca {
@@ -511,7 +516,13 @@ impl Cli {
                     echo: a.echo,
                     raw: a.raw,
                     // Both ranges are enforced by clap and fit in usize.
-                    outbox_frames: usize::try_from(a.outbox).unwrap_or(1024),
+                    outbox_frames: usize::try_from(a.outbox).unwrap_or(4096),
+                    // Two of the largest frames always fit, so a member is never closed for
+                    // one large message.
+                    outbox_bytes: usize::try_from(a.outbox_bytes).unwrap_or(usize::MAX).max(
+                        2 * (usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024)
+                            + protocol::MAX_ENVELOPE_BYTES),
+                    ),
                     max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
                     grace: a.grace,
                     drain_delay: a.drain_delay,

@@ -402,12 +402,13 @@ fn room_entry(room: &str, entry: &StreamId) -> Option<ChatEvent> {
         id,
         room: room.to_owned(),
         username: entry.get("username")?,
-        message: entry.get("message")?,
+        message: entry.get::<String>("message")?.into(),
         timestamp: entry.get("timestamp")?,
         to: None,
         private: false,
         action: entry.get::<String>("action").is_some_and(|a| a == "1"),
         history: false,
+        replayed: Default::default(),
     })
 }
 
@@ -463,12 +464,13 @@ fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
         id: if private { 0 } else { entry.get("id")? },
         room,
         username: entry.get("username")?,
-        message: entry.get("message")?,
+        message: entry.get::<String>("message")?.into(),
         timestamp: entry.get("timestamp")?,
         to: if private { Some(to?) } else { None },
         private,
         action: entry.get::<String>("action").is_some_and(|a| a == "1"),
         history: false,
+        replayed: Default::default(),
     };
     let origin = if mine {
         Some(Origin {
@@ -745,7 +747,7 @@ impl Cluster {
             .key(dedupe)
             .arg(&m.room)
             .arg(&m.username)
-            .arg(&m.message)
+            .arg(&*m.message)
             .arg(&m.timestamp)
             .arg(flag(m.action))
             .arg(&self.id)
@@ -771,7 +773,7 @@ impl Cluster {
             .arg(self.config.log_max)
             .arg(&m.room)
             .arg(&m.username)
-            .arg(&m.message)
+            .arg(&*m.message)
             .arg(&m.timestamp)
             .arg(flag(m.action))
             .arg(m.to.as_deref().unwrap_or_default())

@@ -55,6 +55,9 @@ pub struct JoinRequest {
     /// Replay this many recent messages (default: the hub's `history` for visible members,
     /// none for quiet ones).
     pub history: Option<usize>,
+    /// The history `since` is a position in (from a welcome or `synced`); a resume in
+    /// another one gets this history from its start.
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +253,7 @@ fn system(
         room: room.to_owned(),
         name: Some(name.to_owned()),
         count: Some(count),
+        epoch: None,
     })
     .to_frame()
 }
@@ -324,6 +328,7 @@ impl Hub {
         };
         let replay = Replay {
             since: req.since,
+            epoch: req.epoch,
             history: req.history.or((!req.quiet).then_some(self.config.history)),
         };
         let slow = self.enter(state, id, member, &req.room, replay);
@@ -359,16 +364,16 @@ impl Hub {
             } else {
                 format!("{count} people here")
             };
-            let welcome = format!("Welcome to wschat, {name}! You are in {room_name}; {others}.");
-            let timestamp = protocol::timestamp();
-            let _ = frames.try_send(system(
-                Notice::Welcome,
-                room_name,
-                &name,
-                welcome,
-                timestamp,
-                count,
-            ));
+            let welcome = Event::System(SystemEvent {
+                message: format!("Welcome to wschat, {name}! You are in {room_name}; {others}."),
+                timestamp: protocol::timestamp(),
+                event: Notice::Welcome,
+                room: room_name.to_owned(),
+                name: Some(name.clone()),
+                count: Some(count),
+                epoch: Some(self.store.epoch().to_owned()),
+            });
+            let _ = frames.try_send(welcome.to_frame());
         }
         // A member whose greeting does not fit is too slow already: evicted, it can resume.
         let greeted = self.replay(&frames, room_name, room.last_id, replay);
@@ -420,34 +425,27 @@ impl Hub {
     /// Queues history for a member that just entered a room. What does not fit in the
     /// outbox is announced as a gap, never dropped silently.
     fn replay(&self, frames: &outbox::Sender, room: &str, last_id: u64, replay: Replay) -> bool {
-        // Leave room in the outbox for the live messages that follow.
+        // Leave room in the outbox for the live messages that follow: a few frames, and half
+        // its bytes.
         let fits = frames.capacity().saturating_sub(8).max(1);
-        let mut note = None;
-        let mut messages = match (replay.since, replay.history) {
-            (Some(since), _) if since > last_id => {
-                // A position from a history this server no longer has (an in-memory server
-                // restarted): say so, then catch the client up as a newcomer.
-                let why = "the server's history restarted; recent messages follow";
-                note = Some((0, why.to_owned()));
-                self.store.recent(room, self.config.history.min(fits))
-            }
+        let budget = frames.max_bytes() / 2;
+        let epoch = self.store.epoch();
+        // A position in another history (the server restarted without its own, or the
+        // client's is from elsewhere): this one is sent from its start, and the client told.
+        let restarted = replay.since.is_some_and(|since| {
+            since > last_id || replay.epoch.as_deref().is_some_and(|e| e != epoch)
+        });
+        let since = if restarted { Some(0) } else { replay.since };
+        let mut messages = match (since, replay.history) {
             (Some(since), _) => {
                 // More than fits: the latest, skipping older ones.
-                let mut messages = if last_id - since > fits as u64 {
+                if last_id - since > fits as u64 {
                     self.store.recent(room, fits)
                 } else {
-                    self.store.since(room, since, fits).messages
-                };
-                // Counted as below: only what is between `since` and `last_id`.
-                messages.retain(|m| m.id > since && m.id <= last_id);
-                // Every id after `since` is either here or missing (skipped, lost to a failed
-                // write, or no longer kept), wherever the holes are.
-                let missed = (last_id - since).saturating_sub(messages.len() as u64);
-                if missed > 0 {
-                    let why = format!("missed {missed} message(s) that are no longer kept");
-                    note = Some((missed, why));
+                    let mut messages = self.store.since(room, since, fits).messages;
+                    messages.retain(|m| m.id > since);
+                    messages
                 }
-                messages
             }
             (None, Some(n)) if n > 0 => self.store.recent(room, n.min(fits)),
             (None, Some(_)) => Vec::new(),
@@ -456,24 +454,53 @@ impl Hub {
         // A store may have loaded messages the log's tail has not delivered here yet: those
         // arrive live, not twice.
         messages.retain(|m| m.id <= last_id);
+        let replayed = latest_within(&messages, budget);
+        drop(messages);
+        // Every id after `since` is either replayed or missing (skipped for want of room,
+        // lost to a failed write, or no longer kept), wherever the holes are.
+        let missed = since.map_or(0, |since| {
+            (last_id - since).saturating_sub(replayed.len() as u64)
+        });
+        let gap = if restarted {
+            let message = if missed == 0 {
+                "the server's history restarted; it follows from its start".to_owned()
+            } else {
+                format!(
+                    "the server's history restarted; its {missed} oldest message(s) are no longer kept"
+                )
+            };
+            Some((missed, message))
+        } else {
+            (missed > 0).then(|| {
+                let message = format!("missed {missed} message(s) that are no longer kept");
+                (missed, message)
+            })
+        };
         // Every frame must go in: a replay with a hole would be a silent loss.
         let mut complete = true;
-        let mut push = |event: Event| complete &= frames.try_send(event.to_frame()).is_ok();
-        if let Some((missed, message)) = note {
-            push(Event::Gap(GapEvent {
+        let mut push = |frame: Message| complete &= frames.try_send(frame).is_ok();
+        if let Some((missed, message)) = gap {
+            push(
+                Event::Gap(GapEvent {
+                    room: room.to_owned(),
+                    missed,
+                    message,
+                    restarted,
+                })
+                .to_frame(),
+            );
+        }
+        for frame in replayed {
+            push(frame);
+        }
+        push(
+            Event::Synced(SyncedEvent {
                 room: room.to_owned(),
-                missed,
-                message,
-            }));
-        }
-        for mut message in messages {
-            message.history = true;
-            push(Event::Chat(message));
-        }
-        push(Event::Synced(SyncedEvent {
-            room: room.to_owned(),
-            id: last_id,
-        }));
+                id: last_id,
+                epoch: epoch.to_owned(),
+            })
+            .to_frame(),
+        );
         complete
     }
 
@@ -490,6 +517,7 @@ impl Hub {
         };
         let replay = Replay {
             since: None,
+            epoch: None,
             history: (!member.quiet).then_some(self.config.history),
         };
         if !member.quiet {
@@ -539,12 +567,13 @@ impl Hub {
                 id: 0,
                 room: room_name,
                 username,
-                message: post.content,
+                message: post.content.into(),
                 timestamp: protocol::timestamp(),
                 to: None,
                 private: false,
                 action: post.action,
                 history: false,
+                replayed: Default::default(),
             };
             let origin = Origin {
                 member: from,
@@ -579,12 +608,13 @@ impl Hub {
             id,
             room: room_name,
             username,
-            message: post.content,
+            message: post.content.into(),
             timestamp: protocol::timestamp(),
             to: None,
             private: false,
             action: post.action,
             history: false,
+            replayed: Default::default(),
         };
         let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
@@ -771,12 +801,13 @@ impl Hub {
             id: 0,
             room: room.to_owned(),
             username,
-            message: content,
+            message: content.into(),
             timestamp: protocol::timestamp(),
             to: Some(to.to_owned()),
             private: true,
             action,
             history: false,
+            replayed: Default::default(),
         };
         let frame = Event::Chat(message.clone()).to_frame();
         let Some(target) = state.member_named(to) else {
@@ -929,10 +960,29 @@ impl Hub {
 }
 
 /// What history a member gets on entering a room.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Replay {
     since: Option<u64>,
+    /// The history `since` is a position in.
+    epoch: Option<String>,
     history: Option<usize>,
+}
+
+/// The replay frames of the latest `messages` whose frames fit in `budget` bytes (at least
+/// one), oldest first.
+fn latest_within(messages: &[ChatEvent], budget: usize) -> Vec<Message> {
+    let mut frames = Vec::new();
+    let mut bytes = 0;
+    for message in messages.iter().rev() {
+        let frame = message.replay_frame();
+        bytes += frame.len();
+        if bytes > budget && !frames.is_empty() {
+            break;
+        }
+        frames.push(frame);
+    }
+    frames.reverse();
+    frames
 }
 
 impl Hub {
@@ -1056,7 +1106,7 @@ mod tests {
         events(m)
             .into_iter()
             .filter_map(|e| match e {
-                Event::Chat(c) => Some((c.username, c.message)),
+                Event::Chat(c) => Some((c.username, c.message.to_string())),
                 _ => None,
             })
             .collect()
@@ -1227,7 +1277,7 @@ mod tests {
         let mut others = Vec::new();
         for e in events(m) {
             match e {
-                Event::Chat(c) if c.history => texts.push(c.message),
+                Event::Chat(c) if c.history => texts.push(c.message.to_string()),
                 Event::System(_) => {}
                 other => others.push(other),
             }
@@ -1272,7 +1322,8 @@ mod tests {
             others,
             vec![Event::Synced(SyncedEvent {
                 room: "lobby".into(),
-                id: 3
+                id: 3,
+                epoch: hub.store.epoch().to_owned(),
             })]
         );
         // A quiet sender gets no history unless it asks.
@@ -1306,6 +1357,123 @@ mod tests {
         let (texts, others) = history_of(&mut d);
         assert!(texts.is_empty());
         assert_eq!(others.len(), 1);
+    }
+
+    fn join_bounded(hub: &Hub, req: JoinRequest, frames: usize, bytes: usize) -> TestMember {
+        let (tx, rx) = outbox::bounded(frames, bytes);
+        let (etx, erx) = oneshot::channel();
+        let outbox = Outbox {
+            frames: tx,
+            evict: etx,
+        };
+        let (id, name) = hub.join(req, outbox).unwrap();
+        TestMember {
+            id,
+            name,
+            rx,
+            evicted: erx,
+        }
+    }
+
+    #[test]
+    fn a_resume_in_another_history_gets_this_one_from_its_start() {
+        let hub = hub(HubConfig::default());
+        let a = join(&hub, "lobby", Some("alice"), false, 64);
+        for i in 1..=10 {
+            say(&hub, &a, &format!("new-{i}")).unwrap();
+        }
+        // Saw ids 1..5 of a history this server no longer has (it restarted in memory): the
+        // same ids name other messages here.
+        let req = JoinRequest {
+            room: "lobby".into(),
+            name: Some("bob".into()),
+            since: Some(5),
+            epoch: Some("0000000000000000".into()),
+            ..JoinRequest::default()
+        };
+        let mut b = join_with(&hub, req, 64);
+        let (texts, others) = history_of(&mut b);
+        let expected: Vec<String> = (1..=10).map(|i| format!("new-{i}")).collect();
+        assert_eq!(texts, expected);
+        let Event::Gap(gap) = &others[0] else {
+            panic!("no notice of the restart: {others:?}")
+        };
+        assert!(gap.restarted);
+        assert_eq!(gap.missed, 0);
+        let Event::Synced(synced) = &others[1] else {
+            panic!("{others:?}")
+        };
+        assert_eq!(synced.epoch, hub.store.epoch());
+        // The same position in this history: exactly what came after it.
+        let req = JoinRequest {
+            room: "lobby".into(),
+            name: Some("carol".into()),
+            since: Some(5),
+            epoch: Some(hub.store.epoch().to_owned()),
+            ..JoinRequest::default()
+        };
+        let mut c = join_with(&hub, req, 64);
+        let (texts, others) = history_of(&mut c);
+        assert_eq!(texts, expected[5..]);
+        assert!(matches!(&others[..], [Event::Synced(_)]), "{others:?}");
+        // The welcome says which history this is.
+        let mut d = join(&hub, "lobby", Some("dave"), false, 64);
+        let welcome = events(&mut d).remove(0);
+        let Event::System(welcome) = welcome else {
+            panic!("{welcome:?}")
+        };
+        assert_eq!(welcome.epoch.as_deref(), Some(hub.store.epoch()));
+    }
+
+    #[test]
+    fn a_replay_takes_at_most_half_the_outbox_bytes_and_shares_its_frames() {
+        let hub = hub(HubConfig {
+            echo: false,
+            history: 100,
+        });
+        let a = join(&hub, "lobby", Some("alice"), false, 64);
+        let long = "x".repeat(10_000);
+        for _ in 1..=20 {
+            say(&hub, &a, &long).unwrap();
+        }
+        let newcomer = |name: &str, since: Option<u64>| JoinRequest {
+            room: "lobby".into(),
+            name: Some(name.into()),
+            since,
+            ..JoinRequest::default()
+        };
+        let mut b = join_bounded(&hub, newcomer("bob", None), 1000, 64 * 1024);
+        assert!(b.evicted.try_recv().is_err(), "evicted for its own history");
+        let mut frames = Vec::new();
+        while let Ok(frame) = b.rx.try_recv() {
+            frames.push(frame);
+        }
+        let replayed: Vec<&Message> = frames
+            .iter()
+            .filter(|f| f.to_text().is_ok_and(|t| t.contains("\"history\":true")))
+            .collect();
+        // Half of 64 KiB holds three of these.
+        assert_eq!(replayed.len(), 3);
+        // Resuming from the start: the latest that fit, the rest counted as missed.
+        let mut c = join_bounded(&hub, newcomer("carol", Some(0)), 1000, 64 * 1024);
+        let (texts, others) = history_of(&mut c);
+        assert_eq!(texts.len(), 3);
+        assert!(
+            matches!(&others[0], Event::Gap(g) if g.missed == 17),
+            "{others:?}"
+        );
+        // Every replay of a message sends the same bytes: encoded once.
+        let mut d = join_bounded(&hub, newcomer("dave", None), 1000, 64 * 1024);
+        let again: Vec<Message> = std::iter::from_fn(|| d.rx.try_recv().ok())
+            .filter(|f| f.to_text().is_ok_and(|t| t.contains("\"history\":true")))
+            .collect();
+        assert_eq!(again.len(), 3);
+        for (first, second) in replayed.iter().zip(&again) {
+            let (Message::Text(first), Message::Text(second)) = (first, second) else {
+                panic!("not text");
+            };
+            assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub origin_rejections: AtomicU64,
     pub capacity_rejections: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub too_large: AtomicU64,
 }
 
 /// Gauges read at scrape time from elsewhere.
@@ -52,7 +54,7 @@ impl Metrics {
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 18] = [
             (
                 "connections_total",
                 "WebSocket connections accepted",
@@ -127,6 +129,16 @@ impl Metrics {
                 "capacity_rejections_total",
                 "Connections refused by --max-clients or --max-per-ip",
                 get(&self.capacity_rejections),
+            ),
+            (
+                "write_failures_total",
+                "Connections ended because a frame could not be written to them",
+                get(&self.write_failures),
+            ),
+            (
+                "too_large_total",
+                "Chat messages refused for being larger than --max-message-bytes once encoded",
+                get(&self.too_large),
             ),
             (
                 "connections_open",

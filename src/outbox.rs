@@ -7,6 +7,11 @@
 //! queued under one lock. Frames taken but not yet handed on still count against the capacity,
 //! so a connection whose socket is stuck fills its outbox as soon as it would with a plain
 //! channel.
+//!
+//! It is bounded in frames and in bytes: a few large frames (a history replay of long
+//! messages) fill it as surely as many small ones. The bytes are counted as if each frame were
+//! the connection's own, although frames shared with other outboxes (a broadcast, a replay of
+//! a stored message) cost it only their handle: the bound is what one connection can pin.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -20,17 +25,26 @@ use tokio_tungstenite::tungstenite::Message;
 /// empty (a history replay or a backlog), so a burst does not pin its memory for good.
 const KEEP_FRAMES: usize = 256;
 
-/// A bounded outbox of `capacity` frames (at least one).
+/// A bounded outbox of `capacity` frames (at least one), of any size.
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    bounded(capacity, usize::MAX)
+}
+
+/// A bounded outbox of `frames` frames and `bytes` bytes of payload (at least one frame, of
+/// any size, when it is empty).
+pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
+            bytes: 0,
             taken: 0,
+            taken_bytes: 0,
             senders: 1,
             open: true,
             waker: None,
         }),
-        capacity: capacity.max(1),
+        capacity: frames.max(1),
+        max_bytes: bytes,
     });
     (
         Sender {
@@ -48,12 +62,17 @@ struct Shared {
     /// `.await`, and never while a frame is written.
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 struct State {
     frames: VecDeque<Message>,
-    /// Frames the receiver took with its last batch and may not have handed on yet.
+    /// Payload bytes of `frames`.
+    bytes: usize,
+    /// Frames the receiver took with its last batch and may not have handed on yet, and
+    /// their payload bytes.
     taken: usize,
+    taken_bytes: usize,
     senders: usize,
     /// Whether the receiver is still there.
     open: bool,
@@ -111,9 +130,14 @@ impl Sender {
         if !state.open {
             return Err(TrySendError::Closed(frame));
         }
-        if state.frames.len() + state.taken >= self.shared.capacity {
+        let held = state.frames.len() + state.taken;
+        let size = frame.len();
+        if held >= self.shared.capacity
+            || (held > 0 && state.bytes + state.taken_bytes + size > self.shared.max_bytes)
+        {
             return Err(TrySendError::Full(frame));
         }
+        state.bytes += size;
         state.frames.push_back(frame);
         // The receiver looks at the queue again before it waits, so only the first frame of a
         // batch needs to wake it.
@@ -132,6 +156,12 @@ impl Sender {
     /// How many frames the outbox holds at most.
     pub fn capacity(&self) -> usize {
         self.shared.capacity
+    }
+
+    /// How many bytes of payload the outbox holds at most (one frame of any size fits in an
+    /// empty outbox).
+    pub fn max_bytes(&self) -> usize {
+        self.shared.max_bytes
     }
 
     /// Whether the receiver is gone.
@@ -217,6 +247,8 @@ impl Receiver {
             let mut state = self.shared.lock();
             state.open = false;
             state.taken = 0;
+            state.taken_bytes = 0;
+            state.bytes = 0;
             std::mem::take(&mut state.frames)
         };
         drop(frames);
@@ -243,6 +275,7 @@ impl Receiver {
         let mut state = self.shared.lock();
         if state.frames.is_empty() {
             state.taken = 0;
+            state.taken_bytes = 0;
             if state.senders == 0 {
                 return Err(TryRecvError::Closed);
             }
@@ -258,6 +291,7 @@ impl Receiver {
         // is copied and, while the connection is busy, nothing is allocated.
         std::mem::swap(&mut state.frames, &mut self.batch);
         state.taken = self.batch.len();
+        state.taken_bytes = std::mem::take(&mut state.bytes);
         drop(state);
         self.batch.pop_front().ok_or(TryRecvError::Empty)
     }
@@ -350,6 +384,34 @@ mod tests {
             Ok(Message::Text(t)) => t.to_string(),
             other => panic!("expected a text frame, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn full_at_its_byte_bound_and_frees_as_received() {
+        let (tx, mut rx) = bounded(100, 10);
+        assert_eq!(tx.max_bytes(), 10);
+        tx.try_send(text("aaaa")).unwrap();
+        tx.try_send(text("bbbb")).unwrap();
+        assert!(matches!(
+            tx.try_send(text("ccc")),
+            Err(TrySendError::Full(_))
+        ));
+        tx.try_send(text("cc")).unwrap();
+        // Taken but not handed on: still counted.
+        assert_eq!(texts_one(&mut rx), "aaaa");
+        assert!(matches!(tx.try_send(text("d")), Err(TrySendError::Full(_))));
+        assert_eq!(texts(&mut rx), ["bbbb", "cc"]);
+        tx.try_send(text("dddddddddd")).unwrap();
+        assert!(matches!(tx.try_send(text("e")), Err(TrySendError::Full(_))));
+    }
+
+    #[test]
+    fn an_empty_outbox_takes_one_frame_of_any_size() {
+        let (tx, mut rx) = bounded(100, 10);
+        tx.try_send(text(&"x".repeat(50))).unwrap();
+        assert!(matches!(tx.try_send(text("y")), Err(TrySendError::Full(_))));
+        assert_eq!(texts(&mut rx).len(), 1);
+        tx.try_send(text("y")).unwrap();
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! The full description, with examples, is `docs/protocol.md`; this module is its source of
 //! truth in code. Extra fields may be added to events; existing ones are never renamed.
 
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Subprotocol a wschat client asks for and a wschat server answers.
 pub const SUBPROTOCOL: &str = "wschat.v1";
@@ -203,6 +206,101 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// A chat message's text. Clones share it: the live event, the history window, the database
+/// queue and every replay hold one copy between them, however large the message.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Text(Arc<str>);
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text(text.into())
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Text {
+        Text(text.into())
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        &*self.0 == other.as_str()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stored message as history replays send it (`"history": true`): encoded on its first
+/// replay, then shared by every later one (clones of the message share it too), so a hundred
+/// clients joining a room cost the room's history one encoding, not a hundred.
+#[derive(Clone, Default)]
+pub struct Replayed(Arc<OnceLock<Utf8Bytes>>);
+
+impl Replayed {
+    /// Bytes the encoding holds once made.
+    fn get_or_encode(&self, event: &ChatEvent) -> Utf8Bytes {
+        self.0
+            .get_or_init(|| {
+                let mut replayed = event.clone();
+                replayed.history = true;
+                replayed.replayed = Replayed::default();
+                encode(&Event::Chat(replayed))
+            })
+            .clone()
+    }
+}
+
+/// Not part of what a message is: two messages are equal whatever was encoded of them.
+impl PartialEq for Replayed {
+    fn eq(&self, _: &Replayed) -> bool {
+        true
+    }
+}
+
+impl Eq for Replayed {}
+
+impl fmt::Debug for Replayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Replayed(encoded)"
+        } else {
+            "Replayed(not yet)"
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatEvent {
     /// Increasing within the room, assigned by the server; absent (0) on private messages,
@@ -211,7 +309,7 @@ pub struct ChatEvent {
     pub id: u64,
     pub room: String,
     pub username: String,
-    pub message: String,
+    pub message: Text,
     /// RFC 3339, UTC, milliseconds.
     pub timestamp: String,
     /// Private messages: the one member it was sent to.
@@ -225,6 +323,16 @@ pub struct ChatEvent {
     /// Sent from history (on join or resume), not live.
     #[serde(default, skip_serializing_if = "is_false")]
     pub history: bool,
+    /// This message as replays send it, once encoded.
+    #[serde(skip)]
+    pub replayed: Replayed,
+}
+
+impl ChatEvent {
+    /// The frame a history replay sends for this message, encoded once for all replays.
+    pub fn replay_frame(&self) -> Message {
+        Message::Text(self.replayed.get_or_encode(self))
+    }
 }
 
 /// How many are in a room, sent to the room on every visible join and leave.
@@ -234,12 +342,17 @@ pub struct PresenceEvent {
     pub count: usize,
 }
 
-/// Messages a resuming client missed that are no longer kept.
+/// Messages a resuming client missed that are no longer kept, or a resume in a history that
+/// is no longer the server's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapEvent {
     pub room: String,
     pub missed: u64,
     pub message: String,
+    /// The position resumed from was in another history (the server restarted without its
+    /// own): the replay that follows starts at this history's beginning.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarted: bool,
 }
 
 /// History replay is over; live messages follow. `id` is the room's latest message id.
@@ -247,6 +360,10 @@ pub struct GapEvent {
 pub struct SyncedEvent {
     pub room: String,
     pub id: u64,
+    /// The identity of the server's history: `id` is a position in it. A client resumes with
+    /// both (`since` and `epoch`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +395,9 @@ pub struct SystemEvent {
     /// Members of the room after the event (visible members; quiet senders are not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
+    /// On the welcome: the identity of the server's history (see [`SyncedEvent::epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,9 +423,7 @@ pub struct ErrorEvent {
 impl Event {
     /// Encodes the event once into a text frame; clones of the frame share its bytes.
     pub fn to_frame(&self) -> Message {
-        // Serialising these plain structs (strings, integers, unit enums) cannot fail.
-        let json = serde_json::to_string(self).unwrap_or_default();
-        Message::text(json)
+        Message::Text(encode(self))
     }
 
     pub fn error(code: &str, message: impl Into<String>, reference: Option<u64>) -> Event {
@@ -315,6 +433,33 @@ impl Event {
             reference,
         })
     }
+}
+
+/// Bytes `text` takes as a JSON string's contents (without the quotes), as the server
+/// encodes it: quotes and backslashes take two bytes, control characters two (`\n`) or six
+/// (`\u0001`), everything else its UTF-8 length. A chat message is refused (`too_large`)
+/// when this exceeds the server's `--max-message-bytes`, so every frame the server makes from
+/// it stays within that plus [`MAX_ENVELOPE_BYTES`].
+pub fn escaped_len(text: &str) -> usize {
+    text.len()
+        + text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// Most bytes a chat event adds around its escaped text: the field names, the id, the
+/// timestamp, and the room, sender and target names (each at most [`MAX_NAME_CHARS`]
+/// characters of up to four bytes, none of which needs escaping).
+pub const MAX_ENVELOPE_BYTES: usize = 1024;
+
+fn encode(event: &Event) -> Utf8Bytes {
+    // Serialising these plain structs (strings, integers, unit enums) cannot fail.
+    serde_json::to_string(event).unwrap_or_default().into()
 }
 
 /// The current time as the protocol writes it: RFC 3339, UTC, milliseconds.
@@ -428,6 +573,78 @@ mod tests {
         assert_eq!(decode(r#"{"type":7}"#).unwrap_err().code(), "invalid_json");
     }
 
+    /// Texts of every kind of character JSON treats specially, at random, with a fixed seed.
+    fn random_text(rng: &mut fastrand::Rng, max_bytes: usize) -> String {
+        const PICKS: &[char] = &[
+            '\u{1}',
+            '\u{1f}',
+            '\n',
+            '\t',
+            '\u{8}',
+            '\u{c}',
+            '\r',
+            '"',
+            '\\',
+            '/',
+            'a',
+            ' ',
+            'é',
+            '\u{7f}',
+            '\u{2028}',
+            '\u{fffd}',
+            '😀',
+            '\u{10ffff}',
+            '\u{0}',
+        ];
+        let mut text = String::new();
+        loop {
+            let c = PICKS[rng.usize(..PICKS.len())];
+            if text.len() + c.len_utf8() > max_bytes {
+                return text;
+            }
+            text.push(c);
+        }
+    }
+
+    #[test]
+    fn escaped_len_is_what_serde_json_writes() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        for _ in 0..2000 {
+            let max = rng.usize(0..300);
+            let text = random_text(&mut rng, max);
+            let json = serde_json::to_string(&text).unwrap();
+            assert_eq!(escaped_len(&text), json.len() - 2, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_chat_accepted_at_the_limit_encodes_within_limit_and_envelope() {
+        let limit = 64 * 1024;
+        let longest_name: String = "𝒜".repeat(MAX_NAME_CHARS);
+        validate_name(&longest_name).unwrap();
+        let mut rng = fastrand::Rng::with_seed(0x11);
+        for _ in 0..200 {
+            // Inputs up to the input limit, of which the server takes those that fit encoded.
+            let text = random_text(&mut rng, limit);
+            if escaped_len(&text) > limit {
+                continue;
+            }
+            let event = Event::Chat(ChatEvent {
+                id: u64::MAX,
+                room: longest_name.clone(),
+                username: longest_name.clone(),
+                message: text.into(),
+                timestamp: timestamp(),
+                to: Some(longest_name.clone()),
+                private: true,
+                action: true,
+                history: true,
+                replayed: Replayed::default(),
+            });
+            assert!(event.to_frame().len() <= limit + MAX_ENVELOPE_BYTES);
+        }
+    }
+
     #[test]
     fn events_round_trip_with_tutorial_field_names() {
         let e = Event::Chat(ChatEvent {
@@ -440,6 +657,7 @@ mod tests {
             private: false,
             action: false,
             history: false,
+            replayed: Default::default(),
         });
         let Message::Text(t) = e.to_frame() else {
             panic!("not text")

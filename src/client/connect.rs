@@ -38,6 +38,8 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Resume: ask for every message after this id.
     pub since: Option<u64>,
+    /// The server history `since` is a position in (from its welcome or `synced`).
+    pub epoch: Option<String>,
     /// Ask for this many messages of history on join.
     pub history: Option<usize>,
     /// Sent as `Authorization: Bearer`.
@@ -94,6 +96,9 @@ impl Target {
             }
             if let Some(since) = self.since {
                 query.append_pair("since", &since.to_string());
+                if let Some(epoch) = &self.epoch {
+                    query.append_pair("epoch", epoch);
+                }
             }
             if let Some(history) = self.history {
                 query.append_pair("history", &history.to_string());
@@ -254,13 +259,14 @@ mod tests {
             quiet: true,
             connect_timeout: Duration::from_secs(1),
             since: Some(4),
+            epoch: Some("00ff".into()),
             history: None,
             token: None,
             tls: None,
         };
         assert_eq!(
             target.handshake_url().as_str(),
-            "ws://h:1/?x=1&name=bob&room=dev+ops&quiet=1&since=4"
+            "ws://h:1/?x=1&name=bob&room=dev+ops&quiet=1&since=4&epoch=00ff"
         );
     }
 }

@@ -98,6 +98,8 @@ struct Session {
     room: Option<String>,
     /// Id of the last message seen in `room`: the resume point.
     last_id: Option<u64>,
+    /// The server history `last_id` is a position in.
+    epoch: Option<String>,
     /// Whether this connection's history replay is what the client missed (a resume) rather
     /// than context from before it first joined.
     resuming: bool,
@@ -164,6 +166,9 @@ impl Session {
         let mut counts = 0;
         match &mut event {
             Event::System(system) if system.event == Notice::Welcome => {
+                if system.epoch.is_some() {
+                    self.epoch.clone_from(&system.epoch);
+                }
                 if self.room.as_deref() != Some(system.room.as_str()) {
                     // A new room: ids there are unrelated to the last one's.
                     self.room = Some(system.room.clone());
@@ -207,6 +212,9 @@ impl Session {
             // What follows may start below the last id seen (a restarted history): take it all.
             Event::Gap(_) => self.last_id = None,
             Event::Synced(synced) => {
+                if !synced.epoch.is_empty() {
+                    self.epoch = Some(synced.epoch.clone());
+                }
                 if self.last_id.is_some_and(|last| synced.id < last) {
                     // The server's history restarted (it keeps history in memory).
                     self.last_id = Some(synced.id);
@@ -293,6 +301,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         printer: std::mem::replace(&mut terminal.printer, Printer::Stdout),
         room: None,
         last_id: None,
+        epoch: None,
         resuming: false,
         greeted: false,
         renaming: None,
@@ -351,6 +360,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
             target.room = session.room.clone().or(target.room);
             session.name.clone_into(&mut target.name);
             target.since = session.last_id;
+            target.epoch.clone_from(&session.epoch);
             session.resuming = session.last_id.is_some();
             tokio::select! {
                 result = connect::connect(&target) => match result {

@@ -211,6 +211,7 @@ mod tests {
             private: false,
             action: false,
             history: false,
+            replayed: Default::default(),
         });
         let value = serde_json::to_value(&event).unwrap();
         (event, value)

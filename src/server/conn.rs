@@ -45,6 +45,8 @@ pub(super) struct Params {
     pub since: Option<u64>,
     /// Replay this many recent messages instead of the server's default.
     pub history: Option<usize>,
+    /// The history `since` is a position in.
+    pub epoch: Option<String>,
 }
 
 impl Params {
@@ -55,6 +57,7 @@ impl Params {
             quiet: false,
             since: None,
             history: None,
+            epoch: None,
         };
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match &*key {
@@ -66,6 +69,8 @@ impl Params {
                 // keeps `since + 1` from overflowing anywhere.
                 "since" => params.since = value.parse::<u64>().ok().map(|v| v.min(i64::MAX as u64)),
                 "history" => params.history = value.parse().ok(),
+                // Epochs are short; anything longer is from no wschat server.
+                "epoch" if value.len() <= 64 => params.epoch = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -79,6 +84,7 @@ enum Ending {
     ClientVanished(String),
     ClosedByServer(u16, &'static str),
     CloseTimedOut,
+    WriteFailed(String),
 }
 
 impl std::fmt::Display for Ending {
@@ -88,6 +94,7 @@ impl std::fmt::Display for Ending {
             Ending::ClientVanished(e) => write!(f, "client vanished ({e})"),
             Ending::ClosedByServer(code, why) => write!(f, "closed by server ({code}: {why})"),
             Ending::CloseTimedOut => write!(f, "client did not answer the close frame"),
+            Ending::WriteFailed(e) => write!(f, "write failed ({e})"),
         }
     }
 }
@@ -326,7 +333,8 @@ impl Registration {
     pub fn new(shared: &Shared, params: &Params, authorized: bool, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
+        let (frames, outbox) =
+            outbox::bounded(shared.config.outbox_frames, shared.config.outbox_bytes);
         let (evict, evicted) = oneshot::channel();
         let mut registration = Registration {
             member: None,
@@ -360,6 +368,7 @@ impl Registration {
             quiet: params.quiet || raw,
             since: params.since.filter(|_| !raw),
             history: params.history.filter(|_| !raw),
+            epoch: params.epoch.clone().filter(|_| !raw),
         };
         let outbox = Outbox {
             frames: registration.frames.clone(),
@@ -388,7 +397,8 @@ impl Registration {
     pub fn refused(shared: &Shared, error: &JoinError, peer: SocketAddr) -> Self {
         Metrics::inc(&shared.metrics.connections_total);
         Metrics::inc(&shared.metrics.connections_open);
-        let (frames, outbox) = outbox::channel(shared.config.outbox_frames);
+        let (frames, outbox) =
+            outbox::bounded(shared.config.outbox_frames, shared.config.outbox_bytes);
         let (_, evicted) = oneshot::channel();
         tracing::info!(%peer, "refused: {error}");
         let event = Event::error(error.code(), error.to_string(), None);
@@ -519,10 +529,24 @@ pub(super) async fn run<S>(
             }) => {
                 let next = match io {
                     Io::Read(next) => next,
-                    // Usually the client closed first; reading finds out how it ended.
+                    // Nothing more can reach this client: it leaves the room now (below), so
+                    // it never stays a member that receives nothing.
                     Io::WriteFailed(e) => {
-                        tracing::debug!(%peer, "write error: {e}");
-                        continue;
+                        Metrics::inc(&metrics.write_failures);
+                        closer.ending = Some(match e {
+                            // The client closed or hung up first.
+                            WsError::ConnectionClosed
+                            | WsError::AlreadyClosed
+                            | WsError::Protocol(
+                                ProtocolError::SendAfterClosing
+                                | ProtocolError::ResetWithoutClosingHandshake,
+                            ) => Ending::ClientClosed,
+                            WsError::Io(e) if is_hang_up(&e) => {
+                                Ending::ClientVanished(e.to_string())
+                            }
+                            e => Ending::WriteFailed(e.to_string()),
+                        });
+                        break;
                     }
                 };
                 last_heard = Instant::now();
@@ -637,6 +661,19 @@ pub(super) async fn run<S>(
     tracing::info!(%peer, "disconnected: {ending}");
 }
 
+/// Whether a write failed because the peer went away (not because of the server).
+fn is_hang_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::NotConnected
+    )
+}
+
 /// The earlier of two optional instants.
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -689,6 +726,17 @@ pub(super) fn handle(
             if content.trim().is_empty() {
                 return Some(Event::error("empty_message", "empty message", reference).to_frame());
             }
+            // Bounded as the server will send it, not as it came: escaping can make a message
+            // six times larger, and every frame the server makes must stay within its limits.
+            let encoded = protocol::escaped_len(&content);
+            let limit = shared.config.max_message_bytes;
+            if encoded > limit {
+                Metrics::inc(&shared.metrics.too_large);
+                let why = format!(
+                    "message too large: {encoded} bytes once encoded, the limit is {limit}; send less, or fewer control characters"
+                );
+                return Some(Event::error("too_large", why, reference).to_frame());
+            }
             let post = Post {
                 content,
                 to,
@@ -737,13 +785,15 @@ mod tests {
                 quiet: true,
                 since: None,
                 history: None,
+                epoch: None,
             }
         );
         let p = Params::from_query("username=b%C3%A9a&room=");
         assert_eq!(p.name.as_deref(), Some("béa"));
         assert_eq!(p.room, "lobby");
         assert!(!p.quiet);
-        let p = Params::from_query("since=41&history=0");
+        let p = Params::from_query("since=41&history=0&epoch=0123abcd");
         assert_eq!((p.since, p.history), (Some(41), Some(0)));
+        assert_eq!(p.epoch.as_deref(), Some("0123abcd"));
     }
 }

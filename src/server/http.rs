@@ -256,7 +256,12 @@ async fn upgrade(
         // buffer to its length when it comes (read 512 bytes at a time).
         .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(16 * 1024 + 2 * shared.config.max_message_bytes);
+        // No cap of the library's own: a frame the server made must never be refused by its
+        // writer (an escaped chat line or a long list can be larger than any input). What is
+        // buffered is bounded anyway: the connection hands the socket a frame only once the
+        // previous ones are written out past `write_buffer_size`, and the outbox bounds the
+        // rest in frames and bytes.
+        .max_write_buffer_size(usize::MAX);
     let raw = shared.config.raw;
     // With --redis, the room's history and the name are made ready in Redis first.
     let mut registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;

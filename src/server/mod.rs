@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub raw: bool,
     /// Frames a client's outbox holds before the client counts as a slow consumer.
     pub outbox_frames: usize,
+    /// Bytes a client's outbox holds before the client counts as a slow consumer.
+    pub outbox_bytes: usize,
     /// Largest message (and frame) accepted from a client, in bytes.
     pub max_message_bytes: usize,
     /// How long shutdown waits for clients to answer the close frame.
@@ -72,7 +74,8 @@ impl Default for ServerConfig {
         ServerConfig {
             echo: false,
             raw: false,
-            outbox_frames: 1024,
+            outbox_frames: 4096,
+            outbox_bytes: 1 << 20,
             max_message_bytes: 64 * 1024,
             grace: Duration::from_secs(5),
             drain_delay: Duration::ZERO,

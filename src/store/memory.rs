@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::{Keep, Kept, OnDurable, Since, Store};
-use crate::protocol::ChatEvent;
+use crate::protocol::{self, ChatEvent};
 
 /// The last `keep.messages` messages of every room, and at most `keep.bytes` bytes of messages
 /// in all: past that, the least recently written rooms lose their oldest messages first. The
@@ -18,6 +18,8 @@ use crate::protocol::ChatEvent;
 /// as the disk is behind, and memory and disk together never miss a message.
 pub struct MemoryStore {
     keep: Keep,
+    /// New for every store: what it holds does not outlive the process.
+    epoch: String,
     /// Separate from the hub's lock so the store can also be used on its own (tests, the
     /// SQLite cache); it is only ever taken for in-memory work.
     rooms: Mutex<Rooms>,
@@ -68,15 +70,21 @@ impl Window {
     }
 }
 
-/// What a message costs the budget: its text, and the event that holds it.
+/// What a message costs the budget: its text, the event that holds it, and its encoding for
+/// history replays (counted whether made yet or not, so the budget holds once it is).
 pub(super) fn cost(message: &ChatEvent) -> usize {
+    let names = message.room.len() + message.username.len() + message.timestamp.len();
     std::mem::size_of::<ChatEvent>()
-        + message.room.len()
-        + message.username.len()
+        + names
         + message.message.len()
-        + message.timestamp.len()
         + message.to.as_ref().map_or(0, String::len)
+        + protocol::escaped_len(&message.message)
+        + names
+        + REPLAY_FIELDS
 }
+
+/// Bytes of a replayed chat event besides its names and text: field names, id, quotes.
+const REPLAY_FIELDS: usize = 112;
 
 impl Ages {
     /// Marks `window` as the most recently written (or as holding nothing, if empty).
@@ -189,6 +197,7 @@ impl MemoryStore {
                 bytes: keep.bytes,
             },
             rooms: Mutex::new(Rooms::default()),
+            epoch: super::new_epoch(),
         }
     }
 
@@ -282,6 +291,10 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     fn last_id(&self, room: &str) -> u64 {
         self.lock().windows.get(room).map_or(0, |w| w.last_id)
     }

@@ -69,7 +69,15 @@ pub struct Since {
     pub messages: Vec<ChatEvent>,
 }
 
+/// A new history identity: 16 random hex digits.
+pub fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
 pub trait Store: Send + Sync + 'static {
+    /// The identity of this history: ids mean the same messages only within one epoch. New
+    /// for every in-memory start; kept in the file with `--db`.
+    fn epoch(&self) -> &str;
     /// Id of the latest message of `room` (0 if none).
     fn last_id(&self, room: &str) -> u64;
     /// Records a message; `on_durable` runs once it is stored (at once for memory).

@@ -174,6 +174,7 @@ mod tests {
             private: false,
             action: false,
             history: false,
+            replayed: Default::default(),
         }
     }
 

@@ -76,6 +76,12 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    /// Ids come from Redis and never go back, whichever instance restarts (see
+    /// `crate::cluster`): one history for as long as the shared rooms exist.
+    fn epoch(&self) -> &str {
+        "redis"
+    }
+
     fn last_id(&self, room: &str) -> u64 {
         self.window.last_id(room)
     }

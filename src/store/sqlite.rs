@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS rooms (
     room    TEXT    NOT NULL PRIMARY KEY,
     last_id INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Messages waiting for the writer, at most; past it new ones are not stored (nor acknowledged).
@@ -55,6 +59,8 @@ type Write = (ChatEvent, Option<OnDurable>);
 type GivenOut = Arc<Mutex<HashMap<String, u64>>>;
 
 pub struct SqliteStore {
+    /// Made when the file was created, kept in it.
+    epoch: String,
     /// Drops a message only once the writer has committed it: what it no longer holds is on
     /// disk.
     cache: Arc<MemoryStore>,
@@ -92,12 +98,24 @@ fn row_to_event(room: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<ChatEve
         id: row.get::<_, i64>(0)?.try_into().unwrap_or(0),
         room: room.to_owned(),
         username: row.get(1)?,
-        message: row.get(2)?,
+        message: row.get::<_, String>(2)?.into(),
         timestamp: row.get(3)?,
         to: None,
         private: false,
         action: row.get(4)?,
         history: false,
+        replayed: Default::default(),
+    })
+}
+
+/// The file's epoch, made the first time it is opened.
+fn file_epoch(conn: &Connection) -> rusqlite::Result<String> {
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
+        params![super::new_epoch()],
+    )?;
+    conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| {
+        row.get(0)
     })
 }
 
@@ -120,6 +138,8 @@ impl SqliteStore {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create tables in {}", path.display()))?;
+        let epoch = file_epoch(&conn)
+            .with_context(|| format!("cannot read the history's epoch in {}", path.display()))?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::sync_channel(max_queued);
         let cache = Arc::new(MemoryStore::until_durable(keep));
@@ -133,6 +153,7 @@ impl SqliteStore {
                 .context("cannot start the database writer")?
         };
         Ok(SqliteStore {
+            epoch,
             cache,
             // Read ahead within a quarter of the window's budget, plus the latest read.
             older: Older::new(keep.bytes / 4),
@@ -265,6 +286,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     fn last_id(&self, room: &str) -> u64 {
         self.load(room);
         self.cache.last_id(room)
@@ -501,7 +526,7 @@ fn commit_with(
                 m.room,
                 id_param(m.id),
                 m.username,
-                m.message,
+                &*m.message,
                 m.timestamp,
                 m.action
             ])?;

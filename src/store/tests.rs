@@ -11,12 +11,13 @@ fn message(room: &str, id: u64) -> ChatEvent {
         id,
         room: room.into(),
         username: "bob".into(),
-        message: format!("m{id}"),
+        message: format!("m{id}").into(),
         timestamp: "2026-11-22T00:00:00.000Z".into(),
         to: None,
         private: false,
         action: id % 2 == 0,
         history: false,
+        replayed: Default::default(),
     }
 }
 
@@ -390,7 +391,7 @@ fn the_room_written_last_keeps_its_newest_message_whatever_its_size() {
     });
     store.append(message("dev", 1), None);
     let mut large = message("lobby", 1);
-    large.message = "x".repeat(4096);
+    large.message = "x".repeat(4096).into();
     store.append(large.clone(), None);
     assert_eq!(store.recent("lobby", 10), vec![large]);
     assert!(store.recent("dev", 10).is_empty(), "others make room first");

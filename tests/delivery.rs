@@ -1,0 +1,166 @@
+//! Delivery that cannot break silently: content that grows when encoded, history replays to
+//! clients that do not read, resumes across restarts, and a disk that cannot take more.
+//! Each test is named for what broke, and fails on the code before the fix.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Starts `serve` on a given port (to restart a server where its clients expect it).
+fn serve_on(port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    let mut args = vec!["serve", "--host", "127.0.0.1", "--port", &port];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&args, Stdin::Null);
+    let line = proc.next_line();
+    assert_eq!(line, format!("listening on ws://127.0.0.1:{port}/"));
+    proc
+}
+
+/// Reads events until the next chat message; returns it.
+fn next_chat(ws: &mut Ws) -> Value {
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "chat" {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn a_message_that_grows_when_escaped_is_refused_and_does_not_mute_the_room() {
+    let server = Server::start(&[]);
+    let mut alice = ws_member(&server.url, "alice");
+    let mut carol = ws_member(&server.url, "carol");
+    // 30,000 bytes in, 180,000 once JSON-escaped (`\u0001`): under the input limit, six
+    // times it as the server would send it.
+    send_text(&mut carol, &"\u{1}".repeat(30_000));
+    let refused = next_non_system(&mut carol);
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "too_large", "{refused}");
+    assert_eq!(metric(&server, "too_large_total"), 1);
+
+    // Just within the limit once encoded: delivered whole.
+    let fits = "\u{1}".repeat(10_000);
+    send_text(&mut carol, &fits);
+    let got = next_chat(&mut alice);
+    assert_eq!(got["message"].as_str(), Some(fits.as_str()));
+
+    // The room still works, for those in it and for newcomers whose replay holds it.
+    send_text(&mut carol, "still here");
+    assert_eq!(next_chat(&mut alice)["message"], "still here");
+    let mut dave = ws_connect(&server.url, "name=dave");
+    let welcome = next_event(&mut dave);
+    assert_eq!(welcome["event"], "welcome", "{welcome}");
+    assert_eq!(
+        next_chat(&mut dave)["message"].as_str(),
+        Some(fits.as_str())
+    );
+    assert_eq!(next_chat(&mut dave)["message"], "still here");
+    assert_eq!(metric(&server, "write_failures_total"), 0);
+}
+
+#[test]
+fn clients_that_do_not_read_a_large_history_pin_at_most_their_outbox() {
+    let server = Server::start(&["--rate", "0", "--keep", "1000"]);
+    // 200 messages of 60 KB: 12 MB of history.
+    let mut poster = ws_connect(&server.url, "name=poster&quiet=1");
+    let big = "h".repeat(60_000);
+    for i in 0..200 {
+        send_text(
+            &mut poster,
+            &format!(r#"{{"type":"chat","content":"{big}","ref":{i}}}"#),
+        );
+    }
+    // The last ack: everything is in the history.
+    loop {
+        let event = next_event(&mut poster);
+        if event["type"] == "ack" && event["ref"] == 199 {
+            break;
+        }
+    }
+    let before = rss_kib(&server);
+    // Twenty clients ask for all of it and never read a byte.
+    let lurkers: Vec<std::net::TcpStream> = (0..20)
+        .map(|i| {
+            let ws = ws_connect(&server.url, &format!("name=lurker{i}&history=1000"));
+            ws.get_ref().try_clone().unwrap()
+        })
+        .collect();
+    // Every one of them is in: a member who pings gets its pong after their registration.
+    let mut probe = ws_member(&server.url, "probe");
+    ping_sync(&mut probe);
+    let with_lurkers = rss_kib(&server);
+    let grown_mib = with_lurkers.saturating_sub(before) / 1024;
+    // Each may pin its outbox (1 MiB); a replay encoded per client would cost 12 MB each.
+    assert!(
+        grown_mib <= 20 + 16,
+        "20 non-reading clients grew the server by {grown_mib} MiB"
+    );
+    drop(lurkers);
+    assert_eq!(metric(&server, "slow_consumer_disconnects_total"), 0);
+}
+
+#[test]
+fn a_resume_after_an_in_memory_restart_gets_the_new_history_from_its_start() {
+    let port = closed_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut server = serve_on(port, &[]);
+    let mut alice = ws_member(&url, "alice");
+    for i in 1..=5 {
+        send(&url, "bob", Some(&format!("old-{i}")), &[]).assert_code(0);
+    }
+    let mut seen = 0;
+    while seen < 5 {
+        seen = next_chat(&mut alice)["id"].as_u64().unwrap();
+    }
+    let mut other = ws_connect(&url, "name=other");
+    let epoch = next_event(&mut other)["epoch"].as_str().unwrap().to_owned();
+    server.kill_hard();
+
+    let _server = serve_on(port, &[]);
+    for i in 1..=10 {
+        send(&url, "bob", Some(&format!("new-{i}")), &[]).assert_code(0);
+    }
+    // alice comes back with where she was: id 5 of the history before the restart.
+    let mut alice = ws_connect(&url, &format!("name=alice&since={seen}&epoch={epoch}"));
+    let welcome = next_event(&mut alice);
+    assert_ne!(welcome["epoch"].as_str(), Some(epoch.as_str()));
+    let gap = next_event(&mut alice);
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["restarted"], true, "{gap}");
+    for i in 1..=10 {
+        let chat = next_chat(&mut alice);
+        assert_eq!(chat["message"], format!("new-{i}"), "{chat}");
+    }
+    let synced = next_event(&mut alice);
+    assert_eq!(synced["type"], "synced");
+    assert_eq!(synced["epoch"], welcome["epoch"]);
+}
+
+#[test]
+fn join_prints_every_message_across_sigkill_restarts_of_an_in_memory_server() {
+    let port = closed_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut server = serve_on(port, &[]);
+    let mut alice = join(&url, "alice", &["--count", "15"]);
+    for i in 1..=5 {
+        send(&url, "bob", Some(&format!("old-{i}")), &[]).assert_code(0);
+        alice.expect_line(&format!("[alice] received: bob says: old-{i}"));
+    }
+    server.kill_hard();
+    let _server = serve_on(port, &[]);
+    // Most likely before alice is back: ids 1..5 again, of other messages.
+    for i in 1..=10 {
+        send(&url, "bob", Some(&format!("new-{i}")), &[]).assert_code(0);
+    }
+    let done = alice.finish(GUARD);
+    done.assert_code(0);
+    let received: Vec<&String> = done.stdout.iter().filter(|l| l.contains("says:")).collect();
+    let expected: Vec<String> = (1..=5)
+        .map(|i| format!("[alice] received: bob says: old-{i}"))
+        .chain((1..=10).map(|i| format!("[alice] received: bob says: new-{i}")))
+        .collect();
+    assert_eq!(received, expected.iter().collect::<Vec<_>>());
+}
