@@ -602,6 +602,14 @@ impl Hub {
             }
             return Ok(());
         }
+        if let Err(why) = self.store.health() {
+            // Not broadcast: nobody may see as sent what a restart would lose.
+            Metrics::inc(&self.metrics.unavailable);
+            let why = format!("not sent: history cannot be stored ({why}); try again later");
+            let refusal = Event::error("unavailable", why, post.reference);
+            let _ = sender_frames.try_send(refusal.to_frame());
+            return Ok(());
+        }
         room.last_id += 1;
         let id = room.last_id;
         let event = ChatEvent {
@@ -620,24 +628,39 @@ impl Hub {
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
         Metrics::add(&self.metrics.deliveries, delivered as u64);
-        let on_durable = post.reference.map(|reference| {
-            let ack = Event::Ack(AckEvent {
-                reference,
-                id,
-                delivered,
-            })
-            .to_frame();
-            let metrics = self.metrics.clone();
-            Box::new(move || {
-                // A full outbox here means the sender is being evicted as slow anyway.
-                if sender_frames.try_send(ack).is_ok() {
-                    Metrics::inc(&metrics.acks);
-                }
-            }) as crate::store::OnDurable
-        });
+        let on_durable = post
+            .reference
+            .map(|reference| self.answer_when_stored(sender_frames, reference, id, delivered));
         self.store.append(event, on_durable);
         self.evict_all(state, slow);
         Ok(())
+    }
+
+    /// What the sender of message `id` (its `reference`) is told once the store has it: an
+    /// ack, or why it could not be stored.
+    fn answer_when_stored(
+        &self,
+        frames: outbox::Sender,
+        reference: u64,
+        id: u64,
+        delivered: usize,
+    ) -> crate::store::OnDurable {
+        let metrics = self.metrics.clone();
+        Box::new(move |stored: Result<(), String>| {
+            let answer = match stored {
+                Ok(()) => Event::Ack(AckEvent {
+                    reference,
+                    id,
+                    delivered,
+                }),
+                Err(why) => Event::error("unavailable", why, Some(reference)),
+            };
+            // A full outbox here means the sender is being evicted as slow anyway.
+            let sent = frames.try_send(answer.to_frame()).is_ok();
+            if sent && matches!(answer, Event::Ack(_)) {
+                Metrics::inc(&metrics.acks);
+            }
+        })
     }
 
     /// Hands what came back from the relay's log to this instance's members.
@@ -685,23 +708,12 @@ impl Hub {
         }
         let on_durable = sender.and_then(|(origin, frames)| {
             let reference = origin.reference?;
-            let ack = Event::Ack(AckEvent {
-                reference,
-                id,
-                delivered,
-            })
-            .to_frame();
-            let metrics = self.metrics.clone();
-            Some(Box::new(move || {
-                if frames.try_send(ack).is_ok() {
-                    Metrics::inc(&metrics.acks);
-                }
-            }) as crate::store::OnDurable)
+            Some(self.answer_when_stored(frames, reference, id, delivered))
         });
         if fresh {
             self.store.append(event, on_durable);
         } else if let Some(ack) = on_durable {
-            ack();
+            ack(Ok(()));
         }
     }
 

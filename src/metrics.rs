@@ -26,6 +26,8 @@ pub struct Metrics {
     pub origin_rejections: AtomicU64,
     pub capacity_rejections: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Messages refused because history could not be stored.
+    pub unavailable: AtomicU64,
     pub too_large: AtomicU64,
 }
 
@@ -35,6 +37,7 @@ pub struct Snapshot {
     pub members: usize,
     pub history: Kept,
     pub draining: bool,
+    pub storage_failing: bool,
 }
 
 impl Metrics {
@@ -54,7 +57,7 @@ impl Metrics {
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "connections_total",
                 "WebSocket connections accepted",
@@ -136,6 +139,11 @@ impl Metrics {
                 get(&self.write_failures),
             ),
             (
+                "unavailable_total",
+                "Chat messages refused, not sent, because history could not be stored",
+                get(&self.unavailable),
+            ),
+            (
                 "too_large_total",
                 "Chat messages refused for being larger than --max-message-bytes once encoded",
                 get(&self.too_large),
@@ -168,6 +176,16 @@ impl Metrics {
                 "history_evicted_total",
                 "Messages dropped from the in-memory history to stay within --keep-bytes",
                 snapshot.history.evicted,
+            ),
+            (
+                "history_unstored_total",
+                "Messages that could not be stored (full disk, writer behind) and were not acknowledged",
+                snapshot.history.unstored,
+            ),
+            (
+                "history_failing",
+                "1 while history cannot be stored and messages are refused",
+                u64::from(snapshot.storage_failing),
             ),
             (
                 "draining",
@@ -211,8 +229,10 @@ mod tests {
                 messages: 7,
                 bytes: 1400,
                 evicted: 2,
+                unstored: 0,
             },
             draining: false,
+            storage_failing: false,
         });
         assert!(
             text.contains("# TYPE wschat_connections_total counter\nwschat_connections_total 1\n")

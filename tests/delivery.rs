@@ -164,3 +164,129 @@ fn join_prints_every_message_across_sigkill_restarts_of_an_in_memory_server() {
         .collect();
     assert_eq!(received, expected.iter().collect::<Vec<_>>());
 }
+
+/// Starts `serve` on a free port with a soft file-size limit of `kib` KiB (as a full disk
+/// looks to the server: writes past it fail with EFBIG), SIGXFSZ ignored so that they fail
+/// instead of killing it.
+fn serve_with_file_limit(kib: u64, extra: &[&str]) -> Server {
+    let mut script =
+        format!("trap '' XFSZ; ulimit -S -f {kib}; exec \"$0\" serve --host 127.0.0.1 --port 0");
+    for arg in extra {
+        script.push_str(&format!(" '{arg}'"));
+    }
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script, bin()]).env("NO_COLOR", "1");
+    let mut proc = Proc::spawn_command(cmd, Stdin::Null);
+    let line = proc.next_line();
+    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+    let port = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    Server {
+        url,
+        port,
+        proc,
+        token: None,
+    }
+}
+
+/// Posts `text` with `reference` and returns the server's answer to it (an ack or an error).
+fn post(ws: &mut Ws, text: &str, reference: u64) -> Value {
+    let chat = serde_json::json!({"type": "chat", "content": text, "ref": reference});
+    send_text(ws, &chat.to_string());
+    loop {
+        let event = next_event(ws);
+        if event["ref"] == reference {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_messages_out_loud_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let db = db.to_str().unwrap();
+    let server = serve_with_file_limit(64, &["--db", db, "--rate", "0"]);
+    let mut alice = ws_member(&server.url, "alice");
+    let mut poster = ws_connect(&server.url, "name=poster&quiet=1");
+    let line = "x".repeat(4000);
+    // Until the disk is full: every message is either acknowledged or refused with why.
+    let mut acked = Vec::new();
+    let refused = (1..=200)
+        .map(|i| post(&mut poster, &format!("{i} {line}"), i))
+        .find_map(|answer| match answer["type"].as_str() {
+            Some("ack") => {
+                acked.push(answer["id"].as_u64().unwrap());
+                None
+            }
+            _ => Some(answer),
+        })
+        .expect("the disk filled up");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not stored"),
+        "{refused}"
+    );
+    let health = http_request(&server.addr(), "GET", "/healthz");
+    assert_eq!(health.status, 503);
+    assert!(
+        health.body.starts_with("history cannot be stored"),
+        "{}",
+        health.body
+    );
+    assert_eq!(metric(&server, "history_failing"), 1);
+    assert!(metric(&server, "history_unstored_total") >= 1);
+
+    // While it cannot be stored, a message is refused before anyone sees it.
+    let answer = post(&mut poster, "never shown", 1000);
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert!(metric(&server, "unavailable_total") >= 1);
+
+    // Room on the disk again: posting works without a restart.
+    let raised = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &server.proc.pid().to_string(),
+            "--fsize=unlimited:",
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(raised.success());
+    // The server finds out by trying a write every second: nothing to wait on but that.
+    let deadline = std::time::Instant::now() + GUARD;
+    while http_request(&server.addr(), "GET", "/healthz").status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = post(&mut poster, "after", 1001);
+    assert_eq!(answer["type"], "ack", "{answer}");
+    acked.push(answer["id"].as_u64().unwrap());
+    loop {
+        let chat = next_chat(&mut alice);
+        assert_ne!(chat["message"], "never shown");
+        if chat["message"] == "after" {
+            break;
+        }
+    }
+
+    // What history serves is exactly what was acknowledged: nothing a restart would lose.
+    let history = run(
+        &["history", "--url", &server.url, "--json", "--limit", "1000"],
+        None,
+    );
+    history.assert_code(0);
+    let served: Vec<u64> = history
+        .stdout
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "chat")
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(served, acked);
+}

@@ -87,6 +87,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 members,
                 history: shared.store.kept(),
                 draining: shared.is_draining(),
+                storage_failing: shared.store.health().is_err(),
             };
             let mut body = shared.metrics.render(&snapshot);
             if let Some(cluster) = &shared.config.cluster {
@@ -103,6 +104,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if shared.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Err(why) = shared.store.health() {
+                // Messages are refused until it can store them again: send clients elsewhere.
+                let body = format!("history cannot be stored: {why}\n");
+                text(StatusCode::SERVICE_UNAVAILABLE, body)
             } else if let Some(cluster) = &shared.config.cluster {
                 // Still 200: this instance serves its clients while Redis is away.
                 let redis = if cluster.is_up() { "up" } else { "down" };

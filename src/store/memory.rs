@@ -227,14 +227,6 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records that `room` has reached `id` without keeping the message (it could not be
-    /// stored): ids are never given out again, and a resume reports it missed.
-    pub(super) fn advance(&self, room: &str, id: u64) {
-        let mut rooms = self.lock();
-        let window = rooms.windows.entry(room.to_owned()).or_default();
-        window.last_id = window.last_id.max(id);
-    }
-
     /// Whether this store holds a window for `room` (the SQLite store loads it otherwise).
     pub(super) fn knows(&self, room: &str) -> bool {
         self.lock().windows.contains_key(room)
@@ -281,6 +273,27 @@ impl MemoryStore {
             .map_or(0, |w| w.messages.capacity())
     }
 
+    /// Takes the message `id` of `room` out of the window (it could not be stored): history
+    /// no longer serves it, and a resume over it counts it missed.
+    pub(super) fn forget(&self, room: &str, id: u64) {
+        let mut rooms = self.lock();
+        let rooms = &mut *rooms;
+        let Some(window) = rooms.windows.get_mut(room) else {
+            return;
+        };
+        let Ok(at) = window.messages.binary_search_by_key(&id, |m| m.id) else {
+            return;
+        };
+        if let Some(forgotten) = window.messages.remove(at) {
+            rooms.ages.bytes -= cost(&forgotten);
+            rooms.ages.messages -= 1;
+        }
+        if window.messages.is_empty() && window.written != 0 {
+            rooms.ages.by_age.remove(&window.written);
+            window.written = 0;
+        }
+    }
+
     /// The oldest id the window holds for `room`, if any.
     pub(super) fn oldest(&self, room: &str) -> Option<u64> {
         self.lock()
@@ -318,7 +331,7 @@ impl Store for MemoryStore {
             rooms.trim_bytes(self.keep.bytes);
         }
         if let Some(done) = on_durable {
-            done();
+            done(Ok(()));
         }
     }
 
@@ -354,6 +367,7 @@ impl Store for MemoryStore {
             messages: rooms.ages.messages,
             bytes: rooms.ages.bytes,
             evicted: rooms.ages.evicted,
+            unstored: 0,
         }
     }
 }

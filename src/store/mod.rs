@@ -57,10 +57,13 @@ pub struct Kept {
     pub bytes: usize,
     /// Messages dropped from memory to stay within the byte budget, since the start.
     pub evicted: u64,
+    /// Messages that could not be stored (and were not acknowledged), since the start.
+    pub unstored: u64,
 }
 
-/// Called once a message is stored as durably as the store can.
-pub type OnDurable = Box<dyn FnOnce() + Send>;
+/// Called once a message is stored as durably as the store can (`Ok`), or once it is known
+/// that it never will be (`Err`, with the cause).
+pub type OnDurable = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Messages a resuming client gets: how many it missed that are no longer kept, then the rest.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,6 +100,11 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise).
     fn reads_ahead(&self) -> bool {
         false
+    }
+    /// Whether the store can take messages: `Err` with the cause while its writes fail (a
+    /// full disk); it recovers by itself once they succeed again.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
     }
     /// Writes everything pending and stops writing. Called once at shutdown.
     fn close(&self) {}

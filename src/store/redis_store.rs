@@ -92,7 +92,7 @@ impl Store for RedisStore {
             self.window.append(message, None);
         }
         if let Some(done) = on_durable {
-            done();
+            done(Ok(()));
         }
     }
 

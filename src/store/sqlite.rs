@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{params, Connection};
@@ -51,6 +52,47 @@ const MIN_QUEUED_BYTES: usize = 64 << 20;
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// While writes fail, how often the writer tries one to see whether they work again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Largest write the writer tries to see whether writes work again.
+const MAX_PROBE_BYTES: usize = 4 << 20;
+
+/// Whether the writer's last write failed, and why; shared with the store, which refuses
+/// messages meanwhile.
+#[derive(Default)]
+struct Health {
+    failing: Mutex<Option<String>>,
+    /// Bytes of the batch that failed: a write that large must work again before messages
+    /// are taken (a small one may fit where a batch does not, on a disk almost full).
+    needed: AtomicUsize,
+    /// Messages not stored, since the start.
+    unstored: AtomicU64,
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self, cause: &str, messages: usize, bytes: usize) {
+        self.unstored.fetch_add(messages as u64, Ordering::Relaxed);
+        self.needed
+            .store(bytes.min(MAX_PROBE_BYTES), Ordering::Relaxed);
+        let mut failing = self.lock();
+        if failing.is_none() {
+            tracing::error!("cannot store history: {cause}; refusing messages until it can");
+        }
+        *failing = Some(cause.to_owned());
+    }
+
+    fn succeeded(&self) {
+        if self.lock().take().is_some() {
+            tracing::info!("history is stored again; taking messages");
+        }
+    }
+}
+
 type Write = (ChatEvent, Option<OnDurable>);
 
 /// The latest id given out in each room since the writer last recorded them (in the `rooms`
@@ -74,6 +116,7 @@ pub struct SqliteStore {
     /// Bytes of the messages queued for the writer (see [`cost`]), and their bound.
     queued: Arc<AtomicUsize>,
     given_out: GivenOut,
+    health: Arc<Health>,
     max_queued: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -145,11 +188,17 @@ impl SqliteStore {
         let cache = Arc::new(MemoryStore::until_durable(keep));
         let queued = Arc::new(AtomicUsize::new(0));
         let given_out = GivenOut::default();
+        let health = Arc::new(Health::default());
         let writer = {
-            let (cache, queued, given_out) = (cache.clone(), queued.clone(), given_out.clone());
+            let writer = Writer {
+                cache: cache.clone(),
+                queued: queued.clone(),
+                given_out: given_out.clone(),
+                health: health.clone(),
+            };
             std::thread::Builder::new()
                 .name("wschat-sqlite".into())
-                .spawn(move || write_loop(conn, rx, &cache, &queued, &given_out))
+                .spawn(move || writer.run(conn, rx))
                 .context("cannot start the database writer")?
         };
         Ok(SqliteStore {
@@ -162,6 +211,7 @@ impl SqliteStore {
             writes: Mutex::new(Some(tx)),
             queued,
             given_out,
+            health,
             max_queued: keep.bytes.max(MIN_QUEUED_BYTES),
             writer: Mutex::new(Some(writer)),
         })
@@ -236,25 +286,31 @@ impl SqliteStore {
         Ok(messages)
     }
 
-    /// Hands `message` to the writer, or says why it cannot.
-    fn queue(&self, message: &ChatEvent, on_durable: Option<OnDurable>) -> Result<(), String> {
+    /// Hands `message` to the writer, or says why it cannot (and gives `on_durable` back).
+    fn queue(
+        &self,
+        message: &ChatEvent,
+        on_durable: Option<OnDurable>,
+    ) -> Result<(), (String, Option<OnDurable>)> {
         let size = cost(message);
         let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = writes.as_ref() else {
-            return Err("database is closed".into());
+            return Err(("database is closed".into(), on_durable));
         };
         if self.queued.load(Ordering::Relaxed) + size > self.max_queued {
-            return Err(format!(
-                "database writer is {} MiB behind",
-                self.max_queued >> 20
-            ));
+            let why = format!("database writer is {} MiB behind", self.max_queued >> 20);
+            return Err((why, on_durable));
         }
         self.queued.fetch_add(size, Ordering::Relaxed);
         tx.try_send((message.clone(), on_durable)).map_err(|e| {
             self.queued.fetch_sub(size, Ordering::Relaxed);
             match e {
-                mpsc::TrySendError::Full(_) => "database writer's queue is full".into(),
-                mpsc::TrySendError::Disconnected(_) => "database writer has stopped".into(),
+                mpsc::TrySendError::Full((_, done)) => {
+                    ("database writer's queue is full".into(), done)
+                }
+                mpsc::TrySendError::Disconnected((_, done)) => {
+                    ("database writer has stopped".into(), done)
+                }
             }
         })
     }
@@ -306,20 +362,23 @@ impl Store for SqliteStore {
                 }
             }
         }
-        // Queued first: the window keeps only what will reach the disk, so a message it no
-        // longer holds can always be read there (or was lost, and is reported missed).
-        let Err(why) = self.queue(&message, on_durable) else {
-            self.cache.append(message, None);
+        // In the window before the writer can see it, so that the writer's word on it (durable,
+        // or forgotten for good) always comes after; taken out again if it cannot be queued.
+        // The window then keeps only what reaches the disk: a message it no longer holds can
+        // always be read there (or was lost, and is reported missed).
+        let (room, id) = (message.room.clone(), message.id);
+        self.cache.append(message.clone(), None);
+        let Err((why, rejected)) = self.queue(&message, on_durable) else {
             return;
         };
-        // Delivered, but not stored: its sender gets no acknowledgement, so it knows. Its id
-        // is not given out again, and a client resuming from before it is told it missed it.
-        tracing::error!(
-            room = message.room,
-            id = message.id,
-            "{why}; message not stored"
-        );
-        self.cache.advance(&message.room, message.id);
+        // Delivered, but not stored: its sender is told. Its id is not given out again, and a
+        // client resuming from before it is told it missed it.
+        tracing::error!(room, id, "{why}; message not stored");
+        self.health.unstored.fetch_add(1, Ordering::Relaxed);
+        self.cache.forget(&room, id);
+        if let Some(done) = rejected {
+            done(Err(why));
+        }
     }
 
     fn recent(&self, room: &str, limit: usize) -> Vec<ChatEvent> {
@@ -413,7 +472,17 @@ impl Store for SqliteStore {
     }
 
     fn kept(&self) -> Kept {
-        self.cache.kept()
+        Kept {
+            unstored: self.health.unstored.load(Ordering::Relaxed),
+            ..self.cache.kept()
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.health.lock() {
+            Some(cause) => Err(cause.clone()),
+            None => Ok(()),
+        }
     }
 
     fn close(&self) {
@@ -434,25 +503,55 @@ impl Drop for SqliteStore {
     }
 }
 
-/// Commits queued messages in batches until every sender is gone, telling `cache` what is
-/// durable and `queued` how many bytes left the queue.
-fn write_loop(
-    mut conn: Connection,
-    writes: mpsc::Receiver<Write>,
-    cache: &MemoryStore,
-    queued: &AtomicUsize,
-    given_out: &Mutex<HashMap<String, u64>>,
-) {
-    while let Ok(first) = writes.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match writes.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+/// The writer thread's handles on what the store shares with it.
+struct Writer {
+    cache: Arc<MemoryStore>,
+    /// Bytes of the messages queued (see [`cost`]).
+    queued: Arc<AtomicUsize>,
+    given_out: GivenOut,
+    health: Arc<Health>,
+}
+
+impl Writer {
+    /// Commits queued messages in batches until every sender is gone. While writes fail, it
+    /// tries a small one every [`PROBE_EVERY`] to find out when they work again.
+    fn run(self, mut conn: Connection, writes: mpsc::Receiver<Write>) {
+        loop {
+            let first = if self.health.lock().is_some() {
+                match writes.recv_timeout(PROBE_EVERY) {
+                    Ok(write) => write,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.probe(&mut conn);
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match writes.recv() {
+                    Ok(write) => write,
+                    Err(_) => break,
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match writes.try_recv() {
+                    Ok(write) => batch.push(write),
+                    Err(_) => break,
+                }
             }
+            self.write(&mut conn, batch);
         }
-        let result = commit(&mut conn, &batch, given_out);
-        // Stored, or never to be (the window keeps them no longer than stored ones).
+        // Ids given out after the last batch (messages the writer had no room for).
+        if let Err(e) = commit(&mut conn, &[], &self.given_out) {
+            tracing::error!("cannot record the rooms' latest ids: {e}");
+        }
+    }
+
+    /// Commits one batch, then tells each sender whether its message is stored. What could
+    /// not be stored leaves the window too: history never serves a message that a restart
+    /// would lose.
+    fn write(&self, conn: &mut Connection, batch: Vec<Write>) {
+        let result = commit(conn, &batch, &self.given_out);
         let mut latest: HashMap<&str, u64> = HashMap::new();
         let mut bytes = 0;
         for (m, _) in &batch {
@@ -460,25 +559,47 @@ fn write_loop(
             *id = (*id).max(m.id);
             bytes += cost(m);
         }
-        queued.fetch_sub(bytes, Ordering::Relaxed);
-        for (room, id) in latest {
-            cache.durable(room, id);
-        }
-        match result {
-            Ok(()) => {
-                for (_, on_durable) in batch {
-                    if let Some(done) = on_durable {
-                        done();
-                    }
-                }
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        if let Err(e) = &result {
+            for (m, _) in &batch {
+                self.cache.forget(&m.room, m.id);
             }
-            // The senders get no acknowledgement, so they know the messages are not safe.
-            Err(e) => tracing::error!("cannot store {} message(s): {e}", batch.len()),
+            let size = batch.iter().map(|(m, _)| m.message.len()).sum();
+            self.health.failed(&e.to_string(), batch.len(), size);
+        } else {
+            self.health.succeeded();
+        }
+        // Stored, or never to be: the window keeps them no longer than stored ones.
+        for (room, id) in latest {
+            self.cache.durable(room, id);
+        }
+        for (_, on_durable) in batch {
+            if let Some(done) = on_durable {
+                done(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| format!("not stored: {e}")),
+                );
+            }
         }
     }
-    // Ids given out after the last batch (messages the writer had no room for).
-    if let Err(e) = commit(&mut conn, &[], given_out) {
-        tracing::error!("cannot record the rooms' latest ids: {e}");
+
+    /// A write as large as the batch that failed, to see whether writes work again (then
+    /// taken back), and the rooms' latest ids.
+    fn probe(&self, conn: &mut Connection) {
+        let size = self.health.needed.load(Ordering::Relaxed);
+        let result = conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', zeroblob(?1))",
+                params![i64::try_from(size).unwrap_or(0)],
+            )
+            .and_then(|_| conn.execute("DELETE FROM meta WHERE key = 'probe'", []))
+            .and_then(|_| commit(conn, &[], &self.given_out));
+        match result {
+            Ok(()) => self.health.succeeded(),
+            Err(e) => *self.health.lock() = Some(e.to_string()),
+        }
     }
 }
 

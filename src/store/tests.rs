@@ -35,7 +35,8 @@ fn fill(store: &dyn Store, room: &str, range: std::ops::RangeInclusive<u64>) {
         let tx = tx.clone();
         store.append(
             message(room, id),
-            Some(Box::new(move || {
+            Some(Box::new(move |stored: Result<(), String>| {
+                stored.expect("stored");
                 if done.fetch_add(1, Ordering::SeqCst) + 1 == expected {
                     let _ = tx.send(());
                 }
@@ -430,10 +431,17 @@ fn sqlite_keeps_queued_messages_in_memory_when_the_queue_overflows() {
     let blocker = rusqlite::Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (stored, on_disk) = std::sync::mpsc::channel();
+    let refused = Arc::new(AtomicUsize::new(0));
     for id in 1..=100 {
         let stored = stored.clone();
-        let done = move || {
-            let _ = stored.send(id);
+        let refused = refused.clone();
+        let done = move |result: Result<(), String>| match result {
+            Ok(()) => {
+                let _ = stored.send(id);
+            }
+            Err(_) => {
+                refused.fetch_add(1, Ordering::SeqCst);
+            }
         };
         store.append(message("lobby", id), Some(Box::new(done)));
     }
@@ -446,6 +454,9 @@ fn sqlite_keeps_queued_messages_in_memory_when_the_queue_overflows() {
     assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?}");
     assert_eq!(since.missed, kept.last().unwrap() - kept.len() as u64);
     assert_eq!(store.last_id("lobby"), 100, "no id is given out twice");
+    // Their senders were told at once.
+    assert_eq!(refused.load(Ordering::SeqCst), 100 - kept.len());
+    assert_eq!(store.kept().unstored, (100 - kept.len()) as u64);
     blocker.execute_batch("ROLLBACK").unwrap();
     drop(blocker);
     for _ in 0..kept.len() {
