@@ -8,6 +8,10 @@
 //! so a connection whose socket is stuck fills its outbox as soon as it would with a plain
 //! channel.
 //!
+//! A frame refused for want of room is never a silent loss: the outbox remembers it overflowed
+//! and wakes the connection, which closes as a slow consumer (whoever tried to queue, the
+//! hub's fan-out or an acknowledgement from the store's thread).
+//!
 //! It is bounded in frames and in bytes: a few large frames (a history replay of long
 //! messages) fill it as surely as many small ones. The bytes are counted as if each frame were
 //! the connection's own, although frames shared with other outboxes (a broadcast, a replay of
@@ -39,6 +43,7 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
             bytes: 0,
             taken: 0,
             taken_bytes: 0,
+            overflowed: false,
             senders: 1,
             open: true,
             waker: None,
@@ -73,6 +78,8 @@ struct State {
     /// their payload bytes.
     taken: usize,
     taken_bytes: usize,
+    /// A frame was refused for want of room since the receiver last looked.
+    overflowed: bool,
     senders: usize,
     /// Whether the receiver is still there.
     open: bool,
@@ -135,6 +142,12 @@ impl Sender {
         if held >= self.shared.capacity
             || (held > 0 && state.bytes + state.taken_bytes + size > self.shared.max_bytes)
         {
+            state.overflowed = true;
+            let waker = state.waker.take();
+            drop(state);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             return Err(TrySendError::Full(frame));
         }
         state.bytes += size;
@@ -238,6 +251,12 @@ impl Receiver {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a frame was refused for want of room since the last call: the connection is
+    /// not keeping up, and what it was not sent is lost to it.
+    pub fn take_overflow(&mut self) -> bool {
+        std::mem::take(&mut self.shared.lock().overflowed)
     }
 
     /// Takes no more frames: what is queued is dropped, and senders now find the outbox closed.
@@ -403,6 +422,24 @@ mod tests {
         assert_eq!(texts(&mut rx), ["bbbb", "cc"]);
         tx.try_send(text("dddddddddd")).unwrap();
         assert!(matches!(tx.try_send(text("e")), Err(TrySendError::Full(_))));
+    }
+
+    #[test]
+    fn a_refused_frame_is_remembered_and_wakes_the_receiver() {
+        let (tx, mut rx) = channel(1);
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        tx.try_send(text("a")).unwrap();
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        assert!(!rx.take_overflow());
+        // Taken, not yet handed on: still full. The receiver is waiting for more.
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.try_send(text("b")).unwrap();
+        assert!(matches!(tx.try_send(text("c")), Err(TrySendError::Full(_))));
+        assert!(counter.count() >= 1);
+        assert!(rx.take_overflow());
+        assert!(!rx.take_overflow(), "reported once");
     }
 
     #[test]

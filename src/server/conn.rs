@@ -131,6 +131,8 @@ impl Closer {
 enum Io {
     Read(Option<Result<Message, WsError>>),
     WriteFailed(WsError),
+    /// A frame for this client found its outbox full: it is not keeping up.
+    Overflowed,
 }
 
 /// Whether the socket woke the connection since it last read. Frames the hub queues wake the
@@ -220,6 +222,9 @@ impl Writer {
                 self.unflushed = false;
                 self.failed = true;
                 return Poll::Ready(Io::WriteFailed(e));
+            }
+            if outbox.take_overflow() {
+                return Poll::Ready(Io::Overflowed);
             }
         }
         if let Some(reader) = reader {
@@ -494,7 +499,8 @@ pub(super) async fn run<S>(
             }
             code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
-                if let Ok(code) = code {
+                // Counted once, whether the hub or the outbox said so first.
+                if let (Ok(code), false) = (code, closer.is_closing()) {
                     Metrics::inc(&metrics.slow_disconnects);
                     closer.close(code, "too slow: outbox full");
                 }
@@ -529,6 +535,15 @@ pub(super) async fn run<S>(
             }) => {
                 let next = match io {
                     Io::Read(next) => next,
+                    // Whoever found it full (the hub, or the store acknowledging a message),
+                    // the client missed a frame: it is closed and can resume.
+                    Io::Overflowed => {
+                        if !closer.is_closing() {
+                            Metrics::inc(&metrics.slow_disconnects);
+                            closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
+                        }
+                        continue;
+                    }
                     // Nothing more can reach this client: it leaves the room now (below), so
                     // it never stays a member that receives nothing.
                     Io::WriteFailed(e) => {
