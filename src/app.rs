@@ -75,7 +75,17 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 let _ = out.flush();
             }
             let files = server::raise_file_limit();
-            tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
+            if let Some(files) = files {
+                let allowed = server::clients_within_file_limit(config.max_clients, files);
+                if allowed != config.max_clients {
+                    tracing::info!(
+                        "at most {allowed} connections (not {}): the open-file limit is {files}, and some are kept for the store and Redis; more get HTTP 503",
+                        if config.max_clients == 0 { "unlimited".to_owned() } else { config.max_clients.to_string() }
+                    );
+                    config.max_clients = allowed;
+                }
+            }
+            tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, max_clients = config.max_clients, "serving");
             let stop = Stop::default();
             tokio::spawn(follow_signals(
                 signals,

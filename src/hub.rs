@@ -5,7 +5,7 @@
 //! belongs to a slow consumer: the member is evicted (its connection is told to close with
 //! [`close::SLOW_CONSUMER`]) rather than allowed to stall the room or grow memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -162,15 +162,88 @@ impl State {
     }
 }
 
+/// Rooms counting more than this hear of joins and leaves in one summary per presence
+/// interval ([`Hub::flush_presence`]) instead of a notice each: N people joining would
+/// otherwise cost N²/2 frames.
+pub const COALESCE_ABOVE: usize = 100;
+
+/// Names a presence summary shows of those who came or went.
+const NAMES_SHOWN: usize = 3;
+
 #[derive(Default)]
 struct Room {
     members: HashMap<MemberId, Member>,
-    /// Members that are not quiet.
-    visible: usize,
+    /// Names of the members that are not quiet, sorted (for `who`, a page at a time).
+    names: BTreeSet<String>,
+    /// Quiet members: counted and listed, never announced.
+    quiet: usize,
     /// Visible members on other instances (with a relay), as counted at the last join here.
     others: usize,
     /// Id of the last chat message in this room.
     last_id: u64,
+    /// Joins and leaves not yet told, in a large room.
+    comings: Comings,
+}
+
+/// Who came and went in a large room since its last presence summary.
+#[derive(Default)]
+struct Comings {
+    joined: Vec<String>,
+    joins: usize,
+    left: Vec<String>,
+    leaves: usize,
+}
+
+impl Comings {
+    fn add(&mut self, notice: Notice, name: &str) {
+        let (names, count) = match notice {
+            Notice::Join => (&mut self.joined, &mut self.joins),
+            Notice::Leave => (&mut self.left, &mut self.leaves),
+            _ => return,
+        };
+        *count += 1;
+        if names.len() < NAMES_SHOWN {
+            names.push(name.to_owned());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.joins == 0 && self.leaves == 0
+    }
+}
+
+/// The names after `after` (at most [`protocol::LIST_MAX`]), and the one to ask after for
+/// the next page, if there is one.
+pub fn names_page(names: &BTreeSet<String>, after: Option<&str>) -> (Vec<String>, Option<String>) {
+    use std::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut page: Vec<String> = names
+        .range::<str, _>((from, Bound::Unbounded))
+        .take(protocol::LIST_MAX + 1)
+        .cloned()
+        .collect();
+    let next = (page.len() > protocol::LIST_MAX).then(|| {
+        page.truncate(protocol::LIST_MAX);
+        page.last().cloned().unwrap_or_default()
+    });
+    (page, next)
+}
+
+/// "alice, bob and 998 others joined": a few names and how many more.
+fn in_brief(names: &[String], count: usize, verb: &str) -> Option<String> {
+    let (last, first) = names.split_last()?;
+    let more = count.saturating_sub(names.len());
+    Some(match (first, more) {
+        ([], 0) => format!("{last} {verb}"),
+        (_, 0) => format!("{} and {last} {verb}", first.join(", ")),
+        _ => format!(
+            "{}, {last} and {more} other{} {verb}",
+            first.join(", "),
+            if more == 1 { "" } else { "s" }
+        )
+        .trim_start_matches(", ")
+        .to_owned(),
+    })
 }
 
 struct Member {
@@ -181,9 +254,14 @@ struct Member {
 }
 
 impl Room {
-    /// Visible members, on every instance.
+    /// Visible members here.
+    fn visible(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Everyone who reads the room: visible members on every instance, quiet ones here.
     fn count(&self) -> usize {
-        self.visible + self.others
+        self.names.len() + self.quiet + self.others
     }
 
     /// Queues `frame` for every member but `skip`. Returns how many accepted it and the members
@@ -208,7 +286,11 @@ impl Room {
     /// Tells this instance's members of the room that someone joined, left or was renamed,
     /// with the room's count (and a presence event for a join or leave). A join notice skips
     /// the member who joined, when it is a member here (`mine`). Returns the members found slow.
-    fn announce_here(&self, a: &Announcement, mine: bool) -> Vec<MemberId> {
+    fn announce_here(&mut self, a: &Announcement, mine: bool) -> Vec<MemberId> {
+        if a.notice != Notice::Rename && self.count() > COALESCE_ABOVE {
+            self.comings.add(a.notice, &a.name);
+            return Vec::new();
+        }
         let count = self.count();
         let skip = (mine && a.notice == Notice::Join).then_some(a.origin.member);
         let notice = system(
@@ -226,15 +308,53 @@ impl Room {
         slow
     }
 
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// The summary of who came and went since the last one, if anyone did.
+    fn summary(&mut self, room: &str) -> Option<Message> {
+        if self.comings.is_empty() {
+            return None;
+        }
+        let comings = std::mem::take(&mut self.comings);
+        let count = self.count();
+        let mut parts: Vec<String> = [
+            in_brief(&comings.joined, comings.joins, "joined"),
+            in_brief(&comings.left, comings.leaves, "left"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        parts.push(format!("{count} here"));
+        Some(
+            Event::Presence(PresenceEvent {
+                room: room.to_owned(),
+                count,
+                message: Some(parts.join(" · ")),
+                joined: comings.joined,
+                joins: comings.joins,
+                left: comings.left,
+                leaves: comings.leaves,
+            })
+            .to_frame(),
+        )
+    }
+
+    /// A page of `who`: visible names after `after`, and the quiet members.
+    fn who(&self, room: &str, after: Option<&str>) -> WhoEvent {
+        let (members, next) = names_page(&self.names, after);
+        let mut quiet: Vec<String> = self
             .members
             .values()
-            .filter(|m| !m.quiet)
+            .filter(|m| m.quiet)
+            .take(protocol::LIST_MAX)
             .map(|m| m.name.clone())
             .collect();
-        names.sort();
-        names
+        quiet.sort();
+        WhoEvent {
+            room: room.to_owned(),
+            members,
+            total: self.count(),
+            quiet: if after.is_none() { quiet } else { Vec::new() },
+            next,
+        }
     }
 }
 
@@ -262,6 +382,7 @@ fn presence(room: &str, count: usize) -> Message {
     Event::Presence(PresenceEvent {
         room: room.to_owned(),
         count,
+        ..PresenceEvent::default()
     })
     .to_frame()
 }
@@ -356,8 +477,10 @@ impl Hub {
         let (quiet, name, frames) = (member.quiet, member.name.clone(), member.frames.clone());
         room.members.insert(id, member);
         room.others = self.relay.as_ref().map_or(0, |r| r.others(room_name));
-        if !quiet {
-            room.visible += 1;
+        if quiet {
+            room.quiet += 1;
+        } else {
+            room.names.insert(name.clone());
             let count = room.count();
             let others = if count == 1 {
                 "you are the only one here".to_owned()
@@ -392,7 +515,7 @@ impl Hub {
     /// here at once otherwise or while the log is away. Returns the members found slow.
     fn notify(
         &self,
-        room: &Room,
+        room: &mut Room,
         room_name: &str,
         notice: Notice,
         name: String,
@@ -405,7 +528,7 @@ impl Hub {
             name,
             message,
             timestamp: protocol::timestamp(),
-            local: room.visible,
+            local: room.visible(),
             origin: Origin {
                 member: about,
                 reference: None,
@@ -783,7 +906,7 @@ impl Hub {
             return;
         }
         room.others = others;
-        if room.visible == 0 {
+        if room.members.is_empty() {
             return;
         }
         let (_, slow) = room.fan_out(&presence(room_name, room.count()), None);
@@ -908,6 +1031,10 @@ impl Hub {
         if let Some(member) = room.members.get_mut(&id) {
             member.name = new.to_owned();
         }
+        if !quiet {
+            room.names.remove(&old);
+            room.names.insert(new.to_owned());
+        }
         if quiet {
             return Ok(());
         }
@@ -924,20 +1051,15 @@ impl Hub {
         Ok(())
     }
 
-    /// The rooms that have visible members, with their counts, by name.
+    /// The rooms in use (the most populous [`protocol::LIST_MAX`]), with how many there are
+    /// in all.
     pub fn rooms(&self) -> Message {
         let state = self.lock();
-        let mut rooms: Vec<RoomInfo> = state
+        let rooms = state
             .rooms
             .iter()
-            .filter(|(_, r)| r.visible > 0)
-            .map(|(name, r)| RoomInfo {
-                name: name.clone(),
-                count: r.count(),
-            })
-            .collect();
-        rooms.sort_by(|a, b| a.name.cmp(&b.name));
-        Event::Rooms(RoomsEvent { rooms }).to_frame()
+            .map(|(name, r)| (name.clone(), r.count()));
+        rooms_event(rooms.collect())
     }
 
     /// The rooms that have visible members on this instance, with their number.
@@ -946,17 +1068,37 @@ impl Hub {
         state
             .rooms
             .iter()
-            .filter(|(_, r)| r.visible > 0)
-            .map(|(name, r)| (name.clone(), r.visible))
+            .filter(|(_, r)| r.visible() > 0)
+            .map(|(name, r)| (name.clone(), r.visible()))
             .collect()
     }
 
-    /// The visible members of `id`'s room.
-    pub fn who(&self, id: MemberId) -> Message {
+    /// A page of the members of `id`'s room: the visible ones named after `after` (at most
+    /// [`protocol::LIST_MAX`]), the quiet ones, and how many in all.
+    pub fn who(&self, id: MemberId, after: Option<&str>) -> WhoEvent {
         let state = self.lock();
         let room = state.rooms_by_member.get(&id).cloned().unwrap_or_default();
-        let members = state.rooms.get(&room).map(Room::names).unwrap_or_default();
-        Event::Who(WhoEvent { room, members }).to_frame()
+        match state.rooms.get(&room) {
+            Some(r) => r.who(&room, after),
+            None => WhoEvent {
+                room,
+                ..WhoEvent::default()
+            },
+        }
+    }
+
+    /// Sends each large room the summary of who came and went since the last one (see
+    /// [`COALESCE_ABOVE`]). The server calls it on a timer; the hub keeps no clock.
+    pub fn flush_presence(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut slow = Vec::new();
+        for (name, room) in &mut state.rooms {
+            if let Some(summary) = room.summary(name) {
+                slow.extend(room.fan_out(&summary, None).1);
+            }
+        }
+        self.evict_all(state, slow);
     }
 
     /// Number of members in a room, quiet ones included.
@@ -969,6 +1111,22 @@ impl Hub {
         let state = self.lock();
         (state.rooms_by_member.len(), state.rooms.len())
     }
+}
+
+/// The `rooms` reply: the most populous [`protocol::LIST_MAX`] rooms, by name.
+pub fn rooms_event(mut rooms: Vec<(String, usize)>) -> Message {
+    rooms.retain(|(_, count)| *count > 0);
+    let total = rooms.len();
+    if total > protocol::LIST_MAX {
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms.truncate(protocol::LIST_MAX);
+    }
+    rooms.sort_by(|a, b| a.0.cmp(&b.0));
+    let rooms = rooms
+        .into_iter()
+        .map(|(name, count)| RoomInfo { name, count })
+        .collect();
+    Event::Rooms(RoomsEvent { rooms, total }).to_frame()
 }
 
 /// What history a member gets on entering a room.
@@ -1005,8 +1163,10 @@ impl Hub {
         let room = state.rooms.get_mut(&room_name)?;
         let member = room.members.remove(&id)?;
         let mut slow = Vec::new();
-        if !member.quiet {
-            room.visible -= 1;
+        if member.quiet {
+            room.quiet -= 1;
+        } else {
+            room.names.remove(&member.name);
             if state.names.get(&member.name) == Some(&id) {
                 state.names.remove(&member.name);
             }
@@ -1573,13 +1733,11 @@ mod tests {
                         name: "lobby".into(),
                         count: 1
                     }
-                ]
+                ],
+                total: 2,
             })
         );
-        let Message::Text(who) = hub.who(a.id) else {
-            panic!()
-        };
-        assert!(who.contains(r#""members":["alice"]"#), "{who}");
+        assert_eq!(hub.who(a.id, None).members, ["alice"]);
         // The name moved with its holder.
         assert!(try_join(&hub, "x", Some("alice"), false, 4).is_err());
         let welcomes = events(&mut a)
@@ -1587,5 +1745,75 @@ mod tests {
             .filter(|e| matches!(e, Event::System(s) if s.event == Notice::Welcome))
             .count();
         assert_eq!(welcomes, 2);
+    }
+
+    #[test]
+    fn a_large_room_hears_of_joins_and_leaves_in_one_summary_per_interval() {
+        let hub = hub(HubConfig {
+            echo: false,
+            history: 0,
+        });
+        let mut first = join(&hub, "big", Some("m0"), false, 1 << 16);
+        let mut members = Vec::new();
+        for i in 1..=1000 {
+            members.push(join(&hub, "big", Some(&format!("m{i}")), false, 1 << 16));
+        }
+        let left = members.pop().unwrap();
+        hub.leave(left.id);
+        // Up to the threshold, a notice and a count each; past it, nothing until the flush.
+        let before = events(&mut first).len();
+        assert!(before <= 2 * COALESCE_ABOVE + 2, "{before} frames");
+        let late = &mut members[999 - 1];
+        assert!(events(late)
+            .iter()
+            .all(|e| !matches!(e, Event::Presence(_))));
+        hub.flush_presence();
+        let summary: Vec<Event> = events(&mut first);
+        let [Event::Presence(p)] = &summary[..] else {
+            panic!("{summary:?}")
+        };
+        assert_eq!(p.count, 1000);
+        // m0 is the first; the join that made the room larger than the threshold and every
+        // later one are in the summary.
+        assert_eq!(p.joins, 1001 - COALESCE_ABOVE);
+        assert_eq!(p.leaves, 1);
+        assert_eq!(p.joined.len(), 3);
+        let message = p.message.as_deref().unwrap();
+        assert!(
+            message.ends_with(&format!(
+                "and {} others joined · m1000 left · 1000 here",
+                1001 - COALESCE_ABOVE - 3
+            )),
+            "{message}"
+        );
+        // Nothing new: no frame.
+        hub.flush_presence();
+        assert!(events(&mut first).is_empty());
+    }
+
+    #[test]
+    fn who_is_paged_and_counts_quiet_members() {
+        let hub = hub(HubConfig::default());
+        let a = join(&hub, "lobby", Some("a000"), false, 1 << 16);
+        let _others: Vec<TestMember> = (1..250)
+            .map(|i| join(&hub, "lobby", Some(&format!("a{i:03}")), false, 1 << 16))
+            .collect();
+        let _quiet = join(&hub, "lobby", Some("lurker"), true, 16);
+        let page = hub.who(a.id, None);
+        assert_eq!(page.members.len(), protocol::LIST_MAX);
+        assert_eq!(page.members[0], "a000");
+        assert_eq!(page.total, 251);
+        assert_eq!(page.quiet, ["lurker"]);
+        let next = page.next.clone().unwrap();
+        assert_eq!(next, "a099");
+        let page = hub.who(a.id, Some(&next));
+        assert_eq!(page.members[0], "a100");
+        let last = hub.who(a.id, page.next.as_deref());
+        assert_eq!(last.members.len(), 50);
+        assert_eq!(last.next, None);
+        // The quiet member is counted in what the room hears, never announced.
+        let mut b = join(&hub, "lobby", Some("b"), false, 16);
+        let welcome = events(&mut b).remove(0);
+        assert!(matches!(welcome, Event::System(s) if s.count == Some(252)));
     }
 }

@@ -61,8 +61,8 @@ pub enum Inbound {
     Join { room: String },
     /// List rooms with their member counts.
     Rooms,
-    /// List the members of the client's room.
-    Who,
+    /// List the members of the client's room, those named after `after` (a page).
+    Who { after: Option<String> },
 }
 
 /// Why a client frame could not be decoded. Each maps to an error event; the connection stays.
@@ -113,6 +113,7 @@ struct RawInbound {
     #[serde(default)]
     action: bool,
     room: Option<String>,
+    after: Option<String>,
 }
 
 /// Decodes one text frame. A frame whose first non-blank character is not `{` is plain chat
@@ -163,7 +164,7 @@ pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
             Ok(Inbound::Join { room })
         }
         "rooms" => Ok(Inbound::Rooms),
-        "who" => Ok(Inbound::Who),
+        "who" => Ok(Inbound::Who { after: raw.after }),
         _ => Err(DecodeError::UnknownType(kind)),
     }
 }
@@ -335,11 +336,28 @@ impl ChatEvent {
     }
 }
 
-/// How many are in a room, sent to the room on every visible join and leave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How many are in a room, sent to the room on every visible join and leave; in a large room,
+/// at most once per interval, with who came and went meanwhile in brief.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PresenceEvent {
     pub room: String,
     pub count: usize,
+    /// A summary for people: "alice, bob and 998 others joined · 10,000 here".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The first few who joined (and left) since the last summary, and how many in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub joins: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub leaves: usize,
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Messages a resuming client missed that are no longer kept, or a resume in a history that
@@ -372,16 +390,35 @@ pub struct RoomInfo {
     pub count: usize,
 }
 
+/// The rooms in use, the most populous first, at most [`LIST_MAX`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomsEvent {
     pub rooms: Vec<RoomInfo>,
+    /// Rooms in use in all.
+    #[serde(default)]
+    pub total: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Members of a room, a page at a time: at most [`LIST_MAX`] names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WhoEvent {
     pub room: String,
+    /// Names of visible members, sorted, after the `after` the request gave.
     pub members: Vec<String>,
+    /// Everyone the room counts: visible members on every instance, and quiet ones here.
+    #[serde(default)]
+    pub total: usize,
+    /// Quiet members here (they read the room but are not announced; their names are not
+    /// unique), at most [`LIST_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quiet: Vec<String>,
+    /// More names follow: ask again with `"after"` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
+
+/// Most names or rooms one reply lists.
+pub const LIST_MAX: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemEvent {
@@ -551,7 +588,16 @@ mod tests {
             decode(r#"{"type":"join","room":"dev"}"#).unwrap(),
             Inbound::Join { room: "dev".into() }
         );
-        assert_eq!(decode(r#"{"type":"who"}"#).unwrap(), Inbound::Who);
+        assert_eq!(
+            decode(r#"{"type":"who"}"#).unwrap(),
+            Inbound::Who { after: None }
+        );
+        assert_eq!(
+            decode(r#"{"type":"who","after":"bob"}"#).unwrap(),
+            Inbound::Who {
+                after: Some("bob".into())
+            }
+        );
         assert_eq!(decode(r#"{"type":"rooms"}"#).unwrap(), Inbound::Rooms);
     }
 

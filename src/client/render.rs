@@ -142,12 +142,35 @@ impl Renderer {
                     .collect();
                 Some(self.line("rooms:", &list.join(", ")))
             }
-            Event::Who(who) => Some(self.line(
-                &format!("in {}:", escape_control(&who.room)),
-                &who.members.join(", "),
-            )),
+            Event::Who(who) => {
+                let mut list: Vec<String> = who
+                    .members
+                    .iter()
+                    .map(|n| escape_control(n).into_owned())
+                    .collect();
+                list.extend(
+                    who.quiet
+                        .iter()
+                        .map(|n| format!("{} (quiet)", escape_control(n))),
+                );
+                let mut line = list.join(", ");
+                let listed = who.members.len() + who.quiet.len();
+                if who.total > listed {
+                    line.push_str(&format!(" … {} here in all", who.total));
+                }
+                Some(self.line(&format!("in {}:", escape_control(&who.room)), &line))
+            }
+            // A large room's summary of who came and went.
+            Event::Presence(presence) => presence.message.as_deref().map(|message| {
+                format!(
+                    "{} {} {}",
+                    self.tag(),
+                    "system:".yellow(),
+                    escape_control(message)
+                )
+            }),
             // Counts are in the join and leave notices; `synced` only matters to programs.
-            Event::Ack(_) | Event::Presence(_) | Event::Synced(_) => None,
+            Event::Ack(_) | Event::Synced(_) => None,
             Event::Unknown => Some(self.line("unknown event:", &value.to_string())),
         }
     }

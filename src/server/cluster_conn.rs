@@ -4,6 +4,7 @@
 //! the hub's lock); `who` and `rooms` ask Redis; a private message to a member of another
 //! instance is checked there; and what the member holds in Redis is given back when it leaves.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::conn::{self, Params, Registration};
 use super::Shared;
 use crate::cluster::Cluster;
 use crate::hub::{JoinError, MemberId};
-use crate::protocol::{self, Event, Inbound, RoomInfo, RoomsEvent, WhoEvent};
+use crate::protocol::{self, Event, Inbound, WhoEvent};
 
 /// What one connection holds in Redis: its room (presence) and name, unless quiet.
 pub(super) struct Seat {
@@ -193,18 +194,24 @@ pub(super) async fn handle_text(
                 }
             }
         }
-        Ok(Inbound::Who) => {
+        Ok(Inbound::Who { after }) => {
             // A member who looks may have noticed an instance gone: count the room again first
             // (a changed count reaches the room as a presence event, before this answer).
             cluster.census(&seat.room).await;
+            let here = hub.who(id, after.as_deref());
             let Some(members) = cluster.who(&seat.room).await else {
                 // Redis is away: this instance's members only.
-                return Some(hub.who(id));
+                return Some(Event::Who(here).to_frame());
             };
+            let names: BTreeSet<String> = members.into_iter().collect();
+            let (members, next) = crate::hub::names_page(&names, after.as_deref());
             Some(
                 Event::Who(WhoEvent {
                     room: seat.room.clone(),
                     members,
+                    total: names.len() + here.quiet.len(),
+                    quiet: here.quiet,
+                    next,
                 })
                 .to_frame(),
             )
@@ -250,11 +257,5 @@ async fn rooms(shared: &Shared, cluster: &Cluster) -> Message {
     for (room, here) in shared.hub.local_rooms() {
         *rooms.entry(room).or_default() += here;
     }
-    let mut rooms: Vec<RoomInfo> = rooms
-        .into_iter()
-        .filter(|(_, count)| *count > 0)
-        .map(|(name, count)| RoomInfo { name, count })
-        .collect();
-    rooms.sort_by(|a, b| a.name.cmp(&b.name));
-    Event::Rooms(RoomsEvent { rooms }).to_frame()
+    crate::hub::rooms_event(rooms.into_iter().collect())
 }

@@ -781,7 +781,7 @@ pub(super) fn handle(
             .err()
             .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
         Ok(Inbound::Rooms) => Some(hub.rooms()),
-        Ok(Inbound::Who) => Some(hub.who(id)),
+        Ok(Inbound::Who { after }) => Some(Event::Who(hub.who(id, after.as_deref())).to_frame()),
         Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),
     }
 }

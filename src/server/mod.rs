@@ -146,6 +146,7 @@ pub async fn run(
     if let Some(cluster) = &shared.config.cluster {
         cluster_conn::connect_hub(cluster, &shared);
     }
+    tokio::spawn(tell_presence(shared.clone()));
     let acceptor = shared.config.tls.clone().map(TlsAcceptor::from);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
@@ -200,6 +201,34 @@ pub async fn run(
     // committed. It blocks, so it runs off the async threads.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
+}
+
+/// How often a large room hears who came and went (see [`crate::hub::COALESCE_ABOVE`]).
+const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Has the hub send large rooms their presence summaries, until the server stops.
+async fn tell_presence(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(PRESENCE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => shared.hub.flush_presence(),
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps `max_clients` (0: no limit) below the open-file limit `files`, with a reserve for the
+/// store, Redis and accepting: past the limit, accepting fails and a client would hang instead
+/// of getting its 503. Returns the limit to use.
+pub fn clients_within_file_limit(max_clients: usize, files: u64) -> usize {
+    let reserve = (files / 8).clamp(32, 1024);
+    let usable = usize::try_from(files.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    if max_clients == 0 {
+        usable
+    } else {
+        max_clients.min(usable)
+    }
 }
 
 /// Completes the TLS handshake (bounded by the handshake timeout), then serves HTTP over it.
