@@ -136,6 +136,42 @@ fn connection_caps_refuse_with_503_and_leave_others_alone() {
 }
 
 #[test]
+fn connections_past_the_open_file_limit_get_503_instead_of_hanging() {
+    // 200 files: the server keeps 32 for itself and takes 168 connections.
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args([
+        "-c",
+        "ulimit -n 200; exec \"$0\" serve --host 127.0.0.1 --port 0",
+        bin(),
+    ])
+    .env("NO_COLOR", "1");
+    let mut proc = Proc::spawn_command(cmd, Stdin::Null);
+    let url = proc.next_line().replace("listening on ", "");
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut open = Vec::new();
+    let refused = loop {
+        assert!(open.len() <= 200, "no limit before the file limit");
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        let query = format!("{url}?name=m{}", open.len());
+        match tungstenite::client(query.as_str(), stream) {
+            Ok((ws, _)) => open.push(ws),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                break response.status();
+            }
+            Err(e) => panic!("after {} connections: {e}", open.len()),
+        }
+    };
+    assert_eq!(refused, 503);
+    assert_eq!(open.len(), 168);
+    let said = proc.stderr_so_far();
+    assert!(said.contains("at most 168 connections"), "{said}");
+}
+
+#[test]
 fn a_reader_that_never_reads_is_closed_and_the_room_is_not_stalled() {
     let server = Server::start(&["--outbox", "16", "--rate", "0"]);
     let before = rss_kib(&server);
