@@ -494,7 +494,7 @@ impl Hub {
                 room: room_name.to_owned(),
                 name: Some(name.clone()),
                 count: Some(count),
-                epoch: Some(self.store.epoch().to_owned()),
+                epoch: Some(self.store.epoch(room_name)),
             });
             let _ = frames.try_send(welcome.to_frame());
         }
@@ -552,7 +552,7 @@ impl Hub {
         // its bytes.
         let fits = frames.capacity().saturating_sub(8).max(1);
         let budget = frames.max_bytes() / 2;
-        let epoch = self.store.epoch();
+        let epoch = self.store.epoch(room);
         // A position in another history (the server restarted without its own, or the
         // client's is from elsewhere): this one is sent from its start, and the client told.
         let restarted = replay.since.is_some_and(|since| {
@@ -1176,8 +1176,10 @@ impl Hub {
             slow = self.notify(room, &room_name, Notice::Leave, name, message, id);
         }
         if room.members.is_empty() {
-            // An empty room leaves nothing behind here (its history is the store's).
+            // An empty room leaves nothing behind here (its history is the store's, which
+            // may let it go from memory too).
             state.rooms.remove(&room_name);
+            self.store.idle(&room_name);
         }
         Some((member, slow))
     }
@@ -1495,7 +1497,7 @@ mod tests {
             vec![Event::Synced(SyncedEvent {
                 room: "lobby".into(),
                 id: 3,
-                epoch: hub.store.epoch().to_owned(),
+                epoch: hub.store.epoch("lobby"),
             })]
         );
         // A quiet sender gets no history unless it asks.
@@ -1575,13 +1577,13 @@ mod tests {
         let Event::Synced(synced) = &others[1] else {
             panic!("{others:?}")
         };
-        assert_eq!(synced.epoch, hub.store.epoch());
+        assert_eq!(synced.epoch, hub.store.epoch("lobby"));
         // The same position in this history: exactly what came after it.
         let req = JoinRequest {
             room: "lobby".into(),
             name: Some("carol".into()),
             since: Some(5),
-            epoch: Some(hub.store.epoch().to_owned()),
+            epoch: Some(hub.store.epoch("lobby")),
             ..JoinRequest::default()
         };
         let mut c = join_with(&hub, req, 64);
@@ -1594,7 +1596,10 @@ mod tests {
         let Event::System(welcome) = welcome else {
             panic!("{welcome:?}")
         };
-        assert_eq!(welcome.epoch.as_deref(), Some(hub.store.epoch()));
+        assert_eq!(
+            welcome.epoch.as_deref(),
+            Some(hub.store.epoch("lobby").as_str())
+        );
     }
 
     #[test]

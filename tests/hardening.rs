@@ -412,12 +412,13 @@ fn history_in_memory_stays_within_keep_bytes() {
     let held = metric(&server, "history_bytes");
     assert!(held <= budget && held > budget / 2, "{held} bytes held");
     assert!(metric(&server, "history_evicted_total") >= 24);
-    // The room written first lost its messages from memory: resuming there reports the gap.
-    let mut late = ws_connect(&server.url, "name=late&room=r0&since=0");
+    // The room written first lost everything from memory, its window too: a client that saw
+    // its four messages and resumes there is told its history started over.
+    let mut late = ws_connect(&server.url, "name=late&room=r0&since=4");
     loop {
         let event = next_event(&mut late);
         if event["type"] == "gap" {
-            assert_eq!(event["missed"], 4);
+            assert_eq!(event["restarted"], true, "{event}");
             break;
         }
         assert_ne!(event["type"], "chat", "{event}");
@@ -441,4 +442,65 @@ fn history_in_memory_stays_within_keep_bytes() {
             (Some(true), Some(4))
         ]
     );
+}
+
+#[test]
+fn rooms_written_once_long_ago_cost_nothing_past_the_history_budget() {
+    let budget = 1 << 20;
+    let server = Server::start(&["--keep-bytes", "1MiB", "--rate", "0", "--history", "0"]);
+    let mut poster = ws_connect(&server.url, "name=poster&quiet=1");
+    let before = rss_kib(&server);
+    // 50,000 rooms, one message each, sent without waiting; the last one acknowledged.
+    let rooms = 50_000;
+    for room in 0..rooms {
+        send_text(
+            &mut poster,
+            &format!(r#"{{"type":"join","room":"r{room}"}}"#),
+        );
+        let last = room + 1 == rooms;
+        let chat = if last {
+            r#"{"type":"chat","content":"once","ref":1}"#
+        } else {
+            "once"
+        };
+        send_text(&mut poster, chat);
+    }
+    loop {
+        let event = next_event(&mut poster);
+        if event["type"] == "ack" {
+            break;
+        }
+    }
+    let held = metric(&server, "history_bytes");
+    assert!(held <= budget, "{held} bytes held");
+    let grown_kib = rss_kib(&server).saturating_sub(before);
+    eprintln!("50,000 rooms of one message, --keep-bytes 1MiB: the server grew by {grown_kib} KiB");
+    // Before rooms cost the budget, each kept a window of its own: 12 MiB for these.
+    assert!(grown_kib < 6 * 1024, "grew by {grown_kib} KiB");
+}
+
+#[test]
+fn rooms_nobody_is_in_leave_memory_with_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = Server::start(&["--db", db.to_str().unwrap(), "--rate", "0"]);
+    let mut walker = ws_connect(&server.url, "name=walker");
+    let before = rss_kib(&server);
+    // 5,000 empty rooms entered and left in turn; the last one answers a `who`.
+    for room in 0..5_000 {
+        send_text(
+            &mut walker,
+            &format!(r#"{{"type":"join","room":"r{room}"}}"#),
+        );
+    }
+    send_text(&mut walker, r#"{"type":"who"}"#);
+    loop {
+        if next_event(&mut walker)["type"] == "who" {
+            break;
+        }
+    }
+    // The room walker is in, and nothing of the others (each counts when held).
+    assert!(metric(&server, "history_bytes") < 1024);
+    let grown_kib = rss_kib(&server).saturating_sub(before);
+    eprintln!("5,000 empty rooms entered and left, --db: the server grew by {grown_kib} KiB");
 }

@@ -28,9 +28,16 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Rooms {
     windows: HashMap<String, Window>,
+    /// Windows given up whole for the byte budget, since the start: a window made after that
+    /// is another history of its room (see [`Window::generation`]).
+    generation: u64,
     ages: Ages,
     /// Messages are dropped only once durable (see [`Window::durable`]).
     until_durable: bool,
+    /// In front of a store that holds each room's history (SQLite, Redis): a room's window
+    /// is given up only when the room is idle, never for the budget, since its absence must
+    /// not look like a room with nothing in it while the room is in use.
+    in_front: bool,
 }
 
 /// What the byte budget needs: how much is held, and which rooms were written longest ago.
@@ -57,6 +64,9 @@ struct Window {
     /// Lost messages to the byte budget, while another room was written, since it was last
     /// filled by `merge` or `seed`.
     trimmed: bool,
+    /// How many windows had been given up when this one was made: part of the room's epoch,
+    /// since a room given up and made again starts its ids over.
+    generation: u64,
     /// The latest id stored durably (for a store that drops messages only once durable).
     durable: u64,
 }
@@ -85,6 +95,12 @@ pub(super) fn cost(message: &ChatEvent) -> usize {
 
 /// Bytes of a replayed chat event besides its names and text: field names, id, quotes.
 const REPLAY_FIELDS: usize = 112;
+
+/// What a room's window costs the budget besides its messages: the window and its entry in
+/// the map of rooms.
+pub(super) fn room_cost(room: &str) -> usize {
+    std::mem::size_of::<Window>() + std::mem::size_of::<String>() + 16 + room.len()
+}
 
 impl Ages {
     /// Marks `window` as the most recently written (or as holding nothing, if empty).
@@ -171,21 +187,53 @@ impl Rooms {
             }
             if !window.messages.is_empty() {
                 self.ages.by_age.insert(written, oldest);
+            } else if !written_last && !self.in_front {
+                // Still over: the room itself goes, so that rooms written once long ago cost
+                // nothing (a durable store reads it again; in memory, its history starts over
+                // under another epoch).
+                self.drop_window(&oldest);
             }
         }
     }
 
+    /// `room`'s window and what the budget needs, the window made (and counted) if it has none.
+    fn window(&mut self, room: &str) -> (&mut Window, &mut Ages) {
+        let generation = self.generation;
+        let window = self.windows.entry(room.to_owned()).or_insert_with(|| {
+            self.ages.bytes += room_cost(room);
+            Window {
+                generation,
+                ..Window::default()
+            }
+        });
+        (window, &mut self.ages)
+    }
+
+    /// Gives up `room`'s window, and its messages with it.
+    fn drop_window(&mut self, room: &str) {
+        let Some(window) = self.windows.remove(room) else {
+            return;
+        };
+        let held: usize = window.messages.iter().map(cost).sum();
+        self.ages.bytes -= held + room_cost(room);
+        self.ages.messages -= window.messages.len();
+        if window.written != 0 {
+            self.ages.by_age.remove(&window.written);
+        }
+        self.generation += 1;
+    }
+
     /// Replaces `room`'s messages, keeping the byte count right.
     fn replace(&mut self, room: &str, last_id: u64, messages: VecDeque<ChatEvent>) {
-        let window = self.windows.entry(room.to_owned()).or_default();
+        let (window, ages) = self.window(room);
         let old: usize = window.messages.iter().map(cost).sum();
         let new: usize = messages.iter().map(cost).sum();
-        self.ages.messages = self.ages.messages - window.messages.len() + messages.len();
+        ages.messages = ages.messages - window.messages.len() + messages.len();
         window.last_id = window.last_id.max(last_id);
         window.messages = messages;
         window.trimmed = false;
-        self.ages.bytes = self.ages.bytes - old + new;
-        self.ages.touch(window);
+        ages.bytes = ages.bytes - old + new;
+        ages.touch(window);
     }
 }
 
@@ -205,8 +253,16 @@ impl MemoryStore {
     /// [`durable`](Self::durable) reported it stored, so that what the window no longer
     /// holds can always be read from the store.
     pub(super) fn until_durable(keep: Keep) -> MemoryStore {
-        let store = MemoryStore::new(keep);
+        let store = MemoryStore::in_front(keep);
         store.lock().until_durable = true;
+        store
+    }
+
+    /// A window in front of a store that holds each room's history: rooms leave memory only
+    /// when idle ([`drop_if_durable`](Self::drop_if_durable)).
+    pub(super) fn in_front(keep: Keep) -> MemoryStore {
+        let store = MemoryStore::new(keep);
+        store.lock().in_front = true;
         store
     }
 
@@ -227,7 +283,7 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether this store holds a window for `room` (the SQLite store loads it otherwise).
+    /// Whether this store holds a window for `room` (a durable store loads it otherwise).
     pub(super) fn knows(&self, room: &str) -> bool {
         self.lock().windows.contains_key(room)
     }
@@ -294,6 +350,19 @@ impl MemoryStore {
         }
     }
 
+    /// Gives up `room`'s window if a durable store holds everything in it (it is read again
+    /// when the room is used); says whether it did.
+    pub(super) fn drop_if_durable(&self, room: &str) -> bool {
+        let mut rooms = self.lock();
+        let all_durable = rooms.windows.get(room).is_some_and(|w| {
+            w.messages.back().is_none_or(|m| m.id <= w.durable) || !rooms.until_durable
+        });
+        if all_durable {
+            rooms.drop_window(room);
+        }
+        all_durable
+    }
+
     /// The oldest id the window holds for `room`, if any.
     pub(super) fn oldest(&self, room: &str) -> Option<u64> {
         self.lock()
@@ -304,8 +373,17 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn epoch(&self) -> &str {
-        &self.epoch
+    fn epoch(&self, room: &str) -> String {
+        let rooms = self.lock();
+        let generation = rooms
+            .windows
+            .get(room)
+            .map_or(rooms.generation, |w| w.generation);
+        if generation == 0 {
+            self.epoch.clone()
+        } else {
+            format!("{}.{generation}", self.epoch)
+        }
     }
 
     fn last_id(&self, room: &str) -> u64 {
@@ -316,18 +394,18 @@ impl Store for MemoryStore {
         {
             let mut rooms = self.lock();
             let rooms = &mut *rooms;
-            let room = message.room.clone();
-            rooms.ages.bytes += cost(&message);
-            rooms.ages.messages += 1;
-            let window = rooms.windows.entry(room).or_default();
+            let until_durable = rooms.until_durable;
+            let (window, ages) = rooms.window(&message.room);
+            ages.bytes += cost(&message);
+            ages.messages += 1;
             window.last_id = window.last_id.max(message.id);
             window.messages.push_back(message);
             while window.messages.len() > self.keep.messages
-                && window.may_drop_oldest(rooms.until_durable)
+                && window.may_drop_oldest(until_durable)
             {
-                rooms.ages.drop_oldest(window);
+                ages.drop_oldest(window);
             }
-            rooms.ages.touch(window);
+            ages.touch(window);
             rooms.trim_bytes(self.keep.bytes);
         }
         if let Some(done) = on_durable {

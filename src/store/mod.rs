@@ -78,9 +78,13 @@ pub fn new_epoch() -> String {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// The identity of this history: ids mean the same messages only within one epoch. New
-    /// for every in-memory start; kept in the file with `--db`.
-    fn epoch(&self) -> &str;
+    /// The identity of `room`'s history: ids mean the same messages only within one epoch.
+    /// New for every in-memory start (and for a room whose history memory gave up for the
+    /// byte budget); kept in the file with `--db`.
+    fn epoch(&self, room: &str) -> String;
+    /// Nobody is in `room` on this instance any more: a store that can read it again later
+    /// lets it go from memory.
+    fn idle(&self, _room: &str) {}
     /// Id of the latest message of `room` (0 if none).
     fn last_id(&self, room: &str) -> u64;
     /// Records a message; `on_durable` runs once it is stored (at once for memory).

@@ -38,7 +38,7 @@ impl RedisStore {
     /// `window.bytes`.
     pub fn new(window: Keep) -> RedisStore {
         RedisStore {
-            window: MemoryStore::new(window),
+            window: MemoryStore::in_front(window),
             loaded: Mutex::new(HashSet::new()),
             // Read ahead within a quarter of the window's budget, plus the latest read.
             older: Older::new(window.bytes / 4),
@@ -48,7 +48,9 @@ impl RedisStore {
     /// Whether `room`'s window was loaded from Redis, and has not lost messages to the byte
     /// budget since (it is then loaded again).
     pub fn is_loaded(&self, room: &str) -> bool {
-        lock(&self.loaded).contains(room) && !self.window.is_trimmed(room)
+        lock(&self.loaded).contains(room)
+            && self.window.knows(room)
+            && !self.window.is_trimmed(room)
     }
 
     /// Merges what Redis holds for `room` (its latest id and latest messages, read together)
@@ -78,8 +80,15 @@ impl RedisStore {
 impl Store for RedisStore {
     /// Ids come from Redis and never go back, whichever instance restarts (see
     /// `crate::cluster`): one history for as long as the shared rooms exist.
-    fn epoch(&self) -> &str {
-        "redis"
+    fn epoch(&self, _room: &str) -> String {
+        "redis".to_owned()
+    }
+
+    /// Read again from Redis when someone enters it.
+    fn idle(&self, room: &str) {
+        if self.window.drop_if_durable(room) {
+            lock(&self.loaded).remove(room);
+        }
     }
 
     fn last_id(&self, room: &str) -> u64 {

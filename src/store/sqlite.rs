@@ -236,9 +236,20 @@ impl SqliteStore {
                 |row| row.get(0),
             )?;
             let messages = self.read_before(room, u64::MAX, self.keep)?;
-            // The writer may commit between the reads.
+            // The writer may commit between the reads; ids given out since its last batch
+            // are only in memory yet.
             let newest = messages.last().map_or(0, |m| m.id);
-            Ok((u64::try_from(last).unwrap_or(0).max(newest), messages))
+            let given = self
+                .given_out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(room)
+                .copied()
+                .unwrap_or(0);
+            Ok((
+                u64::try_from(last).unwrap_or(0).max(newest).max(given),
+                messages,
+            ))
         })();
         match loaded {
             Ok((last_id, messages)) => self.cache.seed(room, last_id, messages),
@@ -342,8 +353,12 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn epoch(&self) -> &str {
-        &self.epoch
+    fn epoch(&self, _room: &str) -> String {
+        self.epoch.clone()
+    }
+
+    fn idle(&self, room: &str) {
+        self.cache.drop_if_durable(room);
     }
 
     fn last_id(&self, room: &str) -> u64 {

@@ -205,17 +205,19 @@ fn redis_store() {
     });
 }
 
-/// A budget of ten messages like `message("a", 1)` (a few bytes spare for longer ids).
+/// A budget of ten messages like `message("a", 1)` in three rooms (a few bytes spare for
+/// longer ids; a room costs less than a message).
 fn ten_messages() -> Keep {
     Keep {
         messages: 100,
-        bytes: 10 * super::memory::cost(&message("a", 1)) + 9,
+        bytes: 10 * super::memory::cost(&message("a", 1)) + 3 * super::memory::room_cost("a") + 9,
     }
 }
 
 /// Past the byte budget, the least recently written rooms lose their oldest messages from
 /// memory first, and a room's ids go on. Fills "a" with 1..=6 and "b" with 1..=7 (a loses
-/// 1..=3), then "a" with 7 (b loses 1), then "c" with 1..=10 (a and b lose the rest).
+/// 1..=3), then "a" with 7 (b loses 1), then "c" with 1..=10 (a and b lose the rest; in
+/// memory alone, their windows too: a room costs the budget as well).
 fn byte_budget_suite(store: &dyn Store, fill: Fill<'_>) {
     let budget = ten_messages().bytes;
     fill(store, "a", 1..=6);
@@ -232,17 +234,23 @@ fn byte_budget_suite(store: &dyn Store, fill: Fill<'_>) {
     assert_eq!((store.kept().messages, store.kept().evicted), (10, 14));
     assert!(store.kept().bytes <= budget);
     assert_eq!(ids(&store.recent("c", 100)), (1..=10).collect::<Vec<_>>());
-    assert_eq!((store.last_id("a"), store.last_id("b")), (7, 7));
 }
 
 #[test]
 fn memory_store_keeps_within_its_byte_budget() {
     let store = MemoryStore::new(ten_messages());
+    let first = store.epoch("a");
     byte_budget_suite(&store, &fill);
-    // What memory dropped is reported missed, never silently skipped.
+    // Rooms whose windows memory gave up start over, in another history: a client resuming
+    // there is told so (by the epoch) instead of being served ids that mean other messages.
     assert!(store.recent("a", 100).is_empty());
-    let since = store.since("a", 2, 100);
-    assert_eq!((since.missed, since.messages.len()), (5, 0));
+    assert_eq!((store.last_id("a"), store.last_id("b")), (0, 0));
+    assert_ne!(store.epoch("a"), first);
+    assert_eq!(
+        store.epoch("c"),
+        first,
+        "c was made before any room was given up"
+    );
     fill(&store, "a", 8..=8);
     let since = store.since("a", 0, 100);
     assert_eq!((since.missed, ids(&since.messages)), (7, vec![8]));
@@ -253,6 +261,7 @@ fn sqlite_store_reads_what_its_byte_budget_dropped_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("chat.db"), ten_messages()).unwrap();
     byte_budget_suite(&store, &fill);
+    assert_eq!((store.last_id("a"), store.last_id("b")), (7, 7));
     assert_eq!(ids(&store.recent("a", 3)), vec![5, 6, 7]);
     assert_eq!(ids(&store.recent("b", 100)), (1..=7).collect::<Vec<_>>());
     let since = store.since("a", 2, 100);
@@ -271,6 +280,7 @@ fn redis_store_loads_what_its_byte_budget_dropped_again() {
             assert!(store.is_loaded(room));
         }
         byte_budget_suite(&**store, fill);
+        assert_eq!((store.last_id("a"), store.last_id("b")), (7, 7));
         assert!(
             !store.is_loaded("a"),
             "a lost messages while others were written"
@@ -355,7 +365,8 @@ fn a_window_in_front_of_a_durable_store_drops_only_what_is_durable() {
 #[test]
 fn sqlite_serves_every_message_while_the_disk_is_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 3 * super::memory::cost(&message("lobby", 1));
+    let budget =
+        3 * super::memory::cost(&message("lobby", 1)) + 2 * super::memory::room_cost("lobby");
     let store = SqliteStore::open(
         &dir.path().join("chat.db"),
         Keep {
@@ -520,13 +531,35 @@ fn a_window_the_budget_empties_gives_its_memory_back() {
         store.append(message("r0", id), None);
     }
     assert!(store.capacity("r0") >= 1000);
-    // Other rooms take the whole budget: r0 keeps its last id, and no buffer.
     for room in 1..=4 {
         for id in 1..=250 {
             store.append(message(&format!("r{room}"), id), None);
         }
     }
+    // Other rooms take the whole budget: r0 keeps nothing, not even its window.
     assert!(store.recent("r0", 10).is_empty());
-    assert_eq!(store.last_id("r0"), 1000);
     assert_eq!(store.capacity("r0"), 0);
+    assert_eq!(store.last_id("r0"), 0);
+    assert_ne!(store.epoch("r0"), store.epoch("r1"));
+}
+
+#[test]
+fn an_idle_room_leaves_memory_where_a_durable_store_can_read_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("chat.db"), Keep::messages(100)).unwrap();
+    fill(&store, "lobby", 1..=5);
+    let held = store.kept().bytes;
+    assert!(held > 0);
+    store.idle("lobby");
+    assert_eq!(store.kept().bytes, 0, "nothing of the room is held");
+    assert_eq!(store.last_id("lobby"), 5);
+    assert_eq!(ids(&store.recent("lobby", 10)), (1..=5).collect::<Vec<_>>());
+    // In memory alone, the window is the history: an idle room keeps it.
+    let memory = MemoryStore::new(Keep::messages(100));
+    fill(&memory, "lobby", 1..=5);
+    memory.idle("lobby");
+    assert_eq!(
+        ids(&memory.recent("lobby", 10)),
+        (1..=5).collect::<Vec<_>>()
+    );
 }
