@@ -65,8 +65,6 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             let address = listener.local_addr()?;
-            let mut config = config;
-            config.access.loopback_only = address.ip().is_loopback();
             let scheme = if config.tls.is_some() { "wss" } else { "ws" };
             {
                 // Scripts wait for this line, so it goes out at once.
