@@ -804,9 +804,12 @@ impl Hub {
             }
             return Ok(());
         };
-        let delivered = usize::from(target.frames.try_send(frame.clone()).is_ok());
+        // To oneself: the sender's copy is the delivery (one copy, not two).
+        let to_self = state.names.get(to) == Some(&from);
+        let delivered = !to_self && target.frames.try_send(frame.clone()).is_ok();
         if let Some(sender) = state.member(from) {
-            let _ = sender.frames.try_send(frame);
+            let copied = sender.frames.try_send(frame).is_ok();
+            let delivered = usize::from(delivered || (to_self && copied));
             if let Some(reference) = reference {
                 let ack = Event::Ack(AckEvent {
                     reference,

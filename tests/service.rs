@@ -248,3 +248,29 @@ fn names_and_rooms_are_validated_with_clear_errors() {
     };
     assert_eq!(error["code"], "name_taken");
 }
+
+/// The next event that is not a notice or a state event (welcome, join, presence, synced).
+fn next_reply(ws: &mut Ws) -> serde_json::Value {
+    next_non_system(ws)
+}
+
+#[test]
+fn a_private_message_to_yourself_arrives_once() {
+    let server = Server::start(&[]);
+    let mut alice = ws_member(&server.url, "alice");
+    send_text(
+        &mut alice,
+        r#"{"type":"chat","content":"note to self","to":"alice","ref":1}"#,
+    );
+    let copy = next_reply(&mut alice);
+    assert_eq!(copy["type"], "chat", "{copy}");
+    assert_eq!(copy["message"], "note to self");
+    assert_eq!(copy["private"], true);
+    let ack = next_reply(&mut alice);
+    assert_eq!(ack["type"], "ack", "not acknowledged after one copy: {ack}");
+    assert_eq!(ack["delivered"], 1);
+    // Nothing else came: the next thing alice hears is the answer to this.
+    send_text(&mut alice, r#"{"type":"who"}"#);
+    let who = next_reply(&mut alice);
+    assert_eq!(who["type"], "who", "a second copy arrived: {who}");
+}
