@@ -11,8 +11,9 @@
 //!   `MAXLEN ~ --keep`.
 //! - `wschat:post:{instance}:{n}`: remembers for a few minutes the id given to one post, so a
 //!   post retried after a timeout is not appended twice.
-//! - `wschat:name:{name}`: who holds a name (value: the instance id), `EX 30`, refreshed every
-//!   10 s while held and deleted on leave.
+//! - `wschat:name:{key}`: who holds a name (value: the instance id), `EX 30`, refreshed every
+//!   10 s while held and deleted on leave; `key` is the name's skeleton
+//!   ([`crate::protocol::name_key`]), so names that look alike are one name.
 //! - `wschat:presence:{room}`: hash of member name -> instance id (for `who`);
 //!   `wschat:count:{room}`: hash of instance id -> its visible members of the room (for counts);
 //!   `wschat:rooms`: the rooms with members somewhere (for `rooms`);
@@ -201,8 +202,10 @@ fn room_stream(room: &str) -> String {
     format!("wschat:room:{room}")
 }
 
-fn name_key(name: &str) -> String {
-    format!("wschat:name:{name}")
+/// The Redis key of a name, by the name's key ([`crate::protocol::name_key`]): names that
+/// look alike are one name.
+fn name_key(key: &str) -> String {
+    format!("wschat:name:{key}")
 }
 
 fn presence_key(room: &str) -> String {
@@ -247,6 +250,7 @@ struct Counters {
 /// What this instance holds in Redis and must keep alive: names and presence entries.
 #[derive(Default)]
 struct Held {
+    /// By the name's key ([`crate::protocol::name_key`]), with how many hold it here.
     names: HashMap<String, usize>,
     presence: HashMap<(String, String), usize>,
     /// Presence entries whose removal failed (Redis was away): retried by the heartbeat.
@@ -940,10 +944,11 @@ impl Cluster {
         self.recount(rooms.into_keys().collect()).await
     }
 
-    async fn claim_raw(&self, name: &str) -> anyhow::Result<bool> {
+    /// Claims the name whose key ([`crate::protocol::name_key`]) is `key`.
+    async fn claim_raw(&self, key: &str) -> anyhow::Result<bool> {
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(name_key(name))
+            .key(name_key(key))
             .arg(&self.id)
             .arg(LEASE.as_secs());
         let mut connection = self.commands.clone();
@@ -954,7 +959,8 @@ impl Cluster {
     /// not answer, the name is taken locally only (`Ok(true)`, logged), and the heartbeat claims
     /// it once Redis is back.
     pub async fn claim_name(&self, name: &str) -> bool {
-        match self.claim_raw(name).await {
+        let key = crate::protocol::name_key(name);
+        match self.claim_raw(&key).await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
@@ -962,25 +968,26 @@ impl Cluster {
                 tracing::warn!(name, "name checked on this instance only: {e:#}");
             }
         }
-        *lock(&self.held).names.entry(name.to_owned()).or_default() += 1;
+        *lock(&self.held).names.entry(key).or_default() += 1;
         true
     }
 
     /// Gives back a name taken with [`Cluster::claim_name`].
     pub async fn release_name(&self, name: &str) {
+        let key = crate::protocol::name_key(name);
         {
             let mut held = lock(&self.held);
-            let Some(count) = held.names.get_mut(name) else {
+            let Some(count) = held.names.get_mut(&key) else {
                 return;
             };
             *count -= 1;
             if *count > 0 {
                 return;
             }
-            held.names.remove(name);
+            held.names.remove(&key);
         }
         let mut invocation = self.release.prepare_invoke();
-        invocation.key(name_key(name)).arg(&self.id);
+        invocation.key(name_key(&key)).arg(&self.id);
         let mut connection = self.commands.clone();
         if let Err(e) = bounded(invocation.invoke_async::<i64>(&mut connection)).await {
             tracing::debug!(name, "name not released (its claim expires): {e:#}");
@@ -1121,7 +1128,8 @@ impl Cluster {
     /// Whether a live instance holds `name`; an error if Redis did not answer.
     pub async fn is_held(&self, name: &str) -> anyhow::Result<bool> {
         let mut connection = self.commands.clone();
-        let holder: Option<String> = bounded(connection.get(name_key(name))).await?;
+        let key = crate::protocol::name_key(name);
+        let holder: Option<String> = bounded(connection.get(name_key(&key))).await?;
         let Some(holder) = holder else {
             return Ok(false);
         };

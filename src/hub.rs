@@ -142,7 +142,8 @@ struct State {
     rooms: HashMap<String, Room>,
     /// Which room each member is in.
     rooms_by_member: HashMap<MemberId, String>,
-    /// Names held by visible members, server-wide.
+    /// Names held by visible members, server-wide, by [`protocol::name_key`]: names that look
+    /// alike are one name.
     names: HashMap<String, MemberId>,
 }
 
@@ -155,7 +156,7 @@ impl State {
 
     /// A visible member, by name.
     fn member_named(&self, name: &str) -> Option<&Member> {
-        self.member(*self.names.get(name)?)
+        self.member(*self.names.get(&protocol::name_key(name))?)
     }
 }
 
@@ -305,16 +306,17 @@ impl Hub {
         let state = &mut *guard;
         let mut name = name;
         let mut suffix = 2;
-        while generated && state.names.contains_key(&name) {
+        while generated && state.names.contains_key(&protocol::name_key(&name)) {
             // Someone chose this guest name for themselves: pick another.
             name = format!("guest-{}-{suffix}", id.0);
             suffix += 1;
         }
         if !req.quiet {
-            if state.names.contains_key(&name) {
+            let key = protocol::name_key(&name);
+            if state.names.contains_key(&key) {
                 return Err(JoinError::NameTaken(name));
             }
-            state.names.insert(name.clone(), id);
+            state.names.insert(key, id);
         }
         let member = Member {
             name: name.clone(),
@@ -494,7 +496,7 @@ impl Hub {
         };
         if !member.quiet {
             // `take` released the name; the member keeps it.
-            state.names.insert(member.name.clone(), id);
+            state.names.insert(protocol::name_key(&member.name), id);
         }
         slow.extend(self.enter(state, id, member, room, replay));
         self.evict_all(state, slow);
@@ -750,7 +752,7 @@ impl Hub {
 
     /// Whether a visible member called `name` is connected to this instance.
     pub fn has_name(&self, name: &str) -> bool {
-        self.lock().names.contains_key(name)
+        self.lock().names.contains_key(&protocol::name_key(name))
     }
 
     /// Delivers a private message to the member called `to`, and a copy to the sender; with a
@@ -805,7 +807,7 @@ impl Hub {
             return Ok(());
         };
         // To oneself: the sender's copy is the delivery (one copy, not two).
-        let to_self = state.names.get(to) == Some(&from);
+        let to_self = state.names.get(&protocol::name_key(to)) == Some(&from);
         let delivered = !to_self && target.frames.try_send(frame.clone()).is_ok();
         if let Some(sender) = state.member(from) {
             let copied = sender.frames.try_send(frame).is_ok();
@@ -856,11 +858,13 @@ impl Hub {
             return Ok(());
         }
         if !quiet {
-            if state.names.contains_key(new) {
+            // Held by another member, or by a name that looks the same.
+            let key = protocol::name_key(new);
+            if state.names.get(&key).is_some_and(|&holder| holder != id) {
                 return Err(JoinError::NameTaken(new.to_owned()));
             }
-            state.names.remove(&old);
-            state.names.insert(new.to_owned(), id);
+            state.names.remove(&protocol::name_key(&old));
+            state.names.insert(key, id);
         }
         let Some(room) = state.rooms.get_mut(&room_name) else {
             return Ok(());
@@ -948,8 +952,9 @@ impl Hub {
         let mut slow = Vec::new();
         if !member.quiet {
             room.visible -= 1;
-            if state.names.get(&member.name) == Some(&id) {
-                state.names.remove(&member.name);
+            let key = protocol::name_key(&member.name);
+            if state.names.get(&key) == Some(&id) {
+                state.names.remove(&key);
             }
             // Announced even when nobody is left here: other instances may share the room.
             let message = format!("{} left the chat", member.name);
