@@ -34,7 +34,7 @@
 //! task before it calls the hub. Every call has a timeout; a Redis outage is logged, shown by
 //! `/healthz` and `/metrics`, and retried with backoff.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -118,7 +118,8 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], id .. '-0',
   'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4], 'action', ARGV[5])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], log_id(KEYS[3]),
   'room', ARGV[1], 'id', id, 'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4],
-  'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9])
+  'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9],
+  'serial', ARGV[13])
 redis.call('SET', KEYS[4], id, 'EX', 600)
 return id
 ";
@@ -129,7 +130,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if not after_stored(2) then return not_after end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(KEYS[1]), 'kind', 'private',
   'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
-  'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10])
+  'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10],
+  'serial', ARGV[11])
 redis.call('SET', KEYS[2], 1, 'EX', 600)
 return 1
 ";
@@ -163,7 +165,8 @@ else
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], log_id(KEYS[3]), 'kind', 'notice',
   'room', ARGV[2], 'event', ARGV[3], 'name', ARGV[4], 'message', ARGV[5], 'timestamp', ARGV[6],
-  'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '))
+  'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '),
+  'serial', ARGV[11])
 redis.call('SET', KEYS[4], 1, 'EX', 600)
 return 1
 ";
@@ -275,6 +278,11 @@ pub struct Cluster {
     serial: AtomicU64,
     /// Redis answered the last command (false until the first answer).
     up: AtomicBool,
+    /// Follows `up`: the posting task wakes when Redis is declared down.
+    up_changed: watch::Sender<bool>,
+    /// Posts of this instance (by serial) that its members got while Redis was down: the
+    /// log's copy of each is then only acknowledged here, not delivered again.
+    local: Mutex<HashSet<u64>>,
     /// True once the tail knows where the log ends: posts wait for it, so none is missed.
     ready: watch::Sender<bool>,
     held: Mutex<Held>,
@@ -416,10 +424,20 @@ fn room_entry(room: &str, entry: &StreamId) -> Option<ChatEvent> {
 }
 
 /// Reads one log entry (a room message, a private message or a notice), for instance `me`.
-fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
+/// `here` says whether a post of `me` (by its serial) was delivered to its members already.
+fn log_entry(
+    me: &str,
+    entry: &StreamId,
+    here: impl FnOnce(Option<u64>) -> bool,
+) -> Option<Delivery> {
     let room: String = entry.get("room")?;
     let instance: String = entry.get("instance").unwrap_or_default();
     let mine = instance == me;
+    let here = || {
+        let flagged = entry.get::<String>("local").is_some_and(|l| l == "1");
+        // Only asked of this instance's own posts (the serials are per instance).
+        mine && (here(entry.get("serial")) || flagged)
+    };
     let member = || entry.get::<u64>("member").map(MemberId::from_raw);
     let kind: Option<String> = entry.get("kind");
     if kind.as_deref() == Some("notice") {
@@ -444,7 +462,7 @@ fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
         let origin = Origin {
             member: member()?,
             reference: None,
-            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+            delivered_locally: here(),
         };
         let announcement = Announcement {
             room,
@@ -478,7 +496,7 @@ fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
         Some(Origin {
             member: member()?,
             reference: entry.get::<String>("ref").and_then(|r| r.parse().ok()),
-            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+            delivered_locally: here(),
         })
     } else {
         None
@@ -522,6 +540,8 @@ impl Cluster {
             queue_rx: Mutex::new(Some(queue_rx)),
             serial: AtomicU64::new(1),
             up: AtomicBool::new(false),
+            up_changed: watch::channel(false).0,
+            local: Mutex::new(HashSet::new()),
             ready: watch::channel(false).0,
             held: Mutex::new(Held::default()),
             counters: Counters::default(),
@@ -546,6 +566,9 @@ impl Cluster {
 
     fn set_up(&self, up: bool, error: Option<&anyhow::Error>) {
         let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            self.up_changed.send_replace(up);
+        }
         match (was, up) {
             (true, false) => {
                 self.counters.outages.fetch_add(1, Ordering::Relaxed);
@@ -596,89 +619,181 @@ impl Cluster {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Posts what is queued, in order, whatever has queued up (at most [`MAX_PIPELINE`]) in
+    /// one round trip, retrying what failed until it is stored (or refused for good).
+    ///
+    /// While Redis is down, every post waiting for it is delivered to this instance's members
+    /// at once: first those held when it was declared down (the round trip in flight, then the
+    /// rest), in the order they were made, then each new one as it comes. So a post never
+    /// overtakes an earlier one of the same instance, however long Redis took to be declared
+    /// down (a stalled Redis only is, after [`COMMAND_TIMEOUT`]). Each is still posted, in the
+    /// same order, once Redis is back; the log's copy is then only acknowledged here.
     async fn publish_loop(
         self: Arc<Self>,
         mut queue: mpsc::Receiver<Pending>,
         stop: CancellationToken,
     ) {
         let mut ready = self.ready.subscribe();
-        tokio::select! {
-            _ = ready.wait_for(|r| *r) => {}
-            () = stop.cancelled() => return,
-        }
+        let mut up = self.up_changed.subscribe();
+        // The round trip being posted (or to retry), then the posts behind it; and how many of
+        // each were delivered here already.
+        let mut flight: Vec<Pending> = Vec::new();
+        let mut queued: VecDeque<Pending> = VecDeque::new();
+        let (mut flight_here, mut queued_here) = (0, 0);
+        let mut retry: Option<tokio::time::Instant> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut refusals = 0;
+        let mut open = true;
         loop {
-            let first = tokio::select! {
-                next = queue.recv() => match next {
-                    Some(pending) => pending,
-                    None => return,
-                },
-                () = stop.cancelled() => return,
-            };
-            // Whatever else is waiting goes in the same round trip, in order.
-            let mut batch = vec![first];
-            while batch.len() < MAX_PIPELINE {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+            self.deliver_held_here(&flight, &mut flight_here, &queued, &mut queued_here);
+            let due = retry.is_none_or(|at| at <= tokio::time::Instant::now());
+            if flight.is_empty() && due && *ready.borrow() {
+                while queued.len() < MAX_PIPELINE {
+                    match queue.try_recv() {
+                        Ok(pending) => queued.push_back(pending),
+                        Err(_) => break,
+                    }
                 }
+                let n = queued.len().min(MAX_PIPELINE);
+                flight.extend(queued.drain(..n));
+                flight_here = queued_here.min(n);
+                queued_here -= flight_here;
             }
-            if !self.publish_in_order(&batch, &stop).await {
+            if !flight.is_empty() && due {
+                let result = {
+                    let post = self.publish_batch(&flight);
+                    tokio::pin!(post);
+                    // New posts are taken meanwhile: delivered here at once if Redis is down.
+                    loop {
+                        tokio::select! {
+                            result = &mut post => break result,
+                            next = queue.recv(), if open => match next {
+                                Some(pending) => queued.push_back(pending),
+                                None => open = false,
+                            },
+                            Ok(()) = up.changed() => {}
+                            () = stop.cancelled() => return,
+                        }
+                        self.deliver_held_here(
+                            &flight,
+                            &mut flight_here,
+                            &queued,
+                            &mut queued_here,
+                        );
+                    }
+                };
+                let failure = match result {
+                    Ok(()) => Failure {
+                        stored: flight.len(),
+                        ..Failure::default()
+                    },
+                    Err(failure) => failure,
+                };
+                self.posts_left(failure.stored, &self.counters.published);
+                flight.drain(..failure.stored);
+                flight_here = flight_here.saturating_sub(failure.stored);
+                if failure.stored > 0 {
+                    (backoff, refusals) = (BACKOFF_MIN, 0);
+                }
+                let Some(error) = failure.error else {
+                    self.set_up(true, None);
+                    retry = None;
+                    continue;
+                };
+                if failure.refused {
+                    // Redis is there, and refuses this post.
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        tracing::error!(
+                            "redis refuses a post {refusals} times: dropped: {error:#}"
+                        );
+                        self.posts_left(1, &self.counters.refused);
+                        let dropped = flight.remove(0);
+                        flight_here = flight_here.saturating_sub(1);
+                        lock(&self.local).remove(&dropped.serial);
+                        if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
+                            &dropped.post
+                        {
+                            self.deliver(Delivery::Refused(*origin));
+                        }
+                        (refusals, backoff, retry) = (0, BACKOFF_MIN, None);
+                        continue;
+                    }
+                } else if !failure.reachable {
+                    // Only a Redis that does not answer is down (local delivery goes on without
+                    // it); one that answers but cannot write now (busy, full, loading, a replica)
+                    // holds the posts back until it can.
+                    self.set_up(false, Some(&error));
+                }
+                tracing::debug!("posts not stored yet: {error:#}");
+                retry = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            if !open && flight.is_empty() && queued.is_empty() {
                 return;
+            }
+            // Nothing to post now: wait for a post, the time to retry, the log's end being
+            // known, or Redis being declared down.
+            let wake = retry.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                next = queue.recv(), if open => match next {
+                    Some(pending) => queued.push_back(pending),
+                    None => open = false,
+                },
+                () = tokio::time::sleep_until(wake), if retry.is_some() => {}
+                Ok(()) = ready.changed() => {}
+                Ok(()) = up.changed() => {}
+                () = stop.cancelled() => return,
             }
         }
     }
 
-    /// Posts `batch` in order, retrying what failed until it is stored (or refused for good);
-    /// false if stopped first.
-    async fn publish_in_order(&self, batch: &[Pending], stop: &CancellationToken) -> bool {
-        let mut start = 0;
-        let mut backoff = BACKOFF_MIN;
-        let mut refusals = 0;
-        while start < batch.len() {
-            let failure = match self.publish_batch(&batch[start..]).await {
-                Ok(()) => Failure {
-                    stored: batch.len() - start,
-                    ..Failure::default()
-                },
-                Err(failure) => failure,
-            };
-            self.posts_left(failure.stored, &self.counters.published);
-            start += failure.stored;
-            if failure.stored > 0 {
-                (backoff, refusals) = (BACKOFF_MIN, 0);
-            }
-            let Some(error) = failure.error else {
-                self.set_up(true, None);
-                continue;
-            };
-            if failure.refused {
-                // Redis is there, and refuses this post.
-                refusals += 1;
-                if refusals >= MAX_REFUSALS {
-                    tracing::error!("redis refuses a post {refusals} times: dropped: {error:#}");
-                    self.posts_left(1, &self.counters.refused);
-                    if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
-                        &batch[start].post
-                    {
-                        self.deliver(Delivery::Refused(*origin));
-                    }
-                    (start, refusals, backoff) = (start + 1, 0, BACKOFF_MIN);
-                    continue;
-                }
-            } else if !failure.reachable {
-                // Only a Redis that does not answer is down (local delivery goes on without
-                // it); one that answers but cannot write now (busy, full, loading, a replica)
-                // holds the posts back until it can.
-                self.set_up(false, Some(&error));
-            }
-            tracing::debug!("posts not stored yet: {error:#}");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return false,
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+    /// While Redis is down: delivers to this instance's members the posts waiting for it that
+    /// they do not have yet, in order (the round trip in flight first).
+    fn deliver_held_here(
+        &self,
+        flight: &[Pending],
+        flight_here: &mut usize,
+        queued: &VecDeque<Pending>,
+        queued_here: &mut usize,
+    ) {
+        if self.is_up() {
+            return;
         }
-        true
+        for pending in flight
+            .iter()
+            .skip(*flight_here)
+            .chain(queued.range(*queued_here..))
+        {
+            self.deliver_here(pending);
+        }
+        (*flight_here, *queued_here) = (flight.len(), queued.len());
+    }
+
+    /// Delivers one post of this instance to its own members, without waiting for the log (a
+    /// room message without an id). A private message is for a member of another instance,
+    /// which only the log reaches.
+    fn deliver_here(&self, pending: &Pending) {
+        let delivery = match &pending.post {
+            Outgoing::Chat(message, origin) => Delivery::Local(message.clone(), *origin),
+            Outgoing::Notice(announcement) => Delivery::Notice(NoticeEntry {
+                others: self.others(&announcement.room),
+                mine: Some(announcement.origin),
+                announcement: announcement.clone(),
+            }),
+            Outgoing::Private(..) => return,
+        };
+        lock(&self.local).insert(pending.serial);
+        if let Some(deliver) = self.sink.get() {
+            deliver(delivery);
+        }
+    }
+
+    /// Whether the post `serial` of this instance was delivered here while Redis was down
+    /// (asked once, as its copy comes back from the log).
+    fn delivered_here(&self, serial: Option<u64>) -> bool {
+        serial.is_some_and(|serial| lock(&self.local).remove(&serial))
     }
 
     /// Counts `n` posts as gone from the queue, into `outcome`.
@@ -731,12 +846,27 @@ impl Cluster {
         format!("wschat:post:{}:{}", self.id, pending.serial)
     }
 
+    /// The script call for one post; its last argument is the post's serial (the log entry
+    /// carries it, so that this instance knows it again when it comes back).
     fn invocation(&self, pending: &Pending, dedupe: String) -> redis::ScriptInvocation<'_> {
-        match &pending.post {
-            Outgoing::Chat(m, o) => self.post_chat(m, o, dedupe),
+        let here = lock(&self.local).contains(&pending.serial);
+        let mut invocation = match &pending.post {
+            Outgoing::Chat(m, o) => {
+                let o = Origin {
+                    delivered_locally: here,
+                    ..*o
+                };
+                self.post_chat(m, &o, dedupe)
+            }
             Outgoing::Private(m, o) => self.post_private(m, o, dedupe),
-            Outgoing::Notice(a) => self.post_notice(a, dedupe),
-        }
+            Outgoing::Notice(a) => {
+                let mut a = a.clone();
+                a.origin.delivered_locally = here;
+                self.post_notice(&a, dedupe)
+            }
+        };
+        invocation.arg(pending.serial);
+        invocation
     }
 
     fn post_chat(&self, m: &ChatEvent, o: &Origin, dedupe: String) -> redis::ScriptInvocation<'_> {
@@ -841,7 +971,7 @@ impl Cluster {
                     .await?;
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in &key.ids {
-                        match log_entry(&self.id, entry) {
+                        match log_entry(&self.id, entry, |s| self.delivered_here(s)) {
                             Some(delivery) => self.deliver(delivery),
                             None => {
                                 tracing::warn!(entry = entry.id, "unreadable log entry skipped")
@@ -1279,29 +1409,28 @@ impl Cluster {
 
 impl Cluster {
     /// Queues a post for the log; the handover says whether local members must get it now.
+    /// Queues a post for the log. Never delivers here by itself: while Redis is down, the
+    /// posting task does, in the order of the queue (see [`Cluster::publish_loop`]).
     fn enqueue(&self, post: Outgoing) -> Handover {
-        let deliver_locally = !self.is_up();
         let pending = Pending {
             post,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
         };
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.queue.try_send(pending) {
-            Ok(()) if deliver_locally => Handover::QueuedDeliverLocally,
-            Ok(()) => Handover::Queued,
-            Err(_) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("queue to redis full: post refused");
-                Handover::Refused
-            }
+        // The posting task takes posts off the channel while it waits for Redis: the bound is
+        // on every post not yet stored.
+        let full = self.counters.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE as u64;
+        if full || self.queue.try_send(pending).is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("queue to redis full: post refused");
+            return Handover::Refused;
         }
+        Handover::Queued
     }
 }
 
 impl Relay for Cluster {
-    fn publish(&self, message: ChatEvent, mut origin: Origin) -> Handover {
-        origin.delivered_locally = !self.is_up();
+    fn publish(&self, message: ChatEvent, origin: Origin) -> Handover {
         if message.to.is_some() {
             self.enqueue(Outgoing::Private(message, origin))
         } else {
@@ -1309,8 +1438,7 @@ impl Relay for Cluster {
         }
     }
 
-    fn announce(&self, mut announcement: Announcement) -> Handover {
-        announcement.origin.delivered_locally = !self.is_up();
+    fn announce(&self, announcement: Announcement) -> Handover {
         self.enqueue(Outgoing::Notice(announcement))
     }
 

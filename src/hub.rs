@@ -622,7 +622,21 @@ impl Hub {
             Delivery::Notice(entry) => self.deliver_notice(state, entry),
             Delivery::Census { room, others } => self.deliver_census(state, &room, others),
             Delivery::Refused(origin) => self.refused(state, origin),
+            Delivery::Local(event, origin) => self.deliver_local(state, event, origin),
         }
+    }
+
+    /// A room message of this instance while the log is away: to its room's members here now
+    /// (skipping its sender unless `--echo`), without an id.
+    fn deliver_local(&self, state: &mut State, event: ChatEvent, origin: Origin) {
+        let Some(room) = state.rooms.get(&event.room) else {
+            return;
+        };
+        let frame = Event::Chat(event).to_frame();
+        let skip = (!self.config.echo).then_some(origin.member);
+        let (delivered, slow) = room.fan_out(&frame, skip);
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
+        self.evict_all(state, slow);
     }
 
     /// A room message with its id: fans it out to this instance's members of the room

@@ -68,6 +68,10 @@ pub enum Delivery {
     },
     /// A post of this instance that the log refused for good: its sender is told.
     Refused(Origin),
+    /// A room message posted on this instance while the log is unreachable: this instance's
+    /// members of the room get it now, without an id, in the order the posts were made (the
+    /// log's copy, with its id, is later only acknowledged here).
+    Local(ChatEvent, Origin),
 }
 
 /// What the hub should do after handing something over.

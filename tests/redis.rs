@@ -990,3 +990,228 @@ fn a_post_redis_refuses_does_not_hold_up_the_ones_after_it() {
         "a refusal is not an outage"
     );
 }
+
+impl Redis {
+    /// Sends `signal` (`STOP`, `CONT`) to redis-server.
+    fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().expect("redis-server runs").child.id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// What one receiver got, per sender: (sequence number, id) in the order they arrived.
+#[derive(Default)]
+struct Received {
+    by_sender: HashMap<String, Vec<(u64, u64)>>,
+    /// Every id other than 0, in the order they arrived.
+    ids: Vec<u64>,
+    /// Senders whose last message ("end") arrived.
+    ended: HashSet<String>,
+}
+
+/// A receiver's tally, shared with the test's thread, which waits on `changed`.
+#[derive(Default)]
+struct Tally {
+    got: std::sync::Mutex<Received>,
+    changed: std::sync::Condvar,
+}
+
+impl Tally {
+    /// Waits (at most `GUARD` without any news) until `done` holds.
+    fn wait(&self, what: &str, done: impl Fn(&Received) -> bool) {
+        let mut got = self.got.lock().unwrap();
+        while !done(&got) {
+            let (next, timeout) = self.changed.wait_timeout(got, GUARD).unwrap();
+            assert!(!timeout.timed_out(), "{what}: nothing new within {GUARD:?}");
+            got = next;
+        }
+    }
+}
+
+/// Reads `ws` until every sender in `senders` said "end", recording each chat message
+/// (`NAME SEQ` from the publishers) in `tally`.
+fn receive(mut ws: Ws, senders: usize, tally: std::sync::Arc<Tally>) {
+    loop {
+        let event = next_event(&mut ws);
+        assert_ne!(event["type"], "close", "a receiver was closed: {event}");
+        if event["type"] != "chat" {
+            continue;
+        }
+        let from = event["username"].as_str().unwrap().to_owned();
+        let id = event["id"].as_u64().unwrap_or(0);
+        let text = event["message"].as_str().unwrap();
+        let mut got = tally.got.lock().unwrap();
+        if id != 0 {
+            got.ids.push(id);
+        }
+        match text.rsplit_once(' ').and_then(|(_, n)| n.parse().ok()) {
+            Some(seq) => got.by_sender.entry(from).or_default().push((seq, id)),
+            None => {
+                assert_eq!(text, "end", "unexpected message from {from}");
+                got.ended.insert(from);
+            }
+        }
+        let done = got.ended.len() == senders;
+        drop(got);
+        tally.changed.notify_all();
+        if done {
+            return;
+        }
+    }
+}
+
+/// Posts `NAME 1`, `NAME 2`, … at `per_second` (each with its number as `ref`) until `stop`,
+/// then `end`; returns how many it posted, once every one of them was acknowledged.
+fn publish(
+    mut ws: Ws,
+    name: &str,
+    per_second: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let every = Duration::from_secs(1) / per_second;
+    let mut next = Instant::now();
+    let mut seq = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        seq += 1;
+        say(&mut ws, &format!("{name} {seq}"), seq);
+        // The publishing rate (load, not synchronisation).
+        next += every;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    say(&mut ws, "end", seq + 1);
+    let mut acked = HashSet::new();
+    while acked.len() as u64 <= seq {
+        let event = next_event(&mut ws);
+        match event["type"].as_str() {
+            Some("ack") => {
+                acked.insert(event["ref"].as_u64().unwrap());
+            }
+            Some("error" | "close") => panic!("{name}: {event}"),
+            _ => {}
+        }
+    }
+    seq
+}
+
+/// One sender's order survives whatever Redis does. Redis is stopped (SIGSTOP: no error, no
+/// answer) while a publisher on each of two instances posts 50 messages/s: the posts made
+/// before Redis is declared down (after the 2 s command timeout) are held, and must not be
+/// overtaken by the later ones, which go to the instance's own members at once. Every
+/// receiver gets every message once, in each sender's order, ids in increasing order.
+#[test]
+fn a_stalled_redis_does_not_reorder_a_senders_messages() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &["--rate", "0"]);
+    let mut b = Instance::start(&redis.url(), &["--rate", "0"]);
+    let instances = [("a", &a.url), ("b", &b.url)];
+    let tallies: Vec<(String, Arc<Tally>)> = instances
+        .iter()
+        .map(|(at, url)| {
+            let name = format!("reader-{at}");
+            let ws = member(url, &name);
+            let tally = Arc::new(Tally::default());
+            let mine = tally.clone();
+            std::thread::spawn(move || receive(ws, 2, mine));
+            (name, tally)
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = instances
+        .iter()
+        .map(|(at, url)| {
+            let name = format!("writer-{at}");
+            let ws = connect(url, &format!("name={name}&quiet=1"));
+            let stop = stop.clone();
+            std::thread::spawn(move || (name.clone(), publish(ws, &name, 50, stop)))
+        })
+        .collect();
+    let count = |got: &Received, sender: &str, with_id: bool| {
+        got.by_sender.get(sender).map_or(0, |m| {
+            m.iter().filter(|(_, id)| (*id != 0) == with_id).count()
+        })
+    };
+    // Flowing through Redis.
+    for (_, tally) in &tallies {
+        tally.wait("messages before the stall", |got| {
+            count(got, "writer-a", true) >= 25 && count(got, "writer-b", true) >= 25
+        });
+    }
+
+    redis.signal("STOP");
+    a.logs.wait_for("unreachable");
+    b.logs.wait_for("unreachable");
+    // Each instance's own members go on hearing its publisher, without ids.
+    tallies[0].1.wait("local messages on a", |got| {
+        count(got, "writer-a", false) >= 25
+    });
+    tallies[1].1.wait("local messages on b", |got| {
+        count(got, "writer-b", false) >= 25
+    });
+    redis.signal("CONT");
+    let back = format!("{} reachable", redis.url());
+    a.logs.wait_for(&back);
+    b.logs.wait_for(&back);
+    // Flowing through Redis again: everyone hears both publishers with ids.
+    let before: Vec<(usize, usize)> = tallies
+        .iter()
+        .map(|(_, t)| {
+            let got = t.got.lock().unwrap();
+            (count(&got, "writer-a", true), count(&got, "writer-b", true))
+        })
+        .collect();
+    for ((_, tally), (from_a, from_b)) in tallies.iter().zip(before) {
+        tally.wait("messages after the stall", |got| {
+            count(got, "writer-a", true) >= from_a + 25
+                && count(got, "writer-b", true) >= from_b + 25
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent: HashMap<String, u64> = publishers
+        .into_iter()
+        .map(|p| p.join().expect("a publisher failed"))
+        .collect();
+    for (_, tally) in &tallies {
+        tally.wait("the last messages", |got| got.ended.len() == 2);
+    }
+
+    // Per receiver and sender: delivered, duplicated, out of order, lost.
+    let mut failures = Vec::new();
+    for (receiver, tally) in &tallies {
+        let got = tally.got.lock().unwrap();
+        for (sender, &posted) in &sent {
+            let arrived = got.by_sender.get(sender).cloned().unwrap_or_default();
+            let distinct: HashSet<u64> = arrived.iter().map(|(seq, _)| *seq).collect();
+            let duplicated = arrived.len() - distinct.len();
+            let mut highest = 0;
+            let mut out_of_order = 0;
+            for (seq, _) in &arrived {
+                if *seq < highest {
+                    out_of_order += 1;
+                }
+                highest = highest.max(*seq);
+            }
+            let lost = posted - distinct.len() as u64;
+            let local = arrived.iter().filter(|(_, id)| *id == 0).count();
+            println!(
+                "{receiver} from {sender}: posted {posted}, delivered {}, without id {local}, duplicated {duplicated}, out of order {out_of_order}, lost {lost}",
+                distinct.len()
+            );
+            if duplicated + out_of_order > 0 || lost > 0 {
+                failures.push(format!("{receiver} from {sender}"));
+            }
+        }
+        let ids_in_order = got.ids.windows(2).all(|w| w[0] < w[1]);
+        if !ids_in_order {
+            failures.push(format!("{receiver}: ids out of order"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
