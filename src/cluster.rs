@@ -124,14 +124,17 @@ redis.call('SET', KEYS[4], id, 'EX', 600)
 return id
 ";
 
-/// Appends a private message to the log, once (KEYS[2] remembers a post already made).
+/// Appends a private message to the log, once (KEYS[2] remembers a post already made), with
+/// the instance that holds the target's name (KEYS[3]) now: only that one delivers it.
 const PRIVATE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if not after_stored(2) then return not_after end
+if not after_stored(3) then return not_after end
+local holder = redis.call('GET', KEYS[3])
+holder = holder and string.match(holder, '^%S+') or ''
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(KEYS[1]), 'kind', 'private',
   'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
   'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10],
-  'serial', ARGV[11])
+  'serial', ARGV[11], 'holder', holder)
 redis.call('SET', KEYS[2], 1, 'EX', 600)
 return 1
 ";
@@ -172,20 +175,50 @@ return 1
 ";
 
 /// Takes a name for this instance, or extends its lease if this instance holds it already.
+/// The value is `{instance} {ms}`: the instance, and when it gave the name to its member.
+///
+/// A new claim (ARGV[4] `0`) never takes a name another instance holds. A renewal (ARGV[4]
+/// `1`) of a name this instance gave while it could not reach Redis may find another instance
+/// holding it, given meanwhile: the member who had it first keeps it (ties: the holder), so the
+/// two instances agree whichever renews first, and the other one tells its member.
 const CLAIM: &str = r"
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+if holder then
+  local instance, granted = string.match(holder, '^(%S+) (%d+)$')
+  if instance == nil then instance, granted = holder, '0' end
+  if instance ~= ARGV[1] and (ARGV[4] ~= '1' or tonumber(granted) <= tonumber(ARGV[3])) then
+    return 0
+  end
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[3], 'EX', ARGV[2])
+return 1
 ";
 
 /// Deletes a name if this instance holds it.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and string.match(holder, '^%S+') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// Deletes a member's presence entry if this instance wrote it (after two instances gave one
+/// name to two members, the other one's entry stays).
+const FORGET: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+";
+
+/// The instance in a name key's value (`{instance} {ms}`).
+fn holder_instance(value: &str) -> &str {
+    value.split(' ').next().unwrap_or_default()
+}
+
+/// Now, in milliseconds since 1970 (when a name was given: the earlier holder keeps it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// How to reach Redis and how much it keeps.
 #[derive(Debug, Clone)]
@@ -250,11 +283,19 @@ struct Counters {
     queued: AtomicU64,
 }
 
+/// A name given to a member of this instance.
+struct HeldName {
+    /// Members here holding it (two for a moment, while one renames itself to another form).
+    count: usize,
+    /// When it was given (ms since 1970): after an outage, the earlier holder keeps it.
+    granted: u64,
+}
+
 /// What this instance holds in Redis and must keep alive: names and presence entries.
 #[derive(Default)]
 struct Held {
-    /// By the name's key ([`crate::protocol::name_key`]), with how many hold it here.
-    names: HashMap<String, usize>,
+    /// By the name's key ([`crate::protocol::name_key`]).
+    names: HashMap<String, HeldName>,
     presence: HashMap<(String, String), usize>,
     /// Presence entries whose removal failed (Redis was away): retried by the heartbeat.
     gone: HashSet<(String, String)>,
@@ -273,6 +314,7 @@ pub struct Cluster {
     notice: Script,
     claim: Script,
     release: Script,
+    forget: Script,
     queue: mpsc::Sender<Pending>,
     queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
     serial: AtomicU64,
@@ -502,7 +544,10 @@ fn log_entry(
         None
     };
     Some(if private {
-        Delivery::Private(message, origin)
+        // Only the instance that held the target's name when the log took the message (any
+        // that has the name, for an entry that does not say).
+        let holder: String = entry.get("holder").unwrap_or_default();
+        Delivery::Private(message, origin, holder.is_empty() || holder == me)
     } else {
         Delivery::Chat(message, origin)
     })
@@ -536,6 +581,7 @@ impl Cluster {
             notice: Script::new(&format!("{LOG_ID}{NOTICE}")),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            forget: Script::new(FORGET),
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
             serial: AtomicU64::new(1),
@@ -899,9 +945,11 @@ impl Cluster {
         dedupe: String,
     ) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.private.prepare_invoke();
+        let to = m.to.as_deref().unwrap_or_default();
         invocation
             .key(LOG_KEY)
             .key(dedupe)
+            .key(name_key(&crate::protocol::name_key(to)))
             .arg(self.config.log_max)
             .arg(&m.room)
             .arg(&m.username)
@@ -1005,12 +1053,20 @@ impl Cluster {
 
     /// Every [`HEARTBEAT`]: renews this instance's heartbeat, its names and presence entries
     /// (re-creating them if Redis lost them).
+    /// Also at once when Redis is back, so that a name given to two members meanwhile is
+    /// settled then.
     async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut every = tokio::time::interval(HEARTBEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut up = self.up_changed.subscribe();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
+                Ok(()) = up.changed() => {
+                    if !*up.borrow_and_update() {
+                        continue;
+                    }
+                }
                 () = stop.cancelled() => return,
             }
             if let Err(e) = self.heartbeat().await {
@@ -1022,7 +1078,11 @@ impl Cluster {
     async fn heartbeat(&self) -> anyhow::Result<()> {
         let (names, presence, gone) = {
             let mut held = lock(&self.held);
-            let names: Vec<String> = held.names.keys().cloned().collect();
+            let names: Vec<(String, u64)> = held
+                .names
+                .iter()
+                .map(|(key, name)| (key.clone(), name.granted))
+                .collect();
             let presence: Vec<(String, String)> = held.presence.keys().cloned().collect();
             let gone: Vec<(String, String)> = std::mem::take(&mut held.gone)
                 .into_iter()
@@ -1053,21 +1113,37 @@ impl Cluster {
             }
             bounded(pipe.query_async::<()>(&mut connection)).await?;
         }
-        for name in names {
-            if !self.claim_raw(&name).await? {
-                tracing::warn!(name, "another instance holds this name too");
+        let mut lost = HashSet::new();
+        for (key, granted) in names {
+            if !self.claim_raw(&key, granted, true).await? {
+                // Given to a member here while Redis was away, and to one of another instance
+                // who had it first: this one is told, and closed.
+                tracing::warn!(
+                    name = key,
+                    "this name was given to two members while redis was unreachable; the one \
+                     of another instance had it first and keeps it: closing the one here"
+                );
+                self.deliver(Delivery::NameLost { key: key.clone() });
+                lost.insert(key);
             }
         }
-        if !presence.is_empty() || !gone.is_empty() {
+        let presence: Vec<(String, String)> = presence
+            .into_iter()
+            .filter(|(_, name)| !lost.contains(&crate::protocol::name_key(name)))
+            .collect();
+        if !presence.is_empty() {
             let mut pipe = redis::pipe();
             for (room, name) in &presence {
                 pipe.hset(presence_key(room), name, &self.id).ignore();
             }
-            for (room, name) in &gone {
-                pipe.hdel(presence_key(room), name).ignore();
-            }
             if let Err(e) = bounded(pipe.query_async::<()>(&mut connection)).await {
                 lock(&self.held).gone.extend(gone);
+                return Err(e);
+            }
+        }
+        for (i, (room, name)) in gone.iter().enumerate() {
+            if let Err(e) = self.forget(room, name).await {
+                lock(&self.held).gone.extend(gone.into_iter().skip(i));
                 return Err(e);
             }
         }
@@ -1075,14 +1151,27 @@ impl Cluster {
     }
 
     /// Claims the name whose key ([`crate::protocol::name_key`]) is `key`.
-    async fn claim_raw(&self, key: &str) -> anyhow::Result<bool> {
+    /// Claims the name whose key is `key`, given to its member at `granted` (see [`CLAIM`]);
+    /// `renewal` for one this instance holds already.
+    async fn claim_raw(&self, key: &str, granted: u64, renewal: bool) -> anyhow::Result<bool> {
         let mut invocation = self.claim.prepare_invoke();
         invocation
             .key(name_key(key))
             .arg(&self.id)
-            .arg(LEASE.as_secs());
+            .arg(LEASE.as_secs())
+            .arg(granted)
+            .arg(flag(renewal));
         let mut connection = self.commands.clone();
         Ok(bounded(invocation.invoke_async::<i64>(&mut connection)).await? == 1)
+    }
+
+    /// Deletes `name`'s presence entry in `room` if this instance wrote it.
+    async fn forget(&self, room: &str, name: &str) -> anyhow::Result<()> {
+        let mut invocation = self.forget.prepare_invoke();
+        invocation.key(presence_key(room)).arg(name).arg(&self.id);
+        let mut connection = self.commands.clone();
+        bounded(invocation.invoke_async::<i64>(&mut connection)).await?;
+        Ok(())
     }
 
     /// Takes `name` across instances. `Ok(false)`: another instance holds it. When Redis does
@@ -1090,7 +1179,13 @@ impl Cluster {
     /// it once Redis is back.
     pub async fn claim_name(&self, name: &str) -> bool {
         let key = crate::protocol::name_key(name);
-        match self.claim_raw(&key).await {
+        // A name this instance holds already (its member renames itself to another form of
+        // it) keeps the time it was first given.
+        let granted = lock(&self.held)
+            .names
+            .get(&key)
+            .map_or_else(now_ms, |held| held.granted);
+        match self.claim_raw(&key, granted, false).await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
@@ -1098,7 +1193,11 @@ impl Cluster {
                 tracing::warn!(name, "name checked on this instance only: {e:#}");
             }
         }
-        *lock(&self.held).names.entry(key).or_default() += 1;
+        lock(&self.held)
+            .names
+            .entry(key)
+            .or_insert(HeldName { count: 0, granted })
+            .count += 1;
         true
     }
 
@@ -1107,11 +1206,11 @@ impl Cluster {
         let key = crate::protocol::name_key(name);
         {
             let mut held = lock(&self.held);
-            let Some(count) = held.names.get_mut(&key) else {
+            let Some(name) = held.names.get_mut(&key) else {
                 return;
             };
-            *count -= 1;
-            if *count > 0 {
+            name.count -= 1;
+            if name.count > 0 {
                 return;
             }
             held.names.remove(&key);
@@ -1152,8 +1251,7 @@ impl Cluster {
             }
             held.presence.remove(&key);
         }
-        let mut connection = self.commands.clone();
-        if let Err(e) = bounded(connection.hdel::<_, _, ()>(presence_key(room), name)).await {
+        if let Err(e) = self.forget(room, name).await {
             tracing::debug!(room, name, "presence not removed yet: {e:#}");
             lock(&self.held)
                 .gone
@@ -1260,7 +1358,7 @@ impl Cluster {
         let mut connection = self.commands.clone();
         let key = crate::protocol::name_key(name);
         let holder: Option<String> = bounded(connection.get(name_key(&key))).await?;
-        let Some(holder) = holder else {
+        let Some(holder) = holder.map(|h| holder_instance(&h).to_owned()) else {
             return Ok(false);
         };
         Ok(self

@@ -618,11 +618,45 @@ impl Hub {
         let state = &mut *guard;
         match delivery {
             Delivery::Chat(event, origin) => self.deliver_chat(state, event, origin),
-            Delivery::Private(event, origin) => self.deliver_private(state, event, origin),
+            Delivery::Private(event, origin, here) => {
+                self.deliver_private(state, event, origin, here);
+            }
             Delivery::Notice(entry) => self.deliver_notice(state, entry),
             Delivery::Census { room, others } => self.deliver_census(state, &room, others),
             Delivery::Refused(origin) => self.refused(state, origin),
             Delivery::Local(event, origin) => self.deliver_local(state, event, origin),
+            Delivery::NameLost { key } => self.name_lost(state, &key),
+        }
+    }
+
+    /// The member holding the name `key` lost it to a member of another instance who had it
+    /// first (both were given it while the instances could not see each other): it is told
+    /// with a `name_taken` error, leaves, and its connection is closed with 4009.
+    fn name_lost(&self, state: &mut State, key: &str) {
+        let Some(&id) = state.names.get(key) else {
+            return;
+        };
+        let Some(member) = state
+            .rooms_by_member
+            .get(&id)
+            .and_then(|room| state.rooms.get_mut(room))
+            .and_then(|room| room.members.get_mut(&id))
+        else {
+            return;
+        };
+        let why = format!(
+            "the name '{}' was given to someone else too while this server could not reach \
+             the others, and they had it first; connect with another name",
+            member.name
+        );
+        let _ = member
+            .frames
+            .try_send(Event::error("name_taken", why, None).to_frame());
+        if let Some(evict) = member.evict.take() {
+            let _ = evict.send(close::NAME_REJECTED);
+        }
+        if let Some((_, slow)) = self.take(state, id) {
+            self.evict_all(state, slow);
         }
     }
 
@@ -704,8 +738,16 @@ impl Hub {
 
     /// A private message through the log: to its target if it is a member here, and the
     /// sender's acknowledgement if the sender is (the sender had its copy when it posted).
-    fn deliver_private(&self, state: &mut State, event: ChatEvent, origin: Option<Origin>) {
-        let target = event.to.as_deref().and_then(|to| state.member_named(to));
+    fn deliver_private(
+        &self,
+        state: &mut State,
+        event: ChatEvent,
+        origin: Option<Origin>,
+        here: bool,
+    ) {
+        let target = (event.to.as_deref())
+            .filter(|_| here)
+            .and_then(|to| state.member_named(to));
         let delivered = match target {
             Some(target) => {
                 let frame = Event::Chat(event).to_frame();

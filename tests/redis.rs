@@ -1215,3 +1215,82 @@ fn a_stalled_redis_does_not_reorder_a_senders_messages() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Reads until the connection closes; returns every event before the close and the close.
+fn until_closed(ws: &mut Ws) -> (Vec<Value>, Value) {
+    let mut before = Vec::new();
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "close" {
+            return (before, event);
+        }
+        before.push(event);
+    }
+}
+
+/// While Redis is away each instance gives names on its own, so two members can get one name.
+/// When Redis is back the one who had it first keeps it; the other is told (`name_taken`) and
+/// closed with 4009, and private messages go to the holder only.
+#[test]
+fn a_name_given_twice_during_an_outage_is_settled_when_redis_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let mut b = Instance::start(&redis.url(), &[]);
+    let mut c = Instance::start(&redis.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut dave = member(&c.url, "dave");
+
+    redis.kill();
+    for instance in [&mut a, &mut b, &mut c] {
+        instance.logs.wait_for("unreachable");
+    }
+    // b cannot ask Redis: it gives the name to a second alice.
+    let mut second = member(&b.url, "alice");
+
+    redis.restart(dir.path());
+    let back = format!("{} reachable", redis.url());
+    for instance in [&mut a, &mut b, &mut c] {
+        instance.logs.wait_for(&back);
+    }
+    // A private message sent now goes to the alice Redis knows, whoever else is called alice.
+    let psst = json!({"type": "chat", "content": "psst", "to": "alice", "ref": 1}).to_string();
+    dave.send(Message::text(psst)).unwrap();
+    let acked = until(&mut dave, "the ack", |e| {
+        e["type"] == "ack" || e["type"] == "error"
+    });
+    assert_eq!(acked["type"], "ack", "{acked}");
+    let got = until(&mut alice, "the private message", |e| e["type"] == "chat");
+    assert_eq!(
+        (got["message"].as_str(), got["private"].as_bool()),
+        (Some("psst"), Some(true))
+    );
+
+    // The second alice is told and closed; the first keeps the name.
+    let (events, close) = until_closed(&mut second);
+    let refusal = events
+        .iter()
+        .find(|e| e["type"] == "error")
+        .unwrap_or_else(|| panic!("no error before the close: {events:#?}"));
+    assert_eq!(refusal["code"], "name_taken", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("had it first"),
+        "{refusal}"
+    );
+    assert!(
+        events.iter().all(|e| e["message"] != "psst"),
+        "the second alice got the private message: {events:#?}"
+    );
+    assert!(close["frame"].as_str().unwrap().contains("4009"), "{close}");
+    b.logs.wait_for("given to two members");
+    assert_eq!(who(&mut dave), json!(["alice", "dave"]));
+    // The name is still alice's, on every instance.
+    let mut third = connect(&b.url, "name=alice");
+    let refused = until(&mut third, "the refusal", |e| e["type"] == "error");
+    assert_eq!(refused["code"], "name_taken");
+    say(&mut dave, "still here?", 2);
+    assert_eq!(chats(&mut alice, 1)[0].1, "still here?");
+}

@@ -485,8 +485,13 @@ pub(super) async fn run<S>(
             code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
                 if let Ok(code) = code {
-                    Metrics::inc(&metrics.slow_disconnects);
-                    closer.close(code, "too slow: outbox full");
+                    if code == close::NAME_REJECTED {
+                        // Its name went to a member of another instance who had it first.
+                        closer.close(code, "name held by another member");
+                    } else {
+                        Metrics::inc(&metrics.slow_disconnects);
+                        closer.close(code, "too slow: outbox full");
+                    }
                 }
             }
             // One timer for both: the end of a pause in reading, and the close deadline.
