@@ -174,6 +174,43 @@ redis.call('SET', KEYS[4], 1, 'EX', 600)
 return 1
 ";
 
+/// Announces that the members ARGV[5..] of a room left, if their instance ARGV[3] died (its
+/// heartbeat expired) and they are still listed as its members: removes them from the room's
+/// presence and the instance from its counts, and appends one leave notice each (carrying the
+/// live instances' counts), all at once, so that of the live instances that notice the death,
+/// only the first announces it.
+const REAP: &str = r"
+if redis.call('EXISTS', 'wschat:instance:' .. ARGV[3]) == 1 then return 0 end
+local gone = {}
+for i = 5, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[3] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+if #gone == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[3])
+local counts = redis.call('HGETALL', KEYS[2])
+local parts = {}
+local total = 0
+for i = 1, #counts, 2 do
+  if redis.call('EXISTS', 'wschat:instance:' .. counts[i]) == 1 then
+    parts[#parts + 1] = counts[i] .. '=' .. counts[i + 1]
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[2], counts[i])
+  end
+end
+if total == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+for _, name in ipairs(gone) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], log_id(KEYS[4]), 'kind', 'notice',
+    'room', ARGV[2], 'event', 'leave', 'name', name, 'message', name .. ' left the chat',
+    'timestamp', ARGV[4], 'instance', ARGV[3], 'member', 0, 'local', '0',
+    'counts', table.concat(parts, ' '))
+end
+return #gone
+";
+
 /// Takes a name for this instance, or extends its lease if this instance holds it already.
 /// The value is `{instance} {ms}`: the instance, and when it gave the name to its member.
 ///
@@ -315,6 +352,7 @@ pub struct Cluster {
     claim: Script,
     release: Script,
     forget: Script,
+    reap: Script,
     queue: mpsc::Sender<Pending>,
     queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
     serial: AtomicU64,
@@ -582,6 +620,7 @@ impl Cluster {
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
             forget: Script::new(FORGET),
+            reap: Script::new(&format!("{LOG_ID}{REAP}")),
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
             serial: AtomicU64::new(1),
@@ -1147,7 +1186,70 @@ impl Cluster {
                 return Err(e);
             }
         }
-        self.recount(rooms.into_keys().collect()).await
+        let rooms: Vec<String> = rooms.into_keys().collect();
+        if let Err(e) = self.reap(&rooms).await {
+            tracing::debug!("members of dead instances not looked for: {e:#}");
+        }
+        self.recount(rooms).await
+    }
+
+    /// Announces the departure of the members of `rooms` whose instance died without a word
+    /// (its heartbeat expired): once, by whichever live instance gets there first. Done every
+    /// heartbeat for the rooms this instance has members in, and before a `who`.
+    async fn reap(&self, rooms: &[String]) -> anyhow::Result<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hgetall(presence_key(room));
+        }
+        let mut connection = self.commands.clone();
+        let presence: Vec<HashMap<String, String>> =
+            bounded(pipe.query_async(&mut connection)).await?;
+        let instances = presence.iter().flat_map(|p| p.values().cloned()).collect();
+        let alive = self.alive(instances).await?;
+        for (room, members) in rooms.iter().zip(presence) {
+            let mut dead: HashMap<String, Vec<String>> = HashMap::new();
+            for (name, instance) in members {
+                if !alive.contains(&instance) {
+                    dead.entry(instance).or_default().push(name);
+                }
+            }
+            for (instance, names) in dead {
+                let mut invocation = self.reap.prepare_invoke();
+                invocation
+                    .key(presence_key(room))
+                    .key(count_key(room))
+                    .key(ROOMS_KEY)
+                    .key(LOG_KEY)
+                    .arg(self.config.log_max)
+                    .arg(room)
+                    .arg(&instance)
+                    .arg(crate::protocol::timestamp());
+                for name in &names {
+                    invocation.arg(name);
+                }
+                let gone: i64 = bounded(invocation.invoke_async(&mut connection)).await?;
+                if gone > 0 {
+                    tracing::info!(
+                        room,
+                        instance,
+                        members = gone,
+                        "an instance stopped answering: its members' leave announced"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces the departure of `room`'s members whose instance died (see [`Cluster::reap`]),
+    /// without waiting for the next heartbeat: someone who asks `who` may have noticed.
+    pub async fn reap_room(&self, room: &str) {
+        if let Err(e) = self.reap(&[room.to_owned()]).await {
+            tracing::debug!(room, "members of dead instances not looked for: {e:#}");
+        }
     }
 
     /// Claims the name whose key ([`crate::protocol::name_key`]) is `key`.

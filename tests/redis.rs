@@ -1294,3 +1294,73 @@ fn a_name_given_twice_during_an_outage_is_settled_when_redis_is_back() {
     say(&mut dave, "still here?", 2);
     assert_eq!(chats(&mut alice, 1)[0].1, "still here?");
 }
+
+/// The id an instance logs when it starts sharing rooms.
+fn instance_id(instance: &mut Instance) -> String {
+    let line = instance.logs.wait_for("sharing rooms through redis");
+    line.split("instance=")
+        .nth(1)
+        .map(|rest| rest.trim().trim_matches('"').to_owned())
+        .expect("instance id in the log")
+}
+
+/// Reads until the chat message `text`; returns how many leave notices for `name` came first.
+fn leaves_before(ws: &mut Ws, name: &str, text: &str) -> usize {
+    let mut leaves = 0;
+    loop {
+        let event = next_event(ws);
+        assert_ne!(event["type"], "close", "closed: {event}");
+        if event["type"] == "system" && event["event"] == "leave" && event["name"] == name {
+            leaves += 1;
+        }
+        if event["type"] == "chat" && event["message"] == text {
+            return leaves;
+        }
+    }
+}
+
+/// An instance killed without a word: once it is known dead (its heartbeat expired), the
+/// members of its rooms on the live instances hear that its members left, each once, with the
+/// new count, and `who` no longer lists them.
+#[test]
+fn the_members_of_a_dead_instance_are_announced_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let id = instance_id(&mut a);
+    let b = Instance::start(&redis.url(), &[]);
+    let c = Instance::start(&redis.url(), &[]);
+    let _alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    let mut carol = member(&c.url, "carol");
+    notice(&mut bob, "join", "carol");
+    assert_eq!(who(&mut bob), json!(["alice", "bob", "carol"]));
+
+    // SIGKILL: no leave, no cleanup; then its heartbeat expires (now, rather than in 30 s).
+    drop(a);
+    redis_command(&redis.url(), &["DEL", &format!("wschat:instance:{id}")]);
+    // Nobody asks: the live instances notice at their next heartbeat.
+    let left = notice(&mut bob, "leave", "alice");
+    assert_eq!(left["count"], 2, "{left}");
+    assert_eq!(left["message"], "alice left the chat");
+    // Both live instances look again (a `who` does): still one notice each.
+    let mut heard = [1, 0];
+    for (ws, heard) in [&mut bob, &mut carol].into_iter().zip(&mut heard) {
+        ws.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+        let answer = loop {
+            let event = next_event(ws);
+            if event["type"] == "system" && event["event"] == "leave" {
+                *heard += 1;
+            }
+            if event["type"] == "who" {
+                break event;
+            }
+        };
+        assert_eq!(answer["members"], json!(["bob", "carol"]));
+    }
+    say(&mut bob, "from bob", 1);
+    say(&mut carol, "from carol", 2);
+    heard[1] += leaves_before(&mut carol, "alice", "from bob");
+    heard[0] += leaves_before(&mut bob, "alice", "from carol");
+    assert_eq!(heard, [1, 1], "leave notices heard by bob and carol");
+}
