@@ -1154,6 +1154,11 @@ impl Cluster {
         }
         let mut lost = HashSet::new();
         for (key, granted) in names {
+            // Still held here: a name given back meanwhile must not be renewed (the renewal
+            // of an older grant could take it from a member who took it since).
+            if !lock(&self.held).names.contains_key(&key) {
+                continue;
+            }
             if !self.claim_raw(&key, granted, true).await? {
                 // Given to a member here while Redis was away, and to one of another instance
                 // who had it first: this one is told, and closed.
