@@ -320,6 +320,19 @@ struct Counters {
     queued: AtomicU64,
 }
 
+/// Posts of this instance delivered to its members without the log (see [`Cluster::local`]).
+#[derive(Default)]
+struct Local {
+    /// By serial: delivered here while Redis was down; the log's copy of each is then only
+    /// acknowledged here, not delivered again.
+    delivered: HashSet<u64>,
+    /// The highest serial of this instance's posts the tail has read from the log. Posts are
+    /// queued (under the hub's lock) and stored in the order of their serials, so every post
+    /// up to it was delivered here from the log: the posting task does not deliver it again
+    /// (a post Redis stored but whose answer was lost in a stall).
+    logged: u64,
+}
+
 /// A name given to a member of this instance.
 struct HeldName {
     /// Members here holding it (two for a moment, while one renames itself to another form).
@@ -360,9 +373,10 @@ pub struct Cluster {
     up: AtomicBool,
     /// Follows `up`: the posting task wakes when Redis is declared down.
     up_changed: watch::Sender<bool>,
-    /// Posts of this instance (by serial) that its members got while Redis was down: the
-    /// log's copy of each is then only acknowledged here, not delivered again.
-    local: Mutex<HashSet<u64>>,
+    /// Which posts of this instance its members got without the log. Held while a post is
+    /// delivered here, by the posting task or by the tail, so that each post is delivered
+    /// here once, by whichever gets there first, and in order.
+    local: Mutex<Local>,
     /// True once the tail knows where the log ends: posts wait for it, so none is missed.
     ready: watch::Sender<bool>,
     held: Mutex<Held>,
@@ -626,7 +640,7 @@ impl Cluster {
             serial: AtomicU64::new(1),
             up: AtomicBool::new(false),
             up_changed: watch::channel(false).0,
-            local: Mutex::new(HashSet::new()),
+            local: Mutex::new(Local::default()),
             ready: watch::channel(false).0,
             held: Mutex::new(Held::default()),
             counters: Counters::default(),
@@ -795,7 +809,7 @@ impl Cluster {
                         self.posts_left(1, &self.counters.refused);
                         let dropped = flight.remove(0);
                         flight_here = flight_here.saturating_sub(1);
-                        lock(&self.local).remove(&dropped.serial);
+                        lock(&self.local).delivered.remove(&dropped.serial);
                         if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
                             &dropped.post
                         {
@@ -869,16 +883,15 @@ impl Cluster {
             }),
             Outgoing::Private(..) => return,
         };
-        lock(&self.local).insert(pending.serial);
+        let mut local = lock(&self.local);
+        if pending.serial <= local.logged {
+            return; // the log had it, and the tail delivered it
+        }
+        local.delivered.insert(pending.serial);
+        // Still holding `local`: the tail cannot deliver a later post of this instance first.
         if let Some(deliver) = self.sink.get() {
             deliver(delivery);
         }
-    }
-
-    /// Whether the post `serial` of this instance was delivered here while Redis was down
-    /// (asked once, as its copy comes back from the log).
-    fn delivered_here(&self, serial: Option<u64>) -> bool {
-        serial.is_some_and(|serial| lock(&self.local).remove(&serial))
     }
 
     /// Counts `n` posts as gone from the queue, into `outcome`.
@@ -934,7 +947,7 @@ impl Cluster {
     /// The script call for one post; its last argument is the post's serial (the log entry
     /// carries it, so that this instance knows it again when it comes back).
     fn invocation(&self, pending: &Pending, dedupe: String) -> redis::ScriptInvocation<'_> {
-        let here = lock(&self.local).contains(&pending.serial);
+        let here = lock(&self.local).delivered.contains(&pending.serial);
         let mut invocation = match &pending.post {
             Outgoing::Chat(m, o) => {
                 let o = Origin {
@@ -1058,12 +1071,21 @@ impl Cluster {
                     .await?;
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in &key.ids {
-                        match log_entry(&self.id, entry, |s| self.delivered_here(s)) {
+                        // Held while the entry is delivered (see `Cluster::local`).
+                        let mut local = lock(&self.local);
+                        // Asked of this instance's own posts: was it delivered here already?
+                        let here = |serial: Option<u64>| {
+                            let Some(serial) = serial else { return false };
+                            local.logged = local.logged.max(serial);
+                            local.delivered.remove(&serial)
+                        };
+                        match log_entry(&self.id, entry, here) {
                             Some(delivery) => self.deliver(delivery),
                             None => {
                                 tracing::warn!(entry = entry.id, "unreadable log entry skipped")
                             }
                         }
+                        drop(local);
                         last = Some(entry.id.clone());
                     }
                 }
