@@ -202,6 +202,7 @@ for i = 1, #counts, 2 do
   end
 end
 if total == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+redis.call('SET', 'wschat:reaped:' .. ARGV[3], 1, 'EX', 3600)
 for _, name in ipairs(gone) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], log_id(KEYS[4]), 'kind', 'notice',
     'room', ARGV[2], 'event', 'leave', 'name', name, 'message', name .. ' left the chat',
@@ -327,8 +328,8 @@ struct Local {
     /// acknowledged here, not delivered again.
     delivered: HashSet<u64>,
     /// The highest serial of this instance's posts the tail has read from the log. Posts are
-    /// queued (under the hub's lock) and stored in the order of their serials, so every post
-    /// up to it was delivered here from the log: the posting task does not deliver it again
+    /// queued and stored in the order of their serials, so every post up to it was delivered
+    /// here from the log: the posting task does not deliver it again
     /// (a post Redis stored but whose answer was lost in a stall).
     logged: u64,
 }
@@ -368,7 +369,9 @@ pub struct Cluster {
     reap: Script,
     queue: mpsc::Sender<Pending>,
     queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
-    serial: AtomicU64,
+    /// The next post's serial; held while a post is queued, so that posts are queued (and so
+    /// stored) in the order of their serials.
+    serial: Mutex<u64>,
     /// Redis answered the last command (false until the first answer).
     up: AtomicBool,
     /// Follows `up`: the posting task wakes when Redis is declared down.
@@ -637,7 +640,7 @@ impl Cluster {
             reap: Script::new(&format!("{LOG_ID}{REAP}")),
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
-            serial: AtomicU64::new(1),
+            serial: Mutex::new(1),
             up: AtomicBool::new(false),
             up_changed: watch::channel(false).0,
             local: Mutex::new(Local::default()),
@@ -1172,7 +1175,12 @@ impl Cluster {
                 pipe.hset(count_key(room), &self.id, n).ignore();
                 pipe.sadd(ROOMS_KEY, room).ignore();
             }
-            bounded(pipe.query_async::<()>(&mut connection)).await?;
+            let reaped_key = format!("wschat:reaped:{}", self.id);
+            pipe.get(&reaped_key).del(&reaped_key).ignore();
+            let (reaped,): (Option<String>,) = bounded(pipe.query_async(&mut connection)).await?;
+            if reaped.is_some() {
+                self.back(&presence, &rooms);
+            }
         }
         let mut lost = HashSet::new();
         for (key, granted) in names {
@@ -1218,6 +1226,32 @@ impl Cluster {
             tracing::debug!("members of dead instances not looked for: {e:#}");
         }
         self.recount(rooms).await
+    }
+
+    /// This instance was taken for dead (it could not renew its heartbeat for longer than the
+    /// lease) and its members were announced as gone: they are announced as joining again.
+    fn back(&self, presence: &[(String, String)], rooms: &HashMap<String, usize>) {
+        tracing::warn!(
+            "this instance was taken for dead while it could not reach redis; its members are \
+             announced again"
+        );
+        for (room, name) in presence {
+            let announcement = Announcement {
+                room: room.clone(),
+                notice: Notice::Join,
+                name: name.clone(),
+                message: format!("{name} joined the chat"),
+                timestamp: crate::protocol::timestamp(),
+                local: rooms.get(room).copied().unwrap_or(1),
+                // No member of this instance has id 0: nobody here is skipped.
+                origin: Origin {
+                    member: MemberId::from_raw(0),
+                    reference: None,
+                    delivered_locally: false,
+                },
+            };
+            self.enqueue(Outgoing::Notice(announcement));
+        }
     }
 
     /// Announces the departure of the members of `rooms` whose instance died without a word
@@ -1639,10 +1673,12 @@ impl Cluster {
     /// Queues a post for the log. Never delivers here by itself: while Redis is down, the
     /// posting task does, in the order of the queue (see [`Cluster::publish_loop`]).
     fn enqueue(&self, post: Outgoing) -> Handover {
+        let mut serial = lock(&self.serial);
         let pending = Pending {
             post,
-            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+            serial: *serial,
         };
+        *serial += 1;
         // The posting task takes posts off the channel while it waits for Redis: the bound is
         // on every post not yet stored.
         let full = self.counters.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE as u64;

@@ -1364,3 +1364,32 @@ fn the_members_of_a_dead_instance_are_announced_gone() {
     heard[0] += leaves_before(&mut bob, "alice", "from carol");
     assert_eq!(heard, [1, 1], "leave notices heard by bob and carol");
 }
+
+/// An instance cut off from Redis for longer than its lease is taken for dead, and its
+/// members are announced as gone; when it is back, they are announced as joining again.
+#[test]
+fn an_instance_taken_for_dead_announces_its_members_again_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let proxy = Cuttable::start(redis.port);
+    let a = Instance::start(&redis.url(), &[]);
+    let mut b = Instance::start(&proxy.url(), &[]);
+    let id = instance_id(&mut b);
+    let mut alice = member(&a.url, "alice");
+    let _bob = member(&b.url, "bob");
+    notice(&mut alice, "join", "bob");
+
+    proxy.cut();
+    b.logs.wait_for("unreachable");
+    // Its lease runs out (now, rather than in 30 s): a looks, and bob is gone.
+    redis_command(&redis.url(), &["DEL", &format!("wschat:instance:{id}")]);
+    alice.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+    let left = notice(&mut alice, "leave", "bob");
+    assert_eq!(left["count"], 1, "{left}");
+
+    proxy.restore();
+    b.logs.wait_for(" reachable");
+    let back = notice(&mut alice, "join", "bob");
+    assert_eq!(back["count"], 2, "{back}");
+    assert_eq!(who(&mut alice), json!(["alice", "bob"]));
+}
