@@ -381,7 +381,11 @@ fn a_client_resumes_on_another_instance_without_gap_or_duplicate() {
 #[test]
 fn names_are_global_and_who_lists_every_instance() {
     let (_dir, _redis, mut a, b) = two_instances();
+    // A quiet watcher on b hears alice's join once the log has it (and so Redis her name and
+    // her instance's count): the welcome below counts her.
+    let mut watcher = connect(&b.url, "quiet=1&history=0");
     let alice = member(&a.url, "alice");
+    notice(&mut watcher, "join", "alice");
     let mut second = connect(&b.url, "name=alice");
     let refusal = next_event(&mut second);
     assert_eq!(refusal["type"], "error", "{refusal}");
