@@ -74,6 +74,12 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
             }
             let files = server::raise_file_limit();
             tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, "serving");
+            if !address.ip().is_loopback() && config.access.public.is_empty() {
+                tracing::info!(
+                    "pages are this server's own only under an IP address or localhost; to serve \
+                     them under a DNS name (or behind a proxy), start with --public-url URL"
+                );
+            }
             let stop = Stop::default();
             tokio::spawn(follow_signals(
                 signals,
