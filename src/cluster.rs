@@ -11,18 +11,22 @@
 //!   `MAXLEN ~ --keep`.
 //! - `wschat:post:{instance}:{n}`: remembers for a few minutes the id given to one post, so a
 //!   post retried after a timeout is not appended twice.
-//! - `wschat:name:{key}`: who holds a name (value: the instance id), `EX 30`, refreshed every
-//!   10 s while held and deleted on leave; `key` is the name's skeleton
-//!   ([`crate::protocol::name_key`]), so names that look alike are one name.
+//! - `wschat:name:{key}`: who holds a name (value: the instance id and when it gave the name,
+//!   `{id} {ms}`), `EX 30`, refreshed every 10 s while held and deleted on leave; `key` is the
+//!   name's skeleton ([`crate::protocol::name_key`]), so names that look alike are one name.
+//!   After an outage that let two instances give one name, the earlier holder keeps it.
 //! - `wschat:presence:{room}`: hash of member name -> instance id (for `who`);
 //!   `wschat:count:{room}`: hash of instance id -> its visible members of the room (for counts);
 //!   `wschat:rooms`: the rooms with members somewhere (for `rooms`);
 //!   `wschat:instance:{id}`: the instance's heartbeat (`EX 30`, refreshed every 10 s). Members of
 //!   an instance whose heartbeat expired are not counted, so a dead instance stops counting
-//!   within 30 s (40 s for the counts, which are taken again every heartbeat).
+//!   within 30 s (40 s for the counts, which are taken again every heartbeat), and the first
+//!   live instance to notice announces its members' departure;
+//!   `wschat:reaped:{id}` says it did, so that an instance only cut off announces them again.
 //!
 //! The log carries three kinds of entries: room messages (no `kind` field), private messages
-//! (`kind` `private`, delivered by the instance that has the target) and join, leave and rename
+//! (`kind` `private`, delivered by the instance that held the target's name when the log took
+//! it) and join, leave and rename
 //! notices (`kind` `notice`, with every live instance's count of the room's members at that
 //! point). Posting a room message is one Lua script that increments the room counter and
 //! appends to both streams atomically, so ids are ordered the same way as the log, on every
@@ -30,7 +34,8 @@
 //! notice with everyone's counts, so counts follow the log's order too.
 //!
 //! No Redis call is made under the hub's lock: the hub only queues posts (a bounded channel),
-//! and everything else (loading a room's history, claiming a name) happens in the connection's
+//! which one task posts in order (and, while Redis is down, delivers to this instance's members
+//! in that order), and everything else (loading a room's history, claiming a name) happens in the connection's
 //! task before it calls the hub. Every call has a timeout; a Redis outage is logged, shown by
 //! `/healthz` and `/metrics`, and retried with backoff.
 
