@@ -59,6 +59,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Clients must present this token (CLI: --token; browsers: ?token=)')
             [CompletionResult]::new('--token-file', '--token-file', [CompletionResultType]::ParameterName, 'Read the token from this file (its first line)')
             [CompletionResult]::new('--allow-origin', '--allow-origin', [CompletionResultType]::ParameterName, 'Also accept WebSocket connections from pages of this origin (e.g. https://chat.example.com; * for any). Repeatable')
+            [CompletionResult]::new('--public-url', '--public-url', [CompletionResultType]::ParameterName, 'The address people use to reach this server (e.g. https://chat.example.com): pages served under its name, or of its origin behind a proxy that rewrites Host, are this server''s own. Without it only an IP address or localhost counts as the server''s name (other names may be DNS rebinding). Repeatable, or a comma-separated list')
             [CompletionResult]::new('--tls-cert', '--tls-cert', [CompletionResultType]::ParameterName, 'Serve wss:// and https:// with this PEM certificate (chain)')
             [CompletionResult]::new('--tls-key', '--tls-key', [CompletionResultType]::ParameterName, 'The PEM private key of --tls-cert')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Log format on stderr')

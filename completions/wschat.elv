@@ -55,6 +55,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --token 'Clients must present this token (CLI: --token; browsers: ?token=)'
             cand --token-file 'Read the token from this file (its first line)'
             cand --allow-origin 'Also accept WebSocket connections from pages of this origin (e.g. https://chat.example.com; * for any). Repeatable'
+            cand --public-url 'The address people use to reach this server (e.g. https://chat.example.com): pages served under its name, or of its origin behind a proxy that rewrites Host, are this server''s own. Without it only an IP address or localhost counts as the server''s name (other names may be DNS rebinding). Repeatable, or a comma-separated list'
             cand --tls-cert 'Serve wss:// and https:// with this PEM certificate (chain)'
             cand --tls-key 'The PEM private key of --tls-cert'
             cand --log-format 'Log format on stderr'

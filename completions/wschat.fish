@@ -58,6 +58,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l handshake-timeou
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token -d 'Clients must present this token (CLI: --token; browsers: ?token=)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l token-file -d 'Read the token from this file (its first line)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l allow-origin -d 'Also accept WebSocket connections from pages of this origin (e.g. https://chat.example.com; * for any). Repeatable' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l public-url -d 'The address people use to reach this server (e.g. https://chat.example.com): pages served under its name, or of its origin behind a proxy that rewrites Host, are this server\'s own. Without it only an IP address or localhost counts as the server\'s name (other names may be DNS rebinding). Repeatable, or a comma-separated list' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-cert -d 'Serve wss:// and https:// with this PEM certificate (chain)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-key -d 'The PEM private key of --tls-cert' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l log-format -d 'Log format on stderr' -r -f -a "text\t''

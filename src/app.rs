@@ -65,8 +65,6 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
             let address = listener.local_addr()?;
-            let mut config = config;
-            config.access.loopback_only = address.ip().is_loopback();
             let scheme = if config.tls.is_some() { "wss" } else { "ws" };
             {
                 // Scripts wait for this line, so it goes out at once.
@@ -86,6 +84,12 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
                 }
             }
             tracing::info!(%address, raw = config.raw, echo = config.echo, open_files = files, max_clients = config.max_clients, "serving");
+            if !address.ip().is_loopback() && config.access.public.is_empty() {
+                tracing::info!(
+                    "pages are this server's own only under an IP address or localhost; to serve \
+                     them under a DNS name (or behind a proxy), start with --public-url URL"
+                );
+            }
             let stop = Stop::default();
             tokio::spawn(follow_signals(
                 signals,

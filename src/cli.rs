@@ -14,7 +14,7 @@ use crate::client::join::JoinConfig;
 use crate::client::send::SendConfig;
 use crate::exit;
 use crate::protocol;
-use crate::server::{Access, ServerConfig};
+use crate::server::{Access, PublicUrl, ServerConfig};
 use crate::store::Keep;
 use crate::tls;
 
@@ -159,6 +159,18 @@ pub struct ServeArgs {
     /// https://chat.example.com; * for any). Repeatable.
     #[arg(long, value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
+    /// The address people use to reach this server (e.g. https://chat.example.com): pages
+    /// served under its name, or of its origin behind a proxy that rewrites Host, are this
+    /// server's own. Without it only an IP address or localhost counts as the server's name
+    /// (other names may be DNS rebinding). Repeatable, or a comma-separated list.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WSCHAT_PUBLIC_URL",
+        value_delimiter = ',',
+        value_parser = parse_public_url
+    )]
+    pub public_url: Vec<PublicUrl>,
     /// Serve wss:// and https:// with this PEM certificate (chain).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -425,6 +437,10 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+fn parse_public_url(text: &str) -> Result<PublicUrl, String> {
+    PublicUrl::parse(text)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (try 500ms, 10s, 5m)"))
 }
@@ -547,8 +563,8 @@ impl Cli {
                     access: Access {
                         token: server_token(a.token, a.token_file.as_deref())?,
                         allowed_origins: a.allow_origin,
-                        // Known once the listener is bound.
-                        loopback_only: false,
+                        public: a.public_url,
+                        warned: Default::default(),
                     },
                     tls: match (&a.tls_cert, &a.tls_key) {
                         (Some(cert), Some(key)) => Some(

@@ -11,17 +11,22 @@
 //!   `MAXLEN ~ --keep`.
 //! - `wschat:post:{instance}:{n}`: remembers for a few minutes the id given to one post, so a
 //!   post retried after a timeout is not appended twice.
-//! - `wschat:name:{name}`: who holds a name (value: the instance id), `EX 30`, refreshed every
-//!   10 s while held and deleted on leave.
+//! - `wschat:name:{key}`: who holds a name (value: the instance id and when it gave the name,
+//!   `{id} {ms}`), `EX 30`, refreshed every 10 s while held and deleted on leave; `key` is the
+//!   name's skeleton ([`crate::protocol::name_key`]), so names that look alike are one name.
+//!   After an outage that let two instances give one name, the earlier holder keeps it.
 //! - `wschat:presence:{room}`: hash of member name -> instance id (for `who`);
 //!   `wschat:count:{room}`: hash of instance id -> its visible members of the room (for counts);
 //!   `wschat:rooms`: the rooms with members somewhere (for `rooms`);
 //!   `wschat:instance:{id}`: the instance's heartbeat (`EX 30`, refreshed every 10 s). Members of
 //!   an instance whose heartbeat expired are not counted, so a dead instance stops counting
-//!   within 30 s (40 s for the counts, which are taken again every heartbeat).
+//!   within 30 s (40 s for the counts, which are taken again every heartbeat), and the first
+//!   live instance to notice announces its members' departure;
+//!   `wschat:reaped:{id}` says it did, so that an instance only cut off announces them again.
 //!
 //! The log carries three kinds of entries: room messages (no `kind` field), private messages
-//! (`kind` `private`, delivered by the instance that has the target) and join, leave and rename
+//! (`kind` `private`, delivered by the instance that held the target's name when the log took
+//! it) and join, leave and rename
 //! notices (`kind` `notice`, with every live instance's count of the room's members at that
 //! point). Posting a room message is one Lua script that increments the room counter and
 //! appends to both streams atomically, so ids are ordered the same way as the log, on every
@@ -29,11 +34,12 @@
 //! notice with everyone's counts, so counts follow the log's order too.
 //!
 //! No Redis call is made under the hub's lock: the hub only queues posts (a bounded channel),
-//! and everything else (loading a room's history, claiming a name) happens in the connection's
+//! which one task posts in order (and, while Redis is down, delivers to this instance's members
+//! in that order), and everything else (loading a room's history, claiming a name) happens in the connection's
 //! task before it calls the hub. Every call has a timeout; a Redis outage is logged, shown by
 //! `/healthz` and `/metrics`, and retried with backoff.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -117,18 +123,23 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], id .. '-0',
   'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4], 'action', ARGV[5])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], log_id(KEYS[3]),
   'room', ARGV[1], 'id', id, 'username', ARGV[2], 'message', ARGV[3], 'timestamp', ARGV[4],
-  'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9])
+  'action', ARGV[5], 'instance', ARGV[6], 'member', ARGV[7], 'ref', ARGV[8], 'local', ARGV[9],
+  'serial', ARGV[13])
 redis.call('SET', KEYS[4], id, 'EX', 600)
 return id
 ";
 
-/// Appends a private message to the log, once (KEYS[2] remembers a post already made).
+/// Appends a private message to the log, once (KEYS[2] remembers a post already made), with
+/// the instance that holds the target's name (KEYS[3]) now: only that one delivers it.
 const PRIVATE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if not after_stored(2) then return not_after end
+if not after_stored(3) then return not_after end
+local holder = redis.call('GET', KEYS[3])
+holder = holder and string.match(holder, '^%S+') or ''
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], log_id(KEYS[1]), 'kind', 'private',
   'room', ARGV[2], 'username', ARGV[3], 'message', ARGV[4], 'timestamp', ARGV[5],
-  'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10])
+  'action', ARGV[6], 'to', ARGV[7], 'instance', ARGV[8], 'member', ARGV[9], 'ref', ARGV[10],
+  'serial', ARGV[11], 'holder', holder)
 redis.call('SET', KEYS[2], 1, 'EX', 600)
 return 1
 ";
@@ -162,26 +173,95 @@ else
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], log_id(KEYS[3]), 'kind', 'notice',
   'room', ARGV[2], 'event', ARGV[3], 'name', ARGV[4], 'message', ARGV[5], 'timestamp', ARGV[6],
-  'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '))
+  'instance', ARGV[7], 'member', ARGV[8], 'local', ARGV[10], 'counts', table.concat(parts, ' '),
+  'serial', ARGV[11])
 redis.call('SET', KEYS[4], 1, 'EX', 600)
 return 1
 ";
 
+/// Announces that the members ARGV[5..] of a room left, if their instance ARGV[3] died (its
+/// heartbeat expired) and they are still listed as its members: removes them from the room's
+/// presence and the instance from its counts, and appends one leave notice each (carrying the
+/// live instances' counts), all at once, so that of the live instances that notice the death,
+/// only the first announces it.
+const REAP: &str = r"
+if redis.call('EXISTS', 'wschat:instance:' .. ARGV[3]) == 1 then return 0 end
+local gone = {}
+for i = 5, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[3] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+if #gone == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[3])
+local counts = redis.call('HGETALL', KEYS[2])
+local parts = {}
+local total = 0
+for i = 1, #counts, 2 do
+  if redis.call('EXISTS', 'wschat:instance:' .. counts[i]) == 1 then
+    parts[#parts + 1] = counts[i] .. '=' .. counts[i + 1]
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[2], counts[i])
+  end
+end
+if total == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+redis.call('SET', 'wschat:reaped:' .. ARGV[3], 1, 'EX', 3600)
+for _, name in ipairs(gone) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[1], log_id(KEYS[4]), 'kind', 'notice',
+    'room', ARGV[2], 'event', 'leave', 'name', name, 'message', name .. ' left the chat',
+    'timestamp', ARGV[4], 'instance', ARGV[3], 'member', 0, 'local', '0',
+    'counts', table.concat(parts, ' '))
+end
+return #gone
+";
+
 /// Takes a name for this instance, or extends its lease if this instance holds it already.
+/// The value is `{instance} {ms}`: the instance, and when it gave the name to its member.
+///
+/// A new claim (ARGV[4] `0`) never takes a name another instance holds. A renewal (ARGV[4]
+/// `1`) of a name this instance gave while it could not reach Redis may find another instance
+/// holding it, given meanwhile: the member who had it first keeps it (ties: the holder), so the
+/// two instances agree whichever renews first, and the other one tells its member.
 const CLAIM: &str = r"
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+if holder then
+  local instance, granted = string.match(holder, '^(%S+) (%d+)$')
+  if instance == nil then instance, granted = holder, '0' end
+  if instance ~= ARGV[1] and (ARGV[4] ~= '1' or tonumber(granted) <= tonumber(ARGV[3])) then
+    return 0
+  end
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[3], 'EX', ARGV[2])
+return 1
 ";
 
 /// Deletes a name if this instance holds it.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and string.match(holder, '^%S+') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// Deletes a member's presence entry if this instance wrote it (after two instances gave one
+/// name to two members, the other one's entry stays).
+const FORGET: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+";
+
+/// The instance in a name key's value (`{instance} {ms}`).
+fn holder_instance(value: &str) -> &str {
+    value.split(' ').next().unwrap_or_default()
+}
+
+/// Now, in milliseconds since 1970 (when a name was given: the earlier holder keeps it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// How to reach Redis and how much it keeps.
 #[derive(Debug, Clone)]
@@ -201,8 +281,10 @@ fn room_stream(room: &str) -> String {
     format!("wschat:room:{room}")
 }
 
-fn name_key(name: &str) -> String {
-    format!("wschat:name:{name}")
+/// The Redis key of a name, by the name's key ([`crate::protocol::name_key`]): names that
+/// look alike are one name.
+fn name_key(key: &str) -> String {
+    format!("wschat:name:{key}")
 }
 
 fn presence_key(room: &str) -> String {
@@ -244,10 +326,32 @@ struct Counters {
     queued: AtomicU64,
 }
 
+/// Posts of this instance delivered to its members without the log (see [`Cluster::local`]).
+#[derive(Default)]
+struct Local {
+    /// By serial: delivered here while Redis was down; the log's copy of each is then only
+    /// acknowledged here, not delivered again.
+    delivered: HashSet<u64>,
+    /// The highest serial of this instance's posts the tail has read from the log. Posts are
+    /// queued and stored in the order of their serials, so every post up to it was delivered
+    /// here from the log: the posting task does not deliver it again
+    /// (a post Redis stored but whose answer was lost in a stall).
+    logged: u64,
+}
+
+/// A name given to a member of this instance.
+struct HeldName {
+    /// Members here holding it (two for a moment, while one renames itself to another form).
+    count: usize,
+    /// When it was given (ms since 1970): after an outage, the earlier holder keeps it.
+    granted: u64,
+}
+
 /// What this instance holds in Redis and must keep alive: names and presence entries.
 #[derive(Default)]
 struct Held {
-    names: HashMap<String, usize>,
+    /// By the name's key ([`crate::protocol::name_key`]).
+    names: HashMap<String, HeldName>,
     presence: HashMap<(String, String), usize>,
     /// Presence entries whose removal failed (Redis was away): retried by the heartbeat.
     gone: HashSet<(String, String)>,
@@ -266,11 +370,21 @@ pub struct Cluster {
     notice: Script,
     claim: Script,
     release: Script,
+    forget: Script,
+    reap: Script,
     queue: mpsc::Sender<Pending>,
     queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
-    serial: AtomicU64,
+    /// The next post's serial; held while a post is queued, so that posts are queued (and so
+    /// stored) in the order of their serials.
+    serial: Mutex<u64>,
     /// Redis answered the last command (false until the first answer).
     up: AtomicBool,
+    /// Follows `up`: the posting task wakes when Redis is declared down.
+    up_changed: watch::Sender<bool>,
+    /// Which posts of this instance its members got without the log. Held while a post is
+    /// delivered here, by the posting task or by the tail, so that each post is delivered
+    /// here once, by whichever gets there first, and in order.
+    local: Mutex<Local>,
     /// True once the tail knows where the log ends: posts wait for it, so none is missed.
     ready: watch::Sender<bool>,
     held: Mutex<Held>,
@@ -413,10 +527,20 @@ fn room_entry(room: &str, entry: &StreamId) -> Option<ChatEvent> {
 }
 
 /// Reads one log entry (a room message, a private message or a notice), for instance `me`.
-fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
+/// `here` says whether a post of `me` (by its serial) was delivered to its members already.
+fn log_entry(
+    me: &str,
+    entry: &StreamId,
+    here: impl FnOnce(Option<u64>) -> bool,
+) -> Option<Delivery> {
     let room: String = entry.get("room")?;
     let instance: String = entry.get("instance").unwrap_or_default();
     let mine = instance == me;
+    let here = || {
+        let flagged = entry.get::<String>("local").is_some_and(|l| l == "1");
+        // Only asked of this instance's own posts (the serials are per instance).
+        mine && (here(entry.get("serial")) || flagged)
+    };
     let member = || entry.get::<u64>("member").map(MemberId::from_raw);
     let kind: Option<String> = entry.get("kind");
     if kind.as_deref() == Some("notice") {
@@ -441,7 +565,7 @@ fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
         let origin = Origin {
             member: member()?,
             reference: None,
-            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+            delivered_locally: here(),
         };
         let announcement = Announcement {
             room,
@@ -476,13 +600,16 @@ fn log_entry(me: &str, entry: &StreamId) -> Option<Delivery> {
         Some(Origin {
             member: member()?,
             reference: entry.get::<String>("ref").and_then(|r| r.parse().ok()),
-            delivered_locally: entry.get::<String>("local").is_some_and(|l| l == "1"),
+            delivered_locally: here(),
         })
     } else {
         None
     };
     Some(if private {
-        Delivery::Private(message, origin)
+        // Only the instance that held the target's name when the log took the message (any
+        // that has the name, for an entry that does not say).
+        let holder: String = entry.get("holder").unwrap_or_default();
+        Delivery::Private(message, origin, holder.is_empty() || holder == me)
     } else {
         Delivery::Chat(message, origin)
     })
@@ -516,10 +643,14 @@ impl Cluster {
             notice: Script::new(&format!("{LOG_ID}{NOTICE}")),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            forget: Script::new(FORGET),
+            reap: Script::new(&format!("{LOG_ID}{REAP}")),
             queue,
             queue_rx: Mutex::new(Some(queue_rx)),
-            serial: AtomicU64::new(1),
+            serial: Mutex::new(1),
             up: AtomicBool::new(false),
+            up_changed: watch::channel(false).0,
+            local: Mutex::new(Local::default()),
             ready: watch::channel(false).0,
             held: Mutex::new(Held::default()),
             counters: Counters::default(),
@@ -544,6 +675,9 @@ impl Cluster {
 
     fn set_up(&self, up: bool, error: Option<&anyhow::Error>) {
         let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            self.up_changed.send_replace(up);
+        }
         match (was, up) {
             (true, false) => {
                 self.counters.outages.fetch_add(1, Ordering::Relaxed);
@@ -594,89 +728,180 @@ impl Cluster {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Posts what is queued, in order, whatever has queued up (at most [`MAX_PIPELINE`]) in
+    /// one round trip, retrying what failed until it is stored (or refused for good).
+    ///
+    /// While Redis is down, every post waiting for it is delivered to this instance's members
+    /// at once: first those held when it was declared down (the round trip in flight, then the
+    /// rest), in the order they were made, then each new one as it comes. So a post never
+    /// overtakes an earlier one of the same instance, however long Redis took to be declared
+    /// down (a stalled Redis only is, after [`COMMAND_TIMEOUT`]). Each is still posted, in the
+    /// same order, once Redis is back; the log's copy is then only acknowledged here.
     async fn publish_loop(
         self: Arc<Self>,
         mut queue: mpsc::Receiver<Pending>,
         stop: CancellationToken,
     ) {
         let mut ready = self.ready.subscribe();
-        tokio::select! {
-            _ = ready.wait_for(|r| *r) => {}
-            () = stop.cancelled() => return,
-        }
+        let mut up = self.up_changed.subscribe();
+        // The round trip being posted (or to retry), then the posts behind it; and how many of
+        // each were delivered here already.
+        let mut flight: Vec<Pending> = Vec::new();
+        let mut queued: VecDeque<Pending> = VecDeque::new();
+        let (mut flight_here, mut queued_here) = (0, 0);
+        let mut retry: Option<tokio::time::Instant> = None;
+        let mut backoff = BACKOFF_MIN;
+        let mut refusals = 0;
+        let mut open = true;
         loop {
-            let first = tokio::select! {
-                next = queue.recv() => match next {
-                    Some(pending) => pending,
-                    None => return,
-                },
-                () = stop.cancelled() => return,
-            };
-            // Whatever else is waiting goes in the same round trip, in order.
-            let mut batch = vec![first];
-            while batch.len() < MAX_PIPELINE {
-                match queue.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+            self.deliver_held_here(&flight, &mut flight_here, &queued, &mut queued_here);
+            let due = retry.is_none_or(|at| at <= tokio::time::Instant::now());
+            if flight.is_empty() && due && *ready.borrow() {
+                while queued.len() < MAX_PIPELINE {
+                    match queue.try_recv() {
+                        Ok(pending) => queued.push_back(pending),
+                        Err(_) => break,
+                    }
                 }
+                let n = queued.len().min(MAX_PIPELINE);
+                flight.extend(queued.drain(..n));
+                flight_here = queued_here.min(n);
+                queued_here -= flight_here;
             }
-            if !self.publish_in_order(&batch, &stop).await {
+            if !flight.is_empty() && due {
+                let result = {
+                    let post = self.publish_batch(&flight);
+                    tokio::pin!(post);
+                    // New posts are taken meanwhile: delivered here at once if Redis is down.
+                    loop {
+                        tokio::select! {
+                            result = &mut post => break result,
+                            next = queue.recv(), if open => match next {
+                                Some(pending) => queued.push_back(pending),
+                                None => open = false,
+                            },
+                            Ok(()) = up.changed() => {}
+                            () = stop.cancelled() => return,
+                        }
+                        self.deliver_held_here(
+                            &flight,
+                            &mut flight_here,
+                            &queued,
+                            &mut queued_here,
+                        );
+                    }
+                };
+                let failure = match result {
+                    Ok(()) => Failure {
+                        stored: flight.len(),
+                        ..Failure::default()
+                    },
+                    Err(failure) => failure,
+                };
+                self.posts_left(failure.stored, &self.counters.published);
+                flight.drain(..failure.stored);
+                flight_here = flight_here.saturating_sub(failure.stored);
+                if failure.stored > 0 {
+                    (backoff, refusals) = (BACKOFF_MIN, 0);
+                }
+                let Some(error) = failure.error else {
+                    self.set_up(true, None);
+                    retry = None;
+                    continue;
+                };
+                if failure.refused {
+                    // Redis is there, and refuses this post.
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        tracing::error!(
+                            "redis refuses a post {refusals} times: dropped: {error:#}"
+                        );
+                        self.posts_left(1, &self.counters.refused);
+                        let dropped = flight.remove(0);
+                        flight_here = flight_here.saturating_sub(1);
+                        lock(&self.local).delivered.remove(&dropped.serial);
+                        if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
+                            &dropped.post
+                        {
+                            self.deliver(Delivery::Refused(*origin));
+                        }
+                        (refusals, backoff, retry) = (0, BACKOFF_MIN, None);
+                        continue;
+                    }
+                } else if !failure.reachable {
+                    // Only a Redis that does not answer is down (local delivery goes on without
+                    // it); one that answers but cannot write now (busy, full, loading, a replica)
+                    // holds the posts back until it can.
+                    self.set_up(false, Some(&error));
+                }
+                tracing::debug!("posts not stored yet: {error:#}");
+                retry = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            if !open && flight.is_empty() && queued.is_empty() {
                 return;
+            }
+            // Nothing to post now: wait for a post, the time to retry, the log's end being
+            // known, or Redis being declared down.
+            let wake = retry.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                next = queue.recv(), if open => match next {
+                    Some(pending) => queued.push_back(pending),
+                    None => open = false,
+                },
+                () = tokio::time::sleep_until(wake), if retry.is_some() => {}
+                Ok(()) = ready.changed() => {}
+                Ok(()) = up.changed() => {}
+                () = stop.cancelled() => return,
             }
         }
     }
 
-    /// Posts `batch` in order, retrying what failed until it is stored (or refused for good);
-    /// false if stopped first.
-    async fn publish_in_order(&self, batch: &[Pending], stop: &CancellationToken) -> bool {
-        let mut start = 0;
-        let mut backoff = BACKOFF_MIN;
-        let mut refusals = 0;
-        while start < batch.len() {
-            let failure = match self.publish_batch(&batch[start..]).await {
-                Ok(()) => Failure {
-                    stored: batch.len() - start,
-                    ..Failure::default()
-                },
-                Err(failure) => failure,
-            };
-            self.posts_left(failure.stored, &self.counters.published);
-            start += failure.stored;
-            if failure.stored > 0 {
-                (backoff, refusals) = (BACKOFF_MIN, 0);
-            }
-            let Some(error) = failure.error else {
-                self.set_up(true, None);
-                continue;
-            };
-            if failure.refused {
-                // Redis is there, and refuses this post.
-                refusals += 1;
-                if refusals >= MAX_REFUSALS {
-                    tracing::error!("redis refuses a post {refusals} times: dropped: {error:#}");
-                    self.posts_left(1, &self.counters.refused);
-                    if let Outgoing::Chat(_, origin) | Outgoing::Private(_, origin) =
-                        &batch[start].post
-                    {
-                        self.deliver(Delivery::Refused(*origin));
-                    }
-                    (start, refusals, backoff) = (start + 1, 0, BACKOFF_MIN);
-                    continue;
-                }
-            } else if !failure.reachable {
-                // Only a Redis that does not answer is down (local delivery goes on without
-                // it); one that answers but cannot write now (busy, full, loading, a replica)
-                // holds the posts back until it can.
-                self.set_up(false, Some(&error));
-            }
-            tracing::debug!("posts not stored yet: {error:#}");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return false,
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+    /// While Redis is down: delivers to this instance's members the posts waiting for it that
+    /// they do not have yet, in order (the round trip in flight first).
+    fn deliver_held_here(
+        &self,
+        flight: &[Pending],
+        flight_here: &mut usize,
+        queued: &VecDeque<Pending>,
+        queued_here: &mut usize,
+    ) {
+        if self.is_up() {
+            return;
         }
-        true
+        for pending in flight
+            .iter()
+            .skip(*flight_here)
+            .chain(queued.range(*queued_here..))
+        {
+            self.deliver_here(pending);
+        }
+        (*flight_here, *queued_here) = (flight.len(), queued.len());
+    }
+
+    /// Delivers one post of this instance to its own members, without waiting for the log (a
+    /// room message without an id). A private message is for a member of another instance,
+    /// which only the log reaches.
+    fn deliver_here(&self, pending: &Pending) {
+        let delivery = match &pending.post {
+            Outgoing::Chat(message, origin) => Delivery::Local(message.clone(), *origin),
+            Outgoing::Notice(announcement) => Delivery::Notice(NoticeEntry {
+                others: self.others(&announcement.room),
+                mine: Some(announcement.origin),
+                announcement: announcement.clone(),
+            }),
+            Outgoing::Private(..) => return,
+        };
+        let mut local = lock(&self.local);
+        if pending.serial <= local.logged {
+            return; // the log had it, and the tail delivered it
+        }
+        local.delivered.insert(pending.serial);
+        // Still holding `local`: the tail cannot deliver a later post of this instance first.
+        if let Some(deliver) = self.sink.get() {
+            deliver(delivery);
+        }
     }
 
     /// Counts `n` posts as gone from the queue, into `outcome`.
@@ -729,12 +954,27 @@ impl Cluster {
         format!("wschat:post:{}:{}", self.id, pending.serial)
     }
 
+    /// The script call for one post; its last argument is the post's serial (the log entry
+    /// carries it, so that this instance knows it again when it comes back).
     fn invocation(&self, pending: &Pending, dedupe: String) -> redis::ScriptInvocation<'_> {
-        match &pending.post {
-            Outgoing::Chat(m, o) => self.post_chat(m, o, dedupe),
+        let here = lock(&self.local).delivered.contains(&pending.serial);
+        let mut invocation = match &pending.post {
+            Outgoing::Chat(m, o) => {
+                let o = Origin {
+                    delivered_locally: here,
+                    ..*o
+                };
+                self.post_chat(m, &o, dedupe)
+            }
             Outgoing::Private(m, o) => self.post_private(m, o, dedupe),
-            Outgoing::Notice(a) => self.post_notice(a, dedupe),
-        }
+            Outgoing::Notice(a) => {
+                let mut a = a.clone();
+                a.origin.delivered_locally = here;
+                self.post_notice(&a, dedupe)
+            }
+        };
+        invocation.arg(pending.serial);
+        invocation
     }
 
     fn post_chat(&self, m: &ChatEvent, o: &Origin, dedupe: String) -> redis::ScriptInvocation<'_> {
@@ -767,9 +1007,11 @@ impl Cluster {
         dedupe: String,
     ) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.private.prepare_invoke();
+        let to = m.to.as_deref().unwrap_or_default();
         invocation
             .key(LOG_KEY)
             .key(dedupe)
+            .key(name_key(&crate::protocol::name_key(to)))
             .arg(self.config.log_max)
             .arg(&m.room)
             .arg(&m.username)
@@ -839,12 +1081,21 @@ impl Cluster {
                     .await?;
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in &key.ids {
-                        match log_entry(&self.id, entry) {
+                        // Held while the entry is delivered (see `Cluster::local`).
+                        let mut local = lock(&self.local);
+                        // Asked of this instance's own posts: was it delivered here already?
+                        let here = |serial: Option<u64>| {
+                            let Some(serial) = serial else { return false };
+                            local.logged = local.logged.max(serial);
+                            local.delivered.remove(&serial)
+                        };
+                        match log_entry(&self.id, entry, here) {
                             Some(delivery) => self.deliver(delivery),
                             None => {
                                 tracing::warn!(entry = entry.id, "unreadable log entry skipped")
                             }
                         }
+                        drop(local);
                         last = Some(entry.id.clone());
                     }
                 }
@@ -873,12 +1124,20 @@ impl Cluster {
 
     /// Every [`HEARTBEAT`]: renews this instance's heartbeat, its names and presence entries
     /// (re-creating them if Redis lost them).
+    /// Also at once when Redis is back, so that a name given to two members meanwhile is
+    /// settled then.
     async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut every = tokio::time::interval(HEARTBEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut up = self.up_changed.subscribe();
         loop {
             tokio::select! {
                 _ = every.tick() => {}
+                Ok(()) = up.changed() => {
+                    if !*up.borrow_and_update() {
+                        continue;
+                    }
+                }
                 () = stop.cancelled() => return,
             }
             if let Err(e) = self.heartbeat().await {
@@ -890,7 +1149,11 @@ impl Cluster {
     async fn heartbeat(&self) -> anyhow::Result<()> {
         let (names, presence, gone) = {
             let mut held = lock(&self.held);
-            let names: Vec<String> = held.names.keys().cloned().collect();
+            let names: Vec<(String, u64)> = held
+                .names
+                .iter()
+                .map(|(key, name)| (key.clone(), name.granted))
+                .collect();
             let presence: Vec<(String, String)> = held.presence.keys().cloned().collect();
             let gone: Vec<(String, String)> = std::mem::take(&mut held.gone)
                 .into_iter()
@@ -919,44 +1182,180 @@ impl Cluster {
                 pipe.hset(count_key(room), &self.id, n).ignore();
                 pipe.sadd(ROOMS_KEY, room).ignore();
             }
-            bounded(pipe.query_async::<()>(&mut connection)).await?;
-        }
-        for name in names {
-            if !self.claim_raw(&name).await? {
-                tracing::warn!(name, "another instance holds this name too");
+            let reaped_key = format!("wschat:reaped:{}", self.id);
+            pipe.get(&reaped_key).del(&reaped_key).ignore();
+            let (reaped,): (Option<String>,) = bounded(pipe.query_async(&mut connection)).await?;
+            if reaped.is_some() {
+                self.back(&presence, &rooms);
             }
         }
-        if !presence.is_empty() || !gone.is_empty() {
+        let mut lost = HashSet::new();
+        for (key, granted) in names {
+            // Still held here: a name given back meanwhile must not be renewed (the renewal
+            // of an older grant could take it from a member who took it since).
+            if !lock(&self.held).names.contains_key(&key) {
+                continue;
+            }
+            if !self.claim_raw(&key, granted, true).await? {
+                // Given to a member here while Redis was away, and to one of another instance
+                // who had it first: this one is told, and closed.
+                tracing::warn!(
+                    name = key,
+                    "this name was given to two members while redis was unreachable; the one \
+                     of another instance had it first and keeps it: closing the one here"
+                );
+                self.deliver(Delivery::NameLost { key: key.clone() });
+                lost.insert(key);
+            }
+        }
+        let presence: Vec<(String, String)> = presence
+            .into_iter()
+            .filter(|(_, name)| !lost.contains(&crate::protocol::name_key(name)))
+            .collect();
+        if !presence.is_empty() {
             let mut pipe = redis::pipe();
             for (room, name) in &presence {
                 pipe.hset(presence_key(room), name, &self.id).ignore();
-            }
-            for (room, name) in &gone {
-                pipe.hdel(presence_key(room), name).ignore();
             }
             if let Err(e) = bounded(pipe.query_async::<()>(&mut connection)).await {
                 lock(&self.held).gone.extend(gone);
                 return Err(e);
             }
         }
-        self.recount(rooms.into_keys().collect()).await
+        for (i, (room, name)) in gone.iter().enumerate() {
+            if let Err(e) = self.forget(room, name).await {
+                lock(&self.held).gone.extend(gone.into_iter().skip(i));
+                return Err(e);
+            }
+        }
+        let rooms: Vec<String> = rooms.into_keys().collect();
+        if let Err(e) = self.reap(&rooms).await {
+            tracing::debug!("members of dead instances not looked for: {e:#}");
+        }
+        self.recount(rooms).await
     }
 
-    async fn claim_raw(&self, name: &str) -> anyhow::Result<bool> {
+    /// This instance was taken for dead (it could not renew its heartbeat for longer than the
+    /// lease) and its members were announced as gone: they are announced as joining again.
+    fn back(&self, presence: &[(String, String)], rooms: &HashMap<String, usize>) {
+        tracing::warn!(
+            "this instance was taken for dead while it could not reach redis; its members are \
+             announced again"
+        );
+        for (room, name) in presence {
+            let announcement = Announcement {
+                room: room.clone(),
+                notice: Notice::Join,
+                name: name.clone(),
+                message: format!("{name} joined the chat"),
+                timestamp: crate::protocol::timestamp(),
+                local: rooms.get(room).copied().unwrap_or(1),
+                // No member of this instance has id 0: nobody here is skipped.
+                origin: Origin {
+                    member: MemberId::from_raw(0),
+                    reference: None,
+                    delivered_locally: false,
+                },
+            };
+            self.enqueue(Outgoing::Notice(announcement));
+        }
+    }
+
+    /// Announces the departure of the members of `rooms` whose instance died without a word
+    /// (its heartbeat expired): once, by whichever live instance gets there first. Done every
+    /// heartbeat for the rooms this instance has members in, and before a `who`.
+    async fn reap(&self, rooms: &[String]) -> anyhow::Result<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hgetall(presence_key(room));
+        }
+        let mut connection = self.commands.clone();
+        let presence: Vec<HashMap<String, String>> =
+            bounded(pipe.query_async(&mut connection)).await?;
+        let instances = presence.iter().flat_map(|p| p.values().cloned()).collect();
+        let alive = self.alive(instances).await?;
+        for (room, members) in rooms.iter().zip(presence) {
+            let mut dead: HashMap<String, Vec<String>> = HashMap::new();
+            for (name, instance) in members {
+                if !alive.contains(&instance) {
+                    dead.entry(instance).or_default().push(name);
+                }
+            }
+            for (instance, names) in dead {
+                let mut invocation = self.reap.prepare_invoke();
+                invocation
+                    .key(presence_key(room))
+                    .key(count_key(room))
+                    .key(ROOMS_KEY)
+                    .key(LOG_KEY)
+                    .arg(self.config.log_max)
+                    .arg(room)
+                    .arg(&instance)
+                    .arg(crate::protocol::timestamp());
+                for name in &names {
+                    invocation.arg(name);
+                }
+                let gone: i64 = bounded(invocation.invoke_async(&mut connection)).await?;
+                if gone > 0 {
+                    tracing::info!(
+                        room,
+                        instance,
+                        members = gone,
+                        "an instance stopped answering: its members' leave announced"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces the departure of `room`'s members whose instance died (see [`Cluster::reap`]),
+    /// without waiting for the next heartbeat: someone who asks `who` may have noticed.
+    pub async fn reap_room(&self, room: &str) {
+        if let Err(e) = self.reap(&[room.to_owned()]).await {
+            tracing::debug!(room, "members of dead instances not looked for: {e:#}");
+        }
+    }
+
+    /// Claims the name whose key ([`crate::protocol::name_key`]) is `key`.
+    /// Claims the name whose key is `key`, given to its member at `granted` (see [`CLAIM`]);
+    /// `renewal` for one this instance holds already.
+    async fn claim_raw(&self, key: &str, granted: u64, renewal: bool) -> anyhow::Result<bool> {
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(name_key(name))
+            .key(name_key(key))
             .arg(&self.id)
-            .arg(LEASE.as_secs());
+            .arg(LEASE.as_secs())
+            .arg(granted)
+            .arg(flag(renewal));
         let mut connection = self.commands.clone();
         Ok(bounded(invocation.invoke_async::<i64>(&mut connection)).await? == 1)
+    }
+
+    /// Deletes `name`'s presence entry in `room` if this instance wrote it.
+    async fn forget(&self, room: &str, name: &str) -> anyhow::Result<()> {
+        let mut invocation = self.forget.prepare_invoke();
+        invocation.key(presence_key(room)).arg(name).arg(&self.id);
+        let mut connection = self.commands.clone();
+        bounded(invocation.invoke_async::<i64>(&mut connection)).await?;
+        Ok(())
     }
 
     /// Takes `name` across instances. `Ok(false)`: another instance holds it. When Redis does
     /// not answer, the name is taken locally only (`Ok(true)`, logged), and the heartbeat claims
     /// it once Redis is back.
     pub async fn claim_name(&self, name: &str) -> bool {
-        match self.claim_raw(name).await {
+        let key = crate::protocol::name_key(name);
+        // A name this instance holds already (its member renames itself to another form of
+        // it) keeps the time it was first given.
+        let granted = lock(&self.held)
+            .names
+            .get(&key)
+            .map_or_else(now_ms, |held| held.granted);
+        match self.claim_raw(&key, granted, false).await {
             Ok(true) => {}
             Ok(false) => return false,
             Err(e) => {
@@ -964,25 +1363,30 @@ impl Cluster {
                 tracing::warn!(name, "name checked on this instance only: {e:#}");
             }
         }
-        *lock(&self.held).names.entry(name.to_owned()).or_default() += 1;
+        lock(&self.held)
+            .names
+            .entry(key)
+            .or_insert(HeldName { count: 0, granted })
+            .count += 1;
         true
     }
 
     /// Gives back a name taken with [`Cluster::claim_name`].
     pub async fn release_name(&self, name: &str) {
+        let key = crate::protocol::name_key(name);
         {
             let mut held = lock(&self.held);
-            let Some(count) = held.names.get_mut(name) else {
+            let Some(name) = held.names.get_mut(&key) else {
                 return;
             };
-            *count -= 1;
-            if *count > 0 {
+            name.count -= 1;
+            if name.count > 0 {
                 return;
             }
-            held.names.remove(name);
+            held.names.remove(&key);
         }
         let mut invocation = self.release.prepare_invoke();
-        invocation.key(name_key(name)).arg(&self.id);
+        invocation.key(name_key(&key)).arg(&self.id);
         let mut connection = self.commands.clone();
         if let Err(e) = bounded(invocation.invoke_async::<i64>(&mut connection)).await {
             tracing::debug!(name, "name not released (its claim expires): {e:#}");
@@ -1017,8 +1421,7 @@ impl Cluster {
             }
             held.presence.remove(&key);
         }
-        let mut connection = self.commands.clone();
-        if let Err(e) = bounded(connection.hdel::<_, _, ()>(presence_key(room), name)).await {
+        if let Err(e) = self.forget(room, name).await {
             tracing::debug!(room, name, "presence not removed yet: {e:#}");
             lock(&self.held)
                 .gone
@@ -1123,8 +1526,9 @@ impl Cluster {
     /// Whether a live instance holds `name`; an error if Redis did not answer.
     pub async fn is_held(&self, name: &str) -> anyhow::Result<bool> {
         let mut connection = self.commands.clone();
-        let holder: Option<String> = bounded(connection.get(name_key(name))).await?;
-        let Some(holder) = holder else {
+        let key = crate::protocol::name_key(name);
+        let holder: Option<String> = bounded(connection.get(name_key(&key))).await?;
+        let Some(holder) = holder.map(|h| holder_instance(&h).to_owned()) else {
             return Ok(false);
         };
         Ok(self
@@ -1273,29 +1677,30 @@ impl Cluster {
 
 impl Cluster {
     /// Queues a post for the log; the handover says whether local members must get it now.
+    /// Queues a post for the log. Never delivers here by itself: while Redis is down, the
+    /// posting task does, in the order of the queue (see [`Cluster::publish_loop`]).
     fn enqueue(&self, post: Outgoing) -> Handover {
-        let deliver_locally = !self.is_up();
+        let mut serial = lock(&self.serial);
         let pending = Pending {
             post,
-            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+            serial: *serial,
         };
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.queue.try_send(pending) {
-            Ok(()) if deliver_locally => Handover::QueuedDeliverLocally,
-            Ok(()) => Handover::Queued,
-            Err(_) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("queue to redis full: post refused");
-                Handover::Refused
-            }
+        *serial += 1;
+        // The posting task takes posts off the channel while it waits for Redis: the bound is
+        // on every post not yet stored.
+        let full = self.counters.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE as u64;
+        if full || self.queue.try_send(pending).is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("queue to redis full: post refused");
+            return Handover::Refused;
         }
+        Handover::Queued
     }
 }
 
 impl Relay for Cluster {
-    fn publish(&self, message: ChatEvent, mut origin: Origin) -> Handover {
-        origin.delivered_locally = !self.is_up();
+    fn publish(&self, message: ChatEvent, origin: Origin) -> Handover {
         if message.to.is_some() {
             self.enqueue(Outgoing::Private(message, origin))
         } else {
@@ -1303,8 +1708,7 @@ impl Relay for Cluster {
         }
     }
 
-    fn announce(&self, mut announcement: Announcement) -> Handover {
-        announcement.origin.delivered_locally = !self.is_up();
+    fn announce(&self, announcement: Announcement) -> Handover {
         self.enqueue(Outgoing::Notice(announcement))
     }
 

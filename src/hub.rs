@@ -145,7 +145,8 @@ struct State {
     rooms: HashMap<String, Room>,
     /// Which room each member is in.
     rooms_by_member: HashMap<MemberId, String>,
-    /// Names held by visible members, server-wide.
+    /// Names held by visible members, server-wide, by [`protocol::name_key`]: names that look
+    /// alike are one name.
     names: HashMap<String, MemberId>,
 }
 
@@ -158,7 +159,7 @@ impl State {
 
     /// A visible member, by name.
     fn member_named(&self, name: &str) -> Option<&Member> {
-        self.member(*self.names.get(name)?)
+        self.member(*self.names.get(&protocol::name_key(name))?)
     }
 }
 
@@ -430,16 +431,17 @@ impl Hub {
         let state = &mut *guard;
         let mut name = name;
         let mut suffix = 2;
-        while generated && state.names.contains_key(&name) {
+        while generated && state.names.contains_key(&protocol::name_key(&name)) {
             // Someone chose this guest name for themselves: pick another.
             name = format!("guest-{}-{suffix}", id.0);
             suffix += 1;
         }
         if !req.quiet {
-            if state.names.contains_key(&name) {
+            let key = protocol::name_key(&name);
+            if state.names.contains_key(&key) {
                 return Err(JoinError::NameTaken(name));
             }
-            state.names.insert(name.clone(), id);
+            state.names.insert(key, id);
         }
         let member = Member {
             name: name.clone(),
@@ -645,7 +647,7 @@ impl Hub {
         };
         if !member.quiet {
             // `take` released the name; the member keeps it.
-            state.names.insert(member.name.clone(), id);
+            state.names.insert(protocol::name_key(&member.name), id);
         }
         slow.extend(self.enter(state, id, member, room, replay));
         self.evict_all(state, slow);
@@ -792,11 +794,59 @@ impl Hub {
         let state = &mut *guard;
         match delivery {
             Delivery::Chat(event, origin) => self.deliver_chat(state, event, origin),
-            Delivery::Private(event, origin) => self.deliver_private(state, event, origin),
+            Delivery::Private(event, origin, here) => {
+                self.deliver_private(state, event, origin, here);
+            }
             Delivery::Notice(entry) => self.deliver_notice(state, entry),
             Delivery::Census { room, others } => self.deliver_census(state, &room, others),
             Delivery::Refused(origin) => self.refused(state, origin),
+            Delivery::Local(event, origin) => self.deliver_local(state, event, origin),
+            Delivery::NameLost { key } => self.name_lost(state, &key),
         }
+    }
+
+    /// The member holding the name `key` lost it to a member of another instance who had it
+    /// first (both were given it while the instances could not see each other): it is told
+    /// with a `name_taken` error, leaves, and its connection is closed with 4009.
+    fn name_lost(&self, state: &mut State, key: &str) {
+        let Some(&id) = state.names.get(key) else {
+            return;
+        };
+        let Some(member) = state
+            .rooms_by_member
+            .get(&id)
+            .and_then(|room| state.rooms.get_mut(room))
+            .and_then(|room| room.members.get_mut(&id))
+        else {
+            return;
+        };
+        let why = format!(
+            "the name '{}' was given to someone else too while this server could not reach \
+             the others, and they had it first; connect with another name",
+            member.name
+        );
+        let _ = member
+            .frames
+            .try_send(Event::error("name_taken", why, None).to_frame());
+        if let Some(evict) = member.evict.take() {
+            let _ = evict.send(close::NAME_REJECTED);
+        }
+        if let Some((_, slow)) = self.take(state, id) {
+            self.evict_all(state, slow);
+        }
+    }
+
+    /// A room message of this instance while the log is away: to its room's members here now
+    /// (skipping its sender unless `--echo`), without an id.
+    fn deliver_local(&self, state: &mut State, event: ChatEvent, origin: Origin) {
+        let Some(room) = state.rooms.get(&event.room) else {
+            return;
+        };
+        let frame = Event::Chat(event).to_frame();
+        let skip = (!self.config.echo).then_some(origin.member);
+        let (delivered, slow) = room.fan_out(&frame, skip);
+        Metrics::add(&self.metrics.deliveries, delivered as u64);
+        self.evict_all(state, slow);
     }
 
     /// A room message with its id: fans it out to this instance's members of the room
@@ -853,8 +903,16 @@ impl Hub {
 
     /// A private message through the log: to its target if it is a member here, and the
     /// sender's acknowledgement if the sender is (the sender had its copy when it posted).
-    fn deliver_private(&self, state: &mut State, event: ChatEvent, origin: Option<Origin>) {
-        let target = event.to.as_deref().and_then(|to| state.member_named(to));
+    fn deliver_private(
+        &self,
+        state: &mut State,
+        event: ChatEvent,
+        origin: Option<Origin>,
+        here: bool,
+    ) {
+        let target = (event.to.as_deref())
+            .filter(|_| here)
+            .and_then(|to| state.member_named(to));
         let delivered = match target {
             Some(target) => {
                 let frame = Event::Chat(event).to_frame();
@@ -915,7 +973,7 @@ impl Hub {
 
     /// Whether a visible member called `name` is connected to this instance.
     pub fn has_name(&self, name: &str) -> bool {
-        self.lock().names.contains_key(name)
+        self.lock().names.contains_key(&protocol::name_key(name))
     }
 
     /// Delivers a private message to the member called `to`, and a copy to the sender; with a
@@ -970,9 +1028,12 @@ impl Hub {
             }
             return Ok(());
         };
-        let delivered = usize::from(target.frames.try_send(frame.clone()).is_ok());
+        // To oneself: the sender's copy is the delivery (one copy, not two).
+        let to_self = state.names.get(&protocol::name_key(to)) == Some(&from);
+        let delivered = !to_self && target.frames.try_send(frame.clone()).is_ok();
         if let Some(sender) = state.member(from) {
-            let _ = sender.frames.try_send(frame);
+            let copied = sender.frames.try_send(frame).is_ok();
+            let delivered = usize::from(delivered || (to_self && copied));
             if let Some(reference) = reference {
                 let ack = Event::Ack(AckEvent {
                     reference,
@@ -1019,11 +1080,13 @@ impl Hub {
             return Ok(());
         }
         if !quiet {
-            if state.names.contains_key(new) {
+            // Held by another member, or by a name that looks the same.
+            let key = protocol::name_key(new);
+            if state.names.get(&key).is_some_and(|&holder| holder != id) {
                 return Err(JoinError::NameTaken(new.to_owned()));
             }
-            state.names.remove(&old);
-            state.names.insert(new.to_owned(), id);
+            state.names.remove(&protocol::name_key(&old));
+            state.names.insert(key, id);
         }
         let Some(room) = state.rooms.get_mut(&room_name) else {
             return Ok(());
@@ -1167,8 +1230,9 @@ impl Hub {
             room.quiet -= 1;
         } else {
             room.names.remove(&member.name);
-            if state.names.get(&member.name) == Some(&id) {
-                state.names.remove(&member.name);
+            let key = protocol::name_key(&member.name);
+            if state.names.get(&key) == Some(&id) {
+                state.names.remove(&key);
             }
             // Announced even when nobody is left here: other instances may share the room.
             let message = format!("{} left the chat", member.name);

@@ -504,7 +504,8 @@ pub fn timestamp() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, letters, digits, `_ - .` only.
+/// Checks a user name: 1 to [`MAX_NAME_CHARS`] characters, letters, digits, `_ - .` only,
+/// all of one script (Unicode TS #39: `аlice` with a Cyrillic `а` is refused).
 pub fn validate_name(name: &str) -> Result<(), String> {
     validate_word("name", name)
 }
@@ -512,6 +513,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// Checks a room name: the same rules as a user name.
 pub fn validate_room(room: &str) -> Result<(), String> {
     validate_word("room name", room)
+}
+
+/// What makes two names the same name: names that look alike (Unicode TS #39 confusables,
+/// after lower-casing: `alice`, `Alice`, `ALICE` and an all-Cyrillic `аlісе`) have one key, and
+/// only one member at a time may hold a name with a given key.
+pub fn name_key(name: &str) -> String {
+    unicode_security::confusable_detection::skeleton(&name.to_lowercase()).collect()
 }
 
 fn validate_word(what: &str, name: &str) -> Result<(), String> {
@@ -529,6 +537,12 @@ fn validate_word(what: &str, name: &str) -> Result<(), String> {
         return Err(format!(
             "'{}' is not allowed in a {what} (letters, digits, '_', '-', '.')",
             c.escape_default()
+        ));
+    }
+    if !unicode_security::MixedScript::is_single_script(name) {
+        return Err(format!(
+            "a {what} mixes scripts (such as Latin and Cyrillic letters that look alike); \
+             use letters of one script"
         ));
     }
     Ok(())
@@ -727,5 +741,26 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a b").is_err());
         assert!(validate_name(&"x".repeat(33)).is_err());
+        // One script per name: Latin with a Cyrillic look-alike is refused; Cyrillic alone,
+        // or Japanese mixing its own scripts, is a name.
+        let mixed = validate_name("\u{430}lice").unwrap_err();
+        assert!(mixed.contains("mixes scripts"), "{mixed}");
+        assert!(validate_name("p\u{430}yp\u{430}l").is_err());
+        assert!(validate_room("l\u{43e}bby").is_err());
+        assert!(validate_name("\u{430}\u{43b}\u{438}\u{441}\u{430}").is_ok());
+        assert!(validate_name("\u{3072}\u{3089}\u{30ab}\u{6f22}").is_ok());
+        assert!(validate_name("bob_2.x-y").is_ok());
+    }
+
+    #[test]
+    fn names_that_look_alike_have_one_key() {
+        assert_eq!(name_key("alice"), name_key("Alice"));
+        assert_eq!(name_key("alice"), name_key("ALICE"));
+        // All Cyrillic, and looks like "асе" in Latin.
+        assert_eq!(name_key("\u{430}\u{441}\u{435}"), name_key("ace"));
+        assert_eq!(name_key("rn"), name_key("m"));
+        assert_eq!(name_key("\u{e9}lodie"), name_key("e\u{301}lodie"));
+        assert_ne!(name_key("alice"), name_key("bob"));
+        assert_ne!(name_key("alice"), name_key("alice2"));
     }
 }

@@ -56,8 +56,11 @@ pub struct NoticeEntry {
 pub enum Delivery {
     /// A room message with its id; `Origin` when it was posted on this instance.
     Chat(ChatEvent, Option<Origin>),
-    /// A private message (`to` is set); `Origin` when it was posted on this instance.
-    Private(ChatEvent, Option<Origin>),
+    /// A private message (`to` is set); `Origin` when it was posted on this instance; and
+    /// whether its target may be here (false when the log says another instance held the name
+    /// when the message was sent: only that one delivers it, even if two instances gave the
+    /// name to a member each while they could not see each other).
+    Private(ChatEvent, Option<Origin>, bool),
     Notice(NoticeEntry),
     /// A fresh count of a room's visible members on the other live instances (taken every
     /// heartbeat, and before a member joins here): an instance that died without a word stops
@@ -68,6 +71,16 @@ pub enum Delivery {
     },
     /// A post of this instance that the log refused for good: its sender is told.
     Refused(Origin),
+    /// A room message posted on this instance while the log is unreachable: this instance's
+    /// members of the room get it now, without an id, in the order the posts were made (the
+    /// log's copy, with its id, is later only acknowledged here).
+    Local(ChatEvent, Origin),
+    /// A name ([`crate::protocol::name_key`]) this instance gave to a member while the log was
+    /// unreachable, and another instance to a member who had it first: the one here is told
+    /// and closed.
+    NameLost {
+        key: String,
+    },
 }
 
 /// What the hub should do after handing something over.
@@ -341,7 +354,7 @@ mod tests {
             matches!(&copy[..], [Event::Chat(c)] if c.private),
             "{copy:?}"
         );
-        hub.deliver(Delivery::Private(message.clone(), Some(origin)));
+        hub.deliver(Delivery::Private(message.clone(), Some(origin), false));
         let ack = all_events(&mut alice_rx);
         assert!(
             matches!(&ack[..], [Event::Ack(a)] if a.reference == 3 && a.delivered == 1),
@@ -352,8 +365,11 @@ mod tests {
         // From another instance, for bob: only bob gets it.
         let mut for_bob = message;
         for_bob.to = Some("bob".into());
-        hub.deliver(Delivery::Private(for_bob, None));
+        hub.deliver(Delivery::Private(for_bob.clone(), None, true));
         assert!(matches!(&all_events(&mut bob_rx)[..], [Event::Chat(c)] if c.message == "psst"));
+        // Held by another instance when it was sent: that one delivers it, not this one.
+        hub.deliver(Delivery::Private(for_bob, None, false));
+        assert!(all_events(&mut bob_rx).is_empty());
         assert!(all_events(&mut alice_rx).is_empty());
     }
 }

@@ -287,6 +287,199 @@ fn pages_from_other_origins_are_refused() {
     assert_eq!(metric(&server, "origin_rejections_total"), 1);
 }
 
+/// Sends a WebSocket upgrade with these `Host` and `Origin` headers (none when empty); returns
+/// the status code and the body.
+fn upgrade_as(addr: &str, host: &str, origin: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    let origin = if origin.is_empty() {
+        String::new()
+    } else {
+        format!("Origin: {origin}\r\n")
+    };
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{origin}Upgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    // The head (and, for a refusal, the body; the server then ends the exchange).
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if n == 0 || (text.starts_with("HTTP/1.1 101") && text.contains("\r\n\r\n")) {
+            break;
+        }
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|length| body.len() >= length) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// DNS rebinding against a server on every interface: a page of `attacker.example`, whose
+/// name the attacker made resolve to this server, is not the server's own page even though
+/// its Origin and Host agree. An IP address, localhost and the names given with
+/// `--public-url` are.
+#[test]
+fn a_rebound_page_is_refused_on_a_network_server() {
+    let mut server = Server::start_on(
+        "0.0.0.0",
+        &[
+            "--public-url",
+            "http://chat.example:8080/,https://chat.example",
+        ],
+    );
+    let port = server.port;
+    let addr = server.addr();
+    let rebound = format!("attacker.example:{port}");
+    let (status, body) = upgrade_as(&addr, &rebound, &format!("http://{rebound}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--public-url"), "{body}");
+    assert_eq!(body.trim_end().lines().count(), 1, "{body}");
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("192.168.1.20:{port}"),
+        format!("[::1]:{port}"),
+        format!("localhost:{port}"),
+        "chat.example:8080".to_owned(),
+    ] {
+        let (status, body) = upgrade_as(&addr, &host, &format!("http://{host}"));
+        assert_eq!(status, 101, "{host}: {body}");
+    }
+    // Behind a proxy that rewrites Host: the public origin passes, whatever the Host.
+    let (status, body) = upgrade_as(&addr, &addr, "https://chat.example");
+    assert_eq!(status, 101, "{body}");
+    // A client that is not a browser sends no Origin.
+    assert_eq!(upgrade_as(&addr, "anything.example", "").0, 101);
+    // A second rebound page is refused as well; the operator was told once, at WARN.
+    assert_eq!(
+        upgrade_as(&addr, &rebound, &format!("http://{rebound}")).0,
+        403
+    );
+    assert_eq!(metric(&server, "origin_rejections_total"), 2);
+    server.proc.signal("TERM");
+    let finished = server.proc.finish(GUARD);
+    let warnings: Vec<&str> = finished
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("--public-url"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", finished.stderr);
+    assert!(warnings[0].contains("attacker.example"), "{}", warnings[0]);
+}
+
+/// `--public-url` also comes from WSCHAT_PUBLIC_URL, and a bad one is a usage error.
+#[test]
+fn public_urls_come_from_the_environment_and_are_checked() {
+    let mut cmd = command(&["serve", "--host", "0.0.0.0", "--port", "0"]);
+    cmd.env(
+        "WSCHAT_PUBLIC_URL",
+        "https://chat.example,http://intranet.example:8080",
+    );
+    let mut proc = Proc::spawn_command(cmd, Stdin::Null);
+    let line = proc.next_line();
+    let port = line.rsplit(':').next().unwrap().trim_end_matches('/');
+    let addr = format!("127.0.0.1:{port}");
+    assert_eq!(upgrade_as(&addr, &addr, "https://chat.example").0, 101);
+    let intranet = "intranet.example:8080";
+    assert_eq!(
+        upgrade_as(&addr, intranet, &format!("http://{intranet}")).0,
+        101
+    );
+    assert_eq!(
+        upgrade_as(&addr, "evil.example", "http://evil.example").0,
+        403
+    );
+    drop(proc);
+    let bad = run(
+        &["serve", "--port", "0", "--public-url", "chat.example"],
+        None,
+    );
+    bad.assert_code(2);
+    assert!(bad.stderr.contains("--public-url"), "{}", bad.stderr);
+    assert_no_panic(&bad.stderr);
+}
+
+/// A page opened from a file sends `Origin: null`: refused unless `--allow-origin null`, and
+/// the operator is told once, at WARN, what happened and which flag allows it.
+#[test]
+fn pages_opened_from_a_file_are_refused_unless_allowed() {
+    let mut server = Server::start(&[]);
+    let addr = server.addr();
+    for _ in 0..3 {
+        let (status, body) = upgrade_as(&addr, &addr, "null");
+        assert_eq!(status, 403);
+        assert!(body.contains("--allow-origin null"), "{body}");
+    }
+    server.proc.signal("TERM");
+    let finished = server.proc.finish(GUARD);
+    let warnings: Vec<&str> = finished
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("WARN") && l.contains("--allow-origin null"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", finished.stderr);
+
+    let allowing = Server::start(&["--allow-origin", "null"]);
+    let addr = allowing.addr();
+    assert_eq!(upgrade_as(&addr, &addr, "null").0, 101);
+    // Only file pages: other origins are still refused.
+    assert_eq!(upgrade_as(&addr, &addr, "https://evil.example").0, 403);
+}
+
+/// The authentication scheme is case-insensitive (RFC 7235): `bearer`, `BEARER` and `Bearer`
+/// all carry the token, for upgrades and for /metrics.
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let server = Server::start(&["--token", "s3cret"]);
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("Authorization: {scheme} s3cret\r\n");
+        let scrape = http_request_with(&server.addr(), "GET", "/metrics", &auth);
+        assert_eq!(scrape.status, 200, "{scheme}");
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.set_read_timeout(Some(GUARD)).unwrap();
+        write!(
+            stream,
+            "GET /?name=x{scheme} HTTP/1.1\r\nHost: {}\r\n{auth}Upgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr()
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head[9..12], b"101", "{scheme}");
+    }
+    let wrong = http_request_with(
+        &server.addr(),
+        "GET",
+        "/metrics",
+        "Authorization: bearer nope\r\n",
+    );
+    assert_eq!(wrong.status, 401);
+}
+
 #[test]
 fn oversized_or_slow_http_requests_are_bounded() {
     let server = Server::start(&["--handshake-timeout", "500ms"]);

@@ -381,7 +381,11 @@ fn a_client_resumes_on_another_instance_without_gap_or_duplicate() {
 #[test]
 fn names_are_global_and_who_lists_every_instance() {
     let (_dir, _redis, mut a, b) = two_instances();
+    // A quiet watcher on b hears alice's join once the log has it (and so Redis her name and
+    // her instance's count): the welcome below counts her.
+    let mut watcher = connect(&b.url, "quiet=1&history=0");
     let alice = member(&a.url, "alice");
+    notice(&mut watcher, "join", "alice");
     let mut second = connect(&b.url, "name=alice");
     let refusal = next_event(&mut second);
     assert_eq!(refusal["type"], "error", "{refusal}");
@@ -395,8 +399,8 @@ fn names_are_global_and_who_lists_every_instance() {
     let welcome = next_event(&mut bob);
     assert_eq!(welcome["event"], "welcome", "{welcome}");
     assert_eq!(
-        welcome["count"], 2,
-        "alice (on the other instance) counts: {welcome}"
+        welcome["count"], 3,
+        "alice (on the other instance) counts, and so does the quiet watcher: {welcome}"
     );
     bob.send(Message::text(r#"{"type":"who"}"#)).unwrap();
     loop {
@@ -806,9 +810,10 @@ fn private_messages_reach_members_of_other_instances() {
 fn rooms_and_acks_count_every_instance() {
     let (_dir, _redis, a, b) = two_instances();
     let mut alice = member(&a.url, "alice");
-    let mut bob = member(&b.url, "bob");
     let _dave = member_in(&b.url, "dave", "dev");
-    // Bob's join has gone round the log once alice hears it: the counts are in Redis.
+    let mut bob = member(&b.url, "bob");
+    // Bob's join (and dave's before it) has gone round the log once alice hears it: the counts
+    // are in Redis.
     notice(&mut alice, "join", "bob");
     alice.send(Message::text(r#"{"type":"rooms"}"#)).unwrap();
     let rooms = until(&mut alice, "rooms", |e| e["type"] == "rooms");
@@ -989,4 +994,407 @@ fn a_post_redis_refuses_does_not_hold_up_the_ones_after_it() {
         a.healthz().contains("redis: up"),
         "a refusal is not an outage"
     );
+}
+
+impl Redis {
+    /// Sends `signal` (`STOP`, `CONT`) to redis-server.
+    fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().expect("redis-server runs").child.id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// What one receiver got, per sender: (sequence number, id) in the order they arrived.
+#[derive(Default)]
+struct Received {
+    by_sender: HashMap<String, Vec<(u64, u64)>>,
+    /// Every id other than 0, in the order they arrived.
+    ids: Vec<u64>,
+    /// Senders whose last message ("end") arrived.
+    ended: HashSet<String>,
+}
+
+/// A receiver's tally, shared with the test's thread, which waits on `changed`.
+#[derive(Default)]
+struct Tally {
+    got: std::sync::Mutex<Received>,
+    changed: std::sync::Condvar,
+}
+
+impl Tally {
+    /// Waits (at most `GUARD` without any news) until `done` holds.
+    fn wait(&self, what: &str, done: impl Fn(&Received) -> bool) {
+        let mut got = self.got.lock().unwrap();
+        while !done(&got) {
+            let (next, timeout) = self.changed.wait_timeout(got, GUARD).unwrap();
+            assert!(!timeout.timed_out(), "{what}: nothing new within {GUARD:?}");
+            got = next;
+        }
+    }
+}
+
+/// Reads `ws` until every sender in `senders` said "end", recording each chat message
+/// (`NAME SEQ` from the publishers) in `tally`.
+fn receive(mut ws: Ws, senders: usize, tally: std::sync::Arc<Tally>) {
+    loop {
+        let event = next_event(&mut ws);
+        assert_ne!(event["type"], "close", "a receiver was closed: {event}");
+        if event["type"] != "chat" {
+            continue;
+        }
+        let from = event["username"].as_str().unwrap().to_owned();
+        let id = event["id"].as_u64().unwrap_or(0);
+        let text = event["message"].as_str().unwrap();
+        let mut got = tally.got.lock().unwrap();
+        if id != 0 {
+            got.ids.push(id);
+        }
+        match text.rsplit_once(' ').and_then(|(_, n)| n.parse().ok()) {
+            Some(seq) => got.by_sender.entry(from).or_default().push((seq, id)),
+            None => {
+                assert_eq!(text, "end", "unexpected message from {from}");
+                got.ended.insert(from);
+            }
+        }
+        let done = got.ended.len() == senders;
+        drop(got);
+        tally.changed.notify_all();
+        if done {
+            return;
+        }
+    }
+}
+
+/// Posts `NAME 1`, `NAME 2`, … at `per_second` (each with its number as `ref`) until `stop`,
+/// then `end`; returns how many it posted, once every one of them was acknowledged.
+fn publish(
+    mut ws: Ws,
+    name: &str,
+    per_second: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let every = Duration::from_secs(1) / per_second;
+    let mut next = Instant::now();
+    let mut seq = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        seq += 1;
+        say(&mut ws, &format!("{name} {seq}"), seq);
+        // The publishing rate (load, not synchronisation).
+        next += every;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    say(&mut ws, "end", seq + 1);
+    let mut acked = HashSet::new();
+    while acked.len() as u64 <= seq {
+        let event = next_event(&mut ws);
+        match event["type"].as_str() {
+            Some("ack") => {
+                acked.insert(event["ref"].as_u64().unwrap());
+            }
+            Some("error" | "close") => panic!("{name}: {event}"),
+            _ => {}
+        }
+    }
+    seq
+}
+
+/// One sender's order survives whatever Redis does. Redis is stopped (SIGSTOP: no error, no
+/// answer) while a publisher on each of two instances posts 50 messages/s: the posts made
+/// before Redis is declared down (after the 2 s command timeout) are held, and must not be
+/// overtaken by the later ones, which go to the instance's own members at once. Every
+/// receiver gets every message once, in each sender's order, ids in increasing order.
+#[test]
+fn a_stalled_redis_does_not_reorder_a_senders_messages() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &["--rate", "0"]);
+    let mut b = Instance::start(&redis.url(), &["--rate", "0"]);
+    let instances = [("a", &a.url), ("b", &b.url)];
+    let tallies: Vec<(String, Arc<Tally>)> = instances
+        .iter()
+        .map(|(at, url)| {
+            let name = format!("reader-{at}");
+            let ws = member(url, &name);
+            let tally = Arc::new(Tally::default());
+            let mine = tally.clone();
+            std::thread::spawn(move || receive(ws, 2, mine));
+            (name, tally)
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = instances
+        .iter()
+        .map(|(at, url)| {
+            let name = format!("writer-{at}");
+            let ws = connect(url, &format!("name={name}&quiet=1"));
+            let stop = stop.clone();
+            std::thread::spawn(move || (name.clone(), publish(ws, &name, 50, stop)))
+        })
+        .collect();
+    let count = |got: &Received, sender: &str, with_id: bool| {
+        got.by_sender.get(sender).map_or(0, |m| {
+            m.iter().filter(|(_, id)| (*id != 0) == with_id).count()
+        })
+    };
+    // Flowing through Redis.
+    for (_, tally) in &tallies {
+        tally.wait("messages before the stall", |got| {
+            count(got, "writer-a", true) >= 25 && count(got, "writer-b", true) >= 25
+        });
+    }
+
+    redis.signal("STOP");
+    a.logs.wait_for("unreachable");
+    b.logs.wait_for("unreachable");
+    // Each instance's own members go on hearing its publisher, without ids.
+    tallies[0].1.wait("local messages on a", |got| {
+        count(got, "writer-a", false) >= 25
+    });
+    tallies[1].1.wait("local messages on b", |got| {
+        count(got, "writer-b", false) >= 25
+    });
+    redis.signal("CONT");
+    let back = format!("{} reachable", redis.url());
+    a.logs.wait_for(&back);
+    b.logs.wait_for(&back);
+    // Flowing through Redis again: everyone hears both publishers with ids.
+    let before: Vec<(usize, usize)> = tallies
+        .iter()
+        .map(|(_, t)| {
+            let got = t.got.lock().unwrap();
+            (count(&got, "writer-a", true), count(&got, "writer-b", true))
+        })
+        .collect();
+    for ((_, tally), (from_a, from_b)) in tallies.iter().zip(before) {
+        tally.wait("messages after the stall", |got| {
+            count(got, "writer-a", true) >= from_a + 25
+                && count(got, "writer-b", true) >= from_b + 25
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    let sent: HashMap<String, u64> = publishers
+        .into_iter()
+        .map(|p| p.join().expect("a publisher failed"))
+        .collect();
+    for (_, tally) in &tallies {
+        tally.wait("the last messages", |got| got.ended.len() == 2);
+    }
+
+    // Per receiver and sender: delivered, duplicated, out of order, lost.
+    let mut failures = Vec::new();
+    for (receiver, tally) in &tallies {
+        let got = tally.got.lock().unwrap();
+        for (sender, &posted) in &sent {
+            let arrived = got.by_sender.get(sender).cloned().unwrap_or_default();
+            let distinct: HashSet<u64> = arrived.iter().map(|(seq, _)| *seq).collect();
+            let duplicated = arrived.len() - distinct.len();
+            let mut highest = 0;
+            let mut out_of_order = 0;
+            for (seq, _) in &arrived {
+                if *seq < highest {
+                    out_of_order += 1;
+                }
+                highest = highest.max(*seq);
+            }
+            let lost = posted - distinct.len() as u64;
+            let local = arrived.iter().filter(|(_, id)| *id == 0).count();
+            println!(
+                "{receiver} from {sender}: posted {posted}, delivered {}, without id {local}, duplicated {duplicated}, out of order {out_of_order}, lost {lost}",
+                distinct.len()
+            );
+            if duplicated + out_of_order > 0 || lost > 0 {
+                failures.push(format!("{receiver} from {sender}"));
+            }
+        }
+        let ids_in_order = got.ids.windows(2).all(|w| w[0] < w[1]);
+        if !ids_in_order {
+            failures.push(format!("{receiver}: ids out of order"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Reads until the connection closes; returns every event before the close and the close.
+fn until_closed(ws: &mut Ws) -> (Vec<Value>, Value) {
+    let mut before = Vec::new();
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "close" {
+            return (before, event);
+        }
+        before.push(event);
+    }
+}
+
+/// While Redis is away each instance gives names on its own, so two members can get one name.
+/// When Redis is back the one who had it first keeps it; the other is told (`name_taken`) and
+/// closed with 4009, and private messages go to the holder only.
+#[test]
+fn a_name_given_twice_during_an_outage_is_settled_when_redis_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let mut b = Instance::start(&redis.url(), &[]);
+    let mut c = Instance::start(&redis.url(), &[]);
+    let mut alice = member(&a.url, "alice");
+    let mut dave = member(&c.url, "dave");
+
+    redis.kill();
+    for instance in [&mut a, &mut b, &mut c] {
+        instance.logs.wait_for("unreachable");
+    }
+    // b cannot ask Redis: it gives the name to a second alice.
+    let mut second = member(&b.url, "alice");
+
+    redis.restart(dir.path());
+    let back = format!("{} reachable", redis.url());
+    for instance in [&mut a, &mut b, &mut c] {
+        instance.logs.wait_for(&back);
+    }
+    // A private message sent now goes to the alice Redis knows, whoever else is called alice.
+    let psst = json!({"type": "chat", "content": "psst", "to": "alice", "ref": 1}).to_string();
+    dave.send(Message::text(psst)).unwrap();
+    let acked = until(&mut dave, "the ack", |e| {
+        e["type"] == "ack" || e["type"] == "error"
+    });
+    assert_eq!(acked["type"], "ack", "{acked}");
+    let got = until(&mut alice, "the private message", |e| e["type"] == "chat");
+    assert_eq!(
+        (got["message"].as_str(), got["private"].as_bool()),
+        (Some("psst"), Some(true))
+    );
+
+    // The second alice is told and closed; the first keeps the name.
+    let (events, close) = until_closed(&mut second);
+    let refusal = events
+        .iter()
+        .find(|e| e["type"] == "error")
+        .unwrap_or_else(|| panic!("no error before the close: {events:#?}"));
+    assert_eq!(refusal["code"], "name_taken", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("had it first"),
+        "{refusal}"
+    );
+    assert!(
+        events.iter().all(|e| e["message"] != "psst"),
+        "the second alice got the private message: {events:#?}"
+    );
+    assert!(close["frame"].as_str().unwrap().contains("4009"), "{close}");
+    b.logs.wait_for("given to two members");
+    assert_eq!(who(&mut dave), json!(["alice", "dave"]));
+    // The name is still alice's, on every instance.
+    let mut third = connect(&b.url, "name=alice");
+    let refused = until(&mut third, "the refusal", |e| e["type"] == "error");
+    assert_eq!(refused["code"], "name_taken");
+    say(&mut dave, "still here?", 2);
+    assert_eq!(chats(&mut alice, 1)[0].1, "still here?");
+}
+
+/// The id an instance logs when it starts sharing rooms.
+fn instance_id(instance: &mut Instance) -> String {
+    let line = instance.logs.wait_for("sharing rooms through redis");
+    line.split("instance=")
+        .nth(1)
+        .map(|rest| rest.trim().trim_matches('"').to_owned())
+        .expect("instance id in the log")
+}
+
+/// Reads until the chat message `text`; returns how many leave notices for `name` came first.
+fn leaves_before(ws: &mut Ws, name: &str, text: &str) -> usize {
+    let mut leaves = 0;
+    loop {
+        let event = next_event(ws);
+        assert_ne!(event["type"], "close", "closed: {event}");
+        if event["type"] == "system" && event["event"] == "leave" && event["name"] == name {
+            leaves += 1;
+        }
+        if event["type"] == "chat" && event["message"] == text {
+            return leaves;
+        }
+    }
+}
+
+/// An instance killed without a word: once it is known dead (its heartbeat expired), the
+/// members of its rooms on the live instances hear that its members left, each once, with the
+/// new count, and `who` no longer lists them.
+#[test]
+fn the_members_of_a_dead_instance_are_announced_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut a = Instance::start(&redis.url(), &[]);
+    let id = instance_id(&mut a);
+    let b = Instance::start(&redis.url(), &[]);
+    let c = Instance::start(&redis.url(), &[]);
+    let _alice = member(&a.url, "alice");
+    let mut bob = member(&b.url, "bob");
+    let mut carol = member(&c.url, "carol");
+    notice(&mut bob, "join", "carol");
+    assert_eq!(who(&mut bob), json!(["alice", "bob", "carol"]));
+
+    // SIGKILL: no leave, no cleanup; then its heartbeat expires (now, rather than in 30 s).
+    drop(a);
+    redis_command(&redis.url(), &["DEL", &format!("wschat:instance:{id}")]);
+    // Nobody asks: the live instances notice at their next heartbeat.
+    let left = notice(&mut bob, "leave", "alice");
+    assert_eq!(left["count"], 2, "{left}");
+    assert_eq!(left["message"], "alice left the chat");
+    // Both live instances look again (a `who` does): still one notice each.
+    let mut heard = [1, 0];
+    for (ws, heard) in [&mut bob, &mut carol].into_iter().zip(&mut heard) {
+        ws.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+        let answer = loop {
+            let event = next_event(ws);
+            if event["type"] == "system" && event["event"] == "leave" {
+                *heard += 1;
+            }
+            if event["type"] == "who" {
+                break event;
+            }
+        };
+        assert_eq!(answer["members"], json!(["bob", "carol"]));
+    }
+    say(&mut bob, "from bob", 1);
+    say(&mut carol, "from carol", 2);
+    heard[1] += leaves_before(&mut carol, "alice", "from bob");
+    heard[0] += leaves_before(&mut bob, "alice", "from carol");
+    assert_eq!(heard, [1, 1], "leave notices heard by bob and carol");
+}
+
+/// An instance cut off from Redis for longer than its lease is taken for dead, and its
+/// members are announced as gone; when it is back, they are announced as joining again.
+#[test]
+fn an_instance_taken_for_dead_announces_its_members_again_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let proxy = Cuttable::start(redis.port);
+    let a = Instance::start(&redis.url(), &[]);
+    let mut b = Instance::start(&proxy.url(), &[]);
+    let id = instance_id(&mut b);
+    let mut alice = member(&a.url, "alice");
+    let _bob = member(&b.url, "bob");
+    notice(&mut alice, "join", "bob");
+
+    proxy.cut();
+    b.logs.wait_for("unreachable");
+    // Its lease runs out (now, rather than in 30 s): a looks, and bob is gone.
+    redis_command(&redis.url(), &["DEL", &format!("wschat:instance:{id}")]);
+    alice.send(Message::text(r#"{"type":"who"}"#)).unwrap();
+    let left = notice(&mut alice, "leave", "bob");
+    assert_eq!(left["count"], 1, "{left}");
+
+    proxy.restore();
+    b.logs.wait_for(" reachable");
+    let back = notice(&mut alice, "join", "bob");
+    assert_eq!(back["count"], 2, "{back}");
+    assert_eq!(who(&mut alice), json!(["alice", "bob"]));
 }

@@ -248,3 +248,84 @@ fn names_and_rooms_are_validated_with_clear_errors() {
     };
     assert_eq!(error["code"], "name_taken");
 }
+
+/// The next event that is not a notice or a state event (welcome, join, presence, synced).
+fn next_reply(ws: &mut Ws) -> serde_json::Value {
+    next_non_system(ws)
+}
+
+#[test]
+fn a_private_message_to_yourself_arrives_once() {
+    let server = Server::start(&[]);
+    let mut alice = ws_member(&server.url, "alice");
+    send_text(
+        &mut alice,
+        r#"{"type":"chat","content":"note to self","to":"alice","ref":1}"#,
+    );
+    let copy = next_reply(&mut alice);
+    assert_eq!(copy["type"], "chat", "{copy}");
+    assert_eq!(copy["message"], "note to self");
+    assert_eq!(copy["private"], true);
+    let ack = next_reply(&mut alice);
+    assert_eq!(ack["type"], "ack", "not acknowledged after one copy: {ack}");
+    assert_eq!(ack["delivered"], 1);
+    // Nothing else came: the next thing alice hears is the answer to this.
+    send_text(&mut alice, r#"{"type":"who"}"#);
+    let who = next_reply(&mut alice);
+    assert_eq!(who["type"], "who", "a second copy arrived: {who}");
+}
+
+/// Names that mix scripts are refused (`аlice` with a Cyrillic `а`); names that look like a
+/// name held (case, confusable letters of one script) are taken; both at connect and on
+/// rename, and rooms that mix scripts are refused too.
+#[test]
+fn look_alike_names_are_refused_or_taken() {
+    let server = Server::start(&[]);
+    let _alice = ws_member(&server.url, "alice");
+    // Cyrillic а + Latin "lice": mixed scripts.
+    let mut mixed = ws_connect(&server.url, "name=%D0%B0lice");
+    let error = next_event(&mut mixed);
+    assert_eq!(error["code"], "invalid_name", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("mixes scripts"),
+        "{error}"
+    );
+    assert_eq!(u16::from(expect_close(&mut mixed).unwrap().code), 4009);
+    // Another case of the same letters: the same name.
+    let mut shouting = ws_connect(&server.url, "name=ALICE");
+    let error = next_event(&mut shouting);
+    assert_eq!(error["code"], "name_taken", "{error}");
+    assert_eq!(u16::from(expect_close(&mut shouting).unwrap().code), 4009);
+    // All Cyrillic "асе" looks like Latin "ace".
+    let _ace = ws_member(&server.url, "ace");
+    let mut cyrillic = ws_connect(&server.url, "name=%D0%B0%D1%81%D0%B5");
+    assert_eq!(next_event(&mut cyrillic)["code"], "name_taken");
+    // A room whose name mixes scripts.
+    let mut room = ws_connect(&server.url, "name=dora&room=l%D0%BEbby");
+    assert_eq!(next_event(&mut room)["code"], "invalid_room");
+
+    // Renames: the same rules; a member may change the case of its own name.
+    let mut bob = ws_member(&server.url, "bob");
+    for (wanted, code) in [("\u{430}lice", "invalid_name"), ("Alice", "name_taken")] {
+        let rename = serde_json::json!({"type": "setUsername", "username": wanted});
+        send_text(&mut bob, &rename.to_string());
+        let error = next_reply(&mut bob);
+        assert_eq!(error["code"], code, "{wanted}: {error}");
+    }
+    send_text(&mut bob, r#"{"type":"setUsername","username":"Bob"}"#);
+    send_text(&mut bob, r#"{"type":"who"}"#);
+    let who = next_reply(&mut bob);
+    assert_eq!(
+        who["members"],
+        serde_json::json!(["Bob", "ace", "alice"]),
+        "{who}"
+    );
+    // The CLI refuses a mixed name before connecting.
+    let refused = run(&["join", "\u{430}lice", "--url", &server.url], None);
+    refused.assert_code(2);
+    assert!(
+        refused.stderr.contains("mixes scripts"),
+        "{}",
+        refused.stderr
+    );
+}

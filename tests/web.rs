@@ -290,3 +290,109 @@ fn web_page_in_headless_chromium() {
         "no desktop screenshot"
     );
 }
+
+/// A page opened from a file (its Origin is `null`) is refused by default, with one WARN
+/// naming the flag; with `--allow-origin null` the saved page, pointed at the server with
+/// `page.html#ws://127.0.0.1:PORT/`, chats in real Chromium.
+#[test]
+fn page_opened_from_a_file_works_with_allow_origin_null() {
+    if std::env::var_os("WSCHAT_SKIP_BROWSER").is_some_and(|v| v == "1") {
+        println!("skipped: the web page test (WSCHAT_SKIP_BROWSER=1)");
+        return;
+    }
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: {INSTALL}"
+    );
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "tests/web/node_modules (playwright-core) is missing: {INSTALL}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let tmp = TempDir(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-file-{}", std::process::id())),
+    );
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0).expect("create the test directory");
+    let log = tmp.0.join("server.log");
+    let server = start(
+        &["--allow-origin".as_ref(), "null".as_ref()],
+        0,
+        &log,
+        deadline,
+    );
+
+    // The page as someone saves it: the body of GET /.
+    let get = http(server.port, "GET /");
+    let body = get.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let file = tmp.0.join("page.html");
+    std::fs::write(&file, body).expect("save the page");
+
+    // Someone in the room, on the command line.
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_wschat"))
+        .args(["join", "listener", "--url"])
+        .arg(format!("ws://127.0.0.1:{}/", server.port))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wschat join");
+    let mut to_listener = listener.stdin.take().expect("piped stdin");
+    let heard = lines(listener.stdout.take().expect("piped stdout"));
+    let _listener = Guard(listener);
+    assert_eq!(
+        next_line(&heard, deadline, "the listener to connect").as_deref(),
+        Some("[listener] connected")
+    );
+
+    let mut node = Command::new("node")
+        .arg(web.join("file.mjs"))
+        .current_dir(&web)
+        .env(
+            "WSCHAT_FILE_URL",
+            format!("file://{}#ws://127.0.0.1:{}/", file.display(), server.port),
+        )
+        .env("WSCHAT_CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node ({e}): {INSTALL}"));
+    let from_node = lines(node.stdout.take().expect("piped stdout"));
+    let node_errors = lines(node.stderr.take().expect("piped stderr"));
+    let mut node = Guard(node);
+
+    let mut passed = false;
+    while let Some(line) = next_line(&from_node, deadline, "the node script") {
+        println!("file: {line}");
+        match line.as_str() {
+            "FILE_CONNECTED" => {
+                // The page's message reaches the room; the room's answer reaches the page.
+                loop {
+                    let line = next_line(&heard, deadline, "the page's message")
+                        .expect("the listener is still running");
+                    if line == "[listener] received: filer says: hello from a file" {
+                        break;
+                    }
+                }
+                writeln!(to_listener, "hello, file page").expect("write to the listener");
+                to_listener.flush().expect("flush to the listener");
+            }
+            "FILE_OK" => passed = true,
+            _ => {}
+        }
+    }
+    let status = node.0.wait().expect("wait for node");
+    let mut errors = Vec::new();
+    while let Some(line) = next_line(&node_errors, deadline, "the node script's stderr to end") {
+        errors.push(line);
+    }
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success() && passed,
+        "the page opened from a file did not chat ({status}):\n{}\n--- server log ---\n{server_log}",
+        errors.join("\n")
+    );
+}

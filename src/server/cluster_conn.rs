@@ -195,8 +195,10 @@ pub(super) async fn handle_text(
             }
         }
         Ok(Inbound::Who { after }) => {
-            // A member who looks may have noticed an instance gone: count the room again first
-            // (a changed count reaches the room as a presence event, before this answer).
+            // A member who looks may have noticed an instance gone: its members' leave is
+            // announced (through the log), and the room counted again (a changed count reaches
+            // the room as a presence event, before this answer).
+            cluster.reap_room(&seat.room).await;
             cluster.census(&seat.room).await;
             let here = hub.who(id, after.as_deref());
             let Some(members) = cluster.who(&seat.room).await else {

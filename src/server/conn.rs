@@ -501,8 +501,13 @@ pub(super) async fn run<S>(
                 evict_pending = false;
                 // Counted once, whether the hub or the outbox said so first.
                 if let (Ok(code), false) = (code, closer.is_closing()) {
-                    Metrics::inc(&metrics.slow_disconnects);
-                    closer.close(code, "too slow: outbox full");
+                    if code == close::NAME_REJECTED {
+                        // Its name went to a member of another instance who had it first.
+                        closer.close(code, "name held by another member");
+                    } else {
+                        Metrics::inc(&metrics.slow_disconnects);
+                        closer.close(code, "too slow: outbox full");
+                    }
                 }
             }
             // One timer for both: the end of a pause in reading, and the close deadline.

@@ -211,13 +211,15 @@ async fn upgrade(
         return response;
     };
     let metrics = &shared.metrics;
-    if !shared.config.access.origin_allowed(req.headers()) {
+    if let Err(refusal) = shared.config.access.check_origin(req.headers()) {
         Metrics::inc(&metrics.origin_rejections);
-        tracing::info!(%peer, origin = ?req.headers().get(header::ORIGIN), "refused: origin not allowed");
-        return text(
-            StatusCode::FORBIDDEN,
-            "this origin may not open a WebSocket here (see 'wschat serve --allow-origin')\n",
-        );
+        let origin = req.headers().get(header::ORIGIN);
+        if shared.config.access.warned.first(&refusal) {
+            tracing::warn!(%peer, ?origin, "{}", refusal.log());
+        } else {
+            tracing::info!(%peer, ?origin, "{}", refusal.log());
+        }
+        return text(StatusCode::FORBIDDEN, refusal.body());
     }
     let query = req.uri().query().unwrap_or("");
     let query_token = url::form_urlencoded::parse(query.as_bytes())

@@ -9,7 +9,7 @@ mod conn;
 mod http;
 mod limits;
 
-pub use access::Access;
+pub use access::{Access, PublicUrl};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -300,14 +300,20 @@ pub struct Server {
 impl Server {
     /// Starts `wschat serve --port 0 EXTRA...` and waits for its `listening on` line.
     pub fn start(extra: &[&str]) -> Server {
-        let mut args = vec!["serve", "--host", "127.0.0.1", "--port", "0"];
+        Server::start_on("127.0.0.1", extra)
+    }
+
+    /// [`Server::start`] listening on `host` (an IPv4 address: `0.0.0.0` for every interface);
+    /// `url` and `addr` reach it on 127.0.0.1 all the same.
+    pub fn start_on(host: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--host", host, "--port", "0"];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&args, Stdin::Null);
         let line = proc.next_line();
-        let url = line
+        let printed = line
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
-            .to_owned();
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"));
+        let url = printed.replacen(&format!("ws://{host}:"), "ws://127.0.0.1:", 1);
         let port = url
             .strip_prefix("ws://127.0.0.1:")
             .and_then(|rest| rest.strip_suffix('/'))
