@@ -396,3 +396,82 @@ fn page_opened_from_a_file_works_with_allow_origin_null() {
         errors.join("\n")
     );
 }
+
+/// The page through a SIGKILL restart of an in-memory server whose new history reuses the
+/// old ids: it shows the new messages (it used to drop those whose ids it had seen).
+#[test]
+fn page_resumes_across_an_in_memory_restart() {
+    if std::env::var_os("WSCHAT_SKIP_BROWSER").is_some_and(|v| v == "1") {
+        println!("skipped: the web page test (WSCHAT_SKIP_BROWSER=1)");
+        return;
+    }
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: {INSTALL}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let tmp = TempDir(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-restart-{}", std::process::id())),
+    );
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0).expect("create the test directory");
+    let log = tmp.0.join("server.log");
+    let mut server = Some(start(&[], 0, &log, deadline));
+    let port = server.as_ref().map_or(0, |s| s.port);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let send = |text: &str| {
+        let status = Command::new(env!("CARGO_BIN_EXE_wschat"))
+            .args(["send", "bob", text, "--url", &url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run wschat send");
+        assert!(status.success(), "send {text}: {status}");
+    };
+
+    let mut node = Command::new("node")
+        .arg(web.join("restart.mjs"))
+        .current_dir(&web)
+        .env("WSCHAT_PAGE_URL", format!("http://127.0.0.1:{port}/"))
+        .env("WSCHAT_CHROMIUM", CHROMIUM)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start node ({e}): {INSTALL}"));
+    let mut to_node = node.stdin.take().expect("piped stdin");
+    let from_node = lines(node.stdout.take().expect("piped stdout"));
+    let node_errors = lines(node.stderr.take().expect("piped stderr"));
+    let mut node = Guard(node);
+
+    let mut passed = false;
+    while let Some(line) = next_line(&from_node, deadline, "the node script") {
+        println!("restart: {line}");
+        match line.as_str() {
+            "CONNECTED" => (1..=5).for_each(|i| send(&format!("old-{i}"))),
+            "OLD_SEEN" => {
+                if let Some(mut old) = server.take() {
+                    let _ = old.child.0.kill();
+                    let _ = old.child.0.wait();
+                }
+                server = Some(start(&[], port, &log, deadline));
+                (1..=10).for_each(|i| send(&format!("new-{i}")));
+                say(&mut to_node, "SENT");
+            }
+            "RESTART_OK" => passed = true,
+            _ => {}
+        }
+    }
+    let status = node.0.wait().expect("wait for node");
+    let mut errors = Vec::new();
+    while let Some(line) = next_line(&node_errors, deadline, "the node script's stderr to end") {
+        errors.push(line);
+    }
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success() && passed,
+        "the page missed messages across the restart ({status}):\n{}\n--- server log ---\n{server_log}",
+        errors.join("\n")
+    );
+}
