@@ -52,9 +52,9 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
 use crate::hub::MemberId;
 use crate::protocol::{ChatEvent, Notice};
-use crate::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
 use crate::store::RedisStore;
 
 /// The shared log of every room's messages.

@@ -116,8 +116,8 @@ struct WithRedis<'a> {
 fn with_redis_store(keep: Keep, body: impl FnOnce(&WithRedis<'_>, Fill<'_>)) {
     use crate::cluster::testing::RedisServer;
     use crate::cluster::{Cluster, ClusterConfig};
+    use crate::hub::relay::{Delivery, Origin, Relay};
     use crate::hub::MemberId;
-    use crate::relay::{Delivery, Origin, Relay};
     use std::time::Duration;
 
     let redis = RedisServer::start();
