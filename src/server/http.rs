@@ -271,7 +271,7 @@ async fn upgrade(
         .max_write_buffer_size(usize::MAX);
     let raw = shared.config.raw;
     // With --redis, the room's history and the name are made ready in Redis first.
-    let mut registration = super::cluster_conn::register(&shared, &params, authorized, peer).await;
+    let mut registration = conn::register(&shared, &params, authorized, peer).await;
     let tasks = shared.tasks.clone();
     // Only the upgrade goes into the connection's task, not the request: its headers share
     // hyper's 8 KiB read buffer, which would stay allocated for as long as the client is.

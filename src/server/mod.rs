@@ -4,7 +4,6 @@
 //! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
 
 mod access;
-mod cluster_conn;
 mod conn;
 mod http;
 mod limits;
@@ -144,7 +143,7 @@ pub async fn run(
         store: store.clone(),
     });
     if let Some(cluster) = &shared.config.cluster {
-        cluster_conn::connect_hub(cluster, &shared);
+        connect_hub(cluster, &shared);
     }
     tokio::spawn(tell_presence(shared.clone()));
     let acceptor = shared.config.tls.clone().map(TlsAcceptor::from);
@@ -201,6 +200,16 @@ pub async fn run(
     // committed. It blocks, so it runs off the async threads.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
+}
+
+/// Makes the tail of the shared log deliver to this server's hub.
+fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
+    let shared = Arc::downgrade(shared);
+    cluster.set_sink(Arc::new(move |delivery| {
+        if let Some(shared) = shared.upgrade() {
+            shared.hub.deliver(delivery);
+        }
+    }));
 }
 
 /// How often a large room hears who came and went (see [`crate::hub::COALESCE_ABOVE`]).

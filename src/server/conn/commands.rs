@@ -1,143 +1,88 @@
-//! What a connection does differently when this server is one of several sharing Redis
-//! (`serve --redis`): before the hub hears of a member (before the handshake is answered), its
-//! room's history is made ready and its name is claimed across instances (both async, outside
-//! the hub's lock); `who` and `rooms` ask Redis; a private message to a member of another
-//! instance is checked there; and what the member holds in Redis is given back when it leaves.
+//! What a connection does with each frame in JSON mode: chat, names, rooms, `who`; with
+//! `serve --redis`, what must be global (names, room moves, `who`, `rooms`, private messages
+//! to other instances) is done in Redis first.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::conn::{self, Params, Registration};
-use super::Shared;
+use super::register::Seat;
 use crate::cluster::Cluster;
-use crate::hub::{JoinError, MemberId};
-use crate::protocol::{self, Event, Inbound, WhoEvent};
+use crate::hub::{ChatError, JoinError, MemberId, Post};
+use crate::metrics::Metrics;
+use crate::protocol::{self, DecodeError, Event, Inbound, WhoEvent};
+use crate::server::Shared;
 
-/// What one connection holds in Redis: its room (presence) and name, unless quiet.
-pub(super) struct Seat {
-    cluster: Arc<Cluster>,
-    room: String,
-    name: String,
-    quiet: bool,
+/// Handles one JSON-mode text frame; returns the reply for the sender, if any.
+pub(crate) fn handle_text(shared: &Shared, id: MemberId, text: &str) -> Option<Message> {
+    handle(shared, id, protocol::decode(text))
 }
 
-impl Seat {
-    /// Gives back the name and presence entry (each Redis call is bounded in time).
-    pub(super) async fn release(self) {
-        if self.quiet {
-            return;
-        }
-        self.cluster.exit(&self.room, &self.name).await;
-        self.cluster.release_name(&self.name).await;
-    }
-}
-
-/// Makes the tail of the shared log deliver to this server's hub.
-pub(super) fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
-    let shared = Arc::downgrade(shared);
-    cluster.set_sink(Arc::new(move |delivery| {
-        if let Some(shared) = shared.upgrade() {
-            shared.hub.deliver(delivery);
-        }
-    }));
-}
-
-/// Registers a connection in the hub as [`Registration::new`] does, after preparing the
-/// room's history and claiming the name in Redis when the server shares rooms. Runs before the
-/// handshake is answered, like the registration itself.
-pub(super) async fn register(
+/// Handles one decoded client frame (or why it could not be decoded).
+pub(crate) fn handle(
     shared: &Shared,
-    params: &Params,
-    authorized: bool,
-    peer: SocketAddr,
-) -> Registration {
-    if authorized && !shared.config.raw {
-        // No more than the hub can send it (its outbox).
-        let limit = match params.since {
-            Some(_) => shared.config.outbox_frames,
-            None => params.history.unwrap_or(shared.config.history),
-        };
-        let limit = limit.min(shared.config.outbox_frames);
-        conn::prepare_history(shared, &params.room, params.since, limit).await;
-    }
-    let Some(cluster) = shared.config.cluster.clone() else {
-        return Registration::new(shared, params, authorized, peer);
-    };
-    let raw = shared.config.raw;
-    // Refused connections and invalid names or rooms are answered by the hub as usual;
-    // nothing to claim for them.
-    if !authorized
-        || protocol::validate_room(&params.room).is_err()
-        || params
-            .name
-            .as_deref()
-            .is_some_and(|n| protocol::validate_name(n).is_err())
-    {
-        return Registration::new(shared, params, authorized, peer);
-    }
-    let quiet = params.quiet || raw;
-    let limit = shared.config.outbox_frames;
-    cluster
-        .prepare_room(&params.room, params.since.filter(|_| !raw), limit)
-        .await;
-    let mut params = params.clone();
-    let name = if quiet {
-        params.name.clone().unwrap_or_default()
-    } else {
-        match claim(&cluster, params.name.as_deref()).await {
-            Ok(name) => name,
-            Err(e) => return Registration::refused(shared, &e, peer),
+    id: MemberId,
+    decoded: Result<Inbound, DecodeError>,
+) -> Option<Message> {
+    let hub = &shared.hub;
+    match decoded {
+        Ok(Inbound::Chat {
+            content,
+            reference,
+            to,
+            action,
+        }) => {
+            if content.trim().is_empty() {
+                return Some(Event::error("empty_message", "empty message", reference).to_frame());
+            }
+            // Bounded as the server will send it, not as it came: escaping can make a message
+            // six times larger, and every frame the server makes must stay within its limits.
+            let encoded = protocol::escaped_len(&content);
+            let limit = shared.config.max_message_bytes;
+            if encoded > limit {
+                Metrics::inc(&shared.metrics.too_large);
+                let why = format!(
+                    "message too large: {encoded} bytes once encoded, the limit is {limit}; send less, or fewer control characters"
+                );
+                return Some(Event::error("too_large", why, reference).to_frame());
+            }
+            let post = Post {
+                content,
+                to,
+                action,
+                reference,
+            };
+            match hub.chat(id, post) {
+                Ok(()) => None,
+                Err(ChatError::NoSuchMember(name)) => Some(
+                    Event::error(
+                        "no_such_member",
+                        format!("nobody is called '{name}'"),
+                        reference,
+                    )
+                    .to_frame(),
+                ),
+                // This member was just evicted; its connection is closing.
+                Err(ChatError::Gone) => None,
+            }
         }
-    };
-    // The other instances' members, counted before the hub hears of this one: they are in
-    // its welcome and in the acks of what it sends (`send --min-recipients`), quiet or not.
-    cluster.census(&params.room).await;
-    if !quiet {
-        params.name = Some(name.clone());
-        // Before the hub: once the member sees its welcome, `who` anywhere lists it.
-        cluster.enter(&params.room, &name).await;
+        Ok(Inbound::SetName { name }) => hub
+            .rename(id, &name)
+            .err()
+            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
+        Ok(Inbound::Join { room }) => hub
+            .move_to(id, &room)
+            .err()
+            .map(|e| Event::error(e.code(), e.to_string(), None).to_frame()),
+        Ok(Inbound::Rooms) => Some(hub.rooms()),
+        Ok(Inbound::Who { after }) => Some(Event::Who(hub.who(id, after.as_deref())).to_frame()),
+        Err(e) => Some(Event::error(e.code(), e.to_string(), None).to_frame()),
     }
-    let seat = Seat {
-        cluster,
-        room: params.room.clone(),
-        name,
-        quiet,
-    };
-    let registration = Registration::new(shared, &params, authorized, peer);
-    if registration.is_member() {
-        registration.with_seat(seat)
-    } else {
-        seat.release().await;
-        registration
-    }
-}
-
-/// Claims `name` (or a new guest name) across instances.
-async fn claim(cluster: &Cluster, name: Option<&str>) -> Result<String, JoinError> {
-    if let Some(name) = name {
-        return if cluster.claim_name(name).await {
-            Ok(name.to_owned())
-        } else {
-            Err(JoinError::NameTaken(name.to_owned()))
-        };
-    }
-    // Guest numbers are per instance, so guests get a random suffix instead.
-    let mut guest = String::new();
-    for _ in 0..8 {
-        guest = format!("guest-{:06x}", fastrand::u32(..0x100_0000));
-        if cluster.claim_name(&guest).await {
-            return Ok(guest);
-        }
-    }
-    Err(JoinError::NameTaken(guest))
 }
 
 /// Handles a text frame, doing in Redis what must be global (names, room moves, `who`);
 /// everything else is handled as without Redis.
-pub(super) async fn handle_text(
+pub(crate) async fn handle_shared_text(
     shared: &Shared,
     id: MemberId,
     seat: &mut Seat,
@@ -225,7 +170,7 @@ pub(super) async fn handle_text(
             ..
         }) if !hub.has_name(&to) => match cluster.is_held(&to).await {
             // The hub sends it through the log to the instance that has the member.
-            Ok(true) => conn::handle_text(shared, id, text),
+            Ok(true) => handle_text(shared, id, text),
             Ok(false) => Some(
                 Event::error(
                     "no_such_member",
@@ -246,7 +191,7 @@ pub(super) async fn handle_text(
                 )
             }
         },
-        decoded => conn::handle(shared, id, decoded),
+        decoded => handle(shared, id, decoded),
     }
 }
 
