@@ -56,6 +56,7 @@ use crate::hub::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, R
 use crate::hub::MemberId;
 use crate::protocol::{ChatEvent, Notice};
 use crate::store::RedisStore;
+use crate::sync::lock;
 
 /// The shared log of every room's messages.
 pub const LOG_KEY: &str = "wschat:log";
@@ -402,11 +403,6 @@ impl std::fmt::Debug for Cluster {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every mutation completes before anything that could panic.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn manager(client: &redis::Client, response: Duration) -> anyhow::Result<ConnectionManager> {

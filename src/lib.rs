@@ -24,4 +24,5 @@ pub mod protocol;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod sync;
 pub mod tls;

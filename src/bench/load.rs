@@ -277,7 +277,7 @@ async fn phases(
         last.saturating_duration_since(started).as_secs_f64()
     });
     let latency = {
-        let histogram = run.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram = crate::sync::lock(&run.latency);
         Latencies::from_micros(&histogram)
     };
     Ok(LoadReport {

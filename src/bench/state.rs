@@ -114,7 +114,7 @@ impl Run {
     /// Adds a batch of latencies (microseconds) to the histogram.
     pub fn record_latencies(&self, micros: &[u64]) {
         // A panic while recording leaves counts, not broken invariants: use the histogram.
-        let mut histogram = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut histogram = crate::sync::lock(&self.latency);
         for &value in micros {
             histogram.saturating_record(value.max(1));
         }

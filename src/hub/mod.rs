@@ -200,7 +200,7 @@ impl Hub {
         // A panic while holding the lock would leave the state as it was between two whole
         // operations (every mutation below is completed before anything can panic), so a
         // poisoned lock is still consistent and is used as is.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Adds a member to a room. A visible member gets a welcome, then the room's recent

@@ -92,7 +92,7 @@ impl Capacity {
     /// Takes a slot for a connection from `ip`, or says which limit is reached.
     pub fn acquire(self: &Arc<Capacity>, ip: IpAddr) -> Result<Slot, &'static str> {
         // Held only for a few map operations, never across an await.
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = crate::sync::lock(&self.open);
         if self.max_total > 0 && open.0 >= self.max_total {
             return Err("the server is full (--max-clients)");
         }
@@ -111,7 +111,7 @@ impl Capacity {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.capacity.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = crate::sync::lock(&self.capacity.open);
         open.0 = open.0.saturating_sub(1);
         if let Some(n) = open.1.get_mut(&self.ip) {
             *n -= 1;

@@ -280,7 +280,7 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         // Every mutation completes before anything that could panic; a poisoned lock still
         // guards consistent data.
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.rooms)
     }
 
     /// Whether this store holds a window for `room` (a durable store loads it otherwise).

@@ -83,7 +83,7 @@ impl Older {
     fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         // Every mutation completes before anything that could panic: a poisoned lock still
         // guards consistent data.
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.kept)
     }
 
     /// Keeps `messages` of `room` (one read, in order) for the client served next. To stay

@@ -18,6 +18,7 @@ use super::memory::MemoryStore;
 use super::older::Older;
 use super::{Keep, Kept, OnDurable, Since, Store};
 use crate::protocol::ChatEvent;
+use crate::sync::lock;
 
 pub struct RedisStore {
     window: MemoryStore,
@@ -25,12 +26,6 @@ pub struct RedisStore {
     loaded: Mutex<HashSet<String>>,
     /// Messages older than the window, fetched for resuming clients.
     older: Older,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every mutation completes before anything that could panic: a poisoned lock still
-    // guards consistent data.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RedisStore {

@@ -72,7 +72,7 @@ struct Health {
 
 impl Health {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.failing)
     }
 
     fn failed(&self, cause: &str, messages: usize, bytes: usize) {
@@ -218,7 +218,7 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.reader)
     }
 
     /// Loads a room's window from disk the first time the room is used.
@@ -239,10 +239,7 @@ impl SqliteStore {
             // The writer may commit between the reads; ids given out since its last batch
             // are only in memory yet.
             let newest = messages.last().map_or(0, |m| m.id);
-            let given = self
-                .given_out
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let given = crate::sync::lock(&self.given_out)
                 .get(room)
                 .copied()
                 .unwrap_or(0);
@@ -304,7 +301,7 @@ impl SqliteStore {
         on_durable: Option<OnDurable>,
     ) -> Result<(), (String, Option<OnDurable>)> {
         let size = cost(message);
-        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let writes = crate::sync::lock(&self.writes);
         let Some(tx) = writes.as_ref() else {
             return Err(("database is closed".into(), on_durable));
         };
@@ -369,7 +366,7 @@ impl Store for SqliteStore {
     fn append(&self, message: ChatEvent, on_durable: Option<OnDurable>) {
         self.load(&message.room);
         {
-            let mut given_out = self.given_out.lock().unwrap_or_else(|e| e.into_inner());
+            let mut given_out = crate::sync::lock(&self.given_out);
             match given_out.get_mut(&message.room) {
                 Some(id) => *id = (*id).max(message.id),
                 None => {
@@ -501,9 +498,9 @@ impl Store for SqliteStore {
     }
 
     fn close(&self) {
-        let sender = self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sender = crate::sync::lock(&self.writes).take();
         drop(sender);
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let writer = crate::sync::lock(&self.writer).take();
         if let Some(writer) = writer {
             if writer.join().is_err() {
                 tracing::error!("database writer panicked");
@@ -624,11 +621,11 @@ fn commit(
     batch: &[Write],
     given_out: &Mutex<HashMap<String, u64>>,
 ) -> rusqlite::Result<()> {
-    let ids = std::mem::take(&mut *given_out.lock().unwrap_or_else(|e| e.into_inner()));
+    let ids = std::mem::take(&mut *crate::sync::lock(given_out));
     let result = commit_with(conn, batch, &ids);
     if result.is_err() {
         // Recorded with the next batch instead.
-        let mut given_out = given_out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given_out = crate::sync::lock(given_out);
         for (room, id) in ids {
             let latest = given_out.entry(room).or_default();
             *latest = (*latest).max(id);
