@@ -201,7 +201,7 @@ impl Metrics {
 }
 
 /// One metric: a counter when its name ends in `_total`, a gauge otherwise.
-fn write_metric(out: &mut String, name: &str, help: &str, value: u64) {
+pub fn write_metric(out: &mut String, name: &str, help: &str, value: u64) {
     let kind = if name.ends_with("_total") {
         "counter"
     } else {
