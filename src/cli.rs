@@ -542,7 +542,6 @@ impl Cli {
                     max_message_bytes: usize::try_from(a.max_message_bytes).unwrap_or(64 * 1024),
                     grace: a.grace,
                     drain_delay: a.drain_delay,
-                    draining: Default::default(),
                     rate: if a.rate == 0.0 || (a.rate.is_finite() && a.rate >= 0.001) {
                         a.rate
                     } else {
@@ -572,8 +571,6 @@ impl Cli {
                         ),
                         _ => None,
                     },
-                    // Connected by `app` (it needs the runtime).
-                    cluster: None,
                 },
                 log_format: a.log_format,
                 host: a.host,

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod serve;
 pub mod server;
 pub mod signals;
 pub mod store;

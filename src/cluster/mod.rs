@@ -179,7 +179,7 @@ pub struct Cluster {
     ready: watch::Sender<bool>,
     held: Mutex<Held>,
     counters: Counters,
-    /// Where the tail delivers (the hub, once the server runs); until set, into the store.
+    /// Where the tail delivers (the hub), given at start.
     sink: OnceLock<Deliver>,
     /// Visible members per room on the other live instances, as last counted.
     census: Mutex<HashMap<String, usize>>,
@@ -263,30 +263,30 @@ impl Cluster {
         }
     }
 
-    /// Starts the tasks that post, tail the log and keep claims alive, until `stop`.
-    pub fn start(self: &Arc<Self>, stop: CancellationToken) {
+    /// The Redis server's URL, as given.
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
+    /// Starts the tasks that post, tail the log (delivering each entry to `deliver`: the
+    /// hub's [`crate::hub::Hub::deliver`]) and keep claims alive, until `stop`.
+    pub fn start(self: &Arc<Self>, deliver: Deliver, stop: CancellationToken) {
         let Some(queue) = lock(&self.queue_rx).take() else {
             return;
         };
+        if self.sink.set(deliver).is_err() {
+            return;
+        }
         tokio::spawn(self.clone().publish_loop(queue, stop.clone()));
         tokio::spawn(self.clone().tail_loop(stop.clone()));
         tokio::spawn(self.clone().heartbeat_loop(stop));
     }
 
-    /// Sends what the tail reads to `deliver` (the hub's [`crate::hub::Hub::deliver`]).
-    pub fn set_sink(&self, deliver: Deliver) {
-        if self.sink.set(deliver).is_err() {
-            tracing::warn!("the log already has a destination");
-        }
-    }
-
     fn deliver(&self, delivery: Delivery) {
-        use crate::store::Store;
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        match (self.sink.get(), delivery) {
-            (Some(deliver), delivery) => deliver(delivery),
-            (None, Delivery::Chat(message, _)) => self.store.append(message, None),
-            (None, _) => {}
+        // Set by `start`, before any task that delivers runs.
+        if let Some(deliver) = self.sink.get() {
+            deliver(delivery);
         }
     }
 

@@ -90,7 +90,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 storage_failing: shared.store.health().is_err(),
             };
             let mut body = shared.metrics.render(&snapshot);
-            if let Some(cluster) = &shared.config.cluster {
+            if let Some(cluster) = &shared.cluster {
                 body.push_str(&cluster.render_metrics());
             }
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -108,7 +108,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 // Messages are refused until it can store them again: send clients elsewhere.
                 let body = format!("history cannot be stored: {why}\n");
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
-            } else if let Some(cluster) = &shared.config.cluster {
+            } else if let Some(cluster) = &shared.cluster {
                 // Still 200: this instance serves its clients while Redis is away.
                 let redis = if cluster.is_up() { "up" } else { "down" };
                 text(StatusCode::OK, format!("ok\nredis: {redis}\n"))

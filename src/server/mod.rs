@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
-use crate::hub::{Hub, HubConfig};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use limits::Capacity;
@@ -43,9 +43,6 @@ pub struct ServerConfig {
     /// How long the server goes on serving, reporting itself draining, once told to stop
     /// (the caller waits it out before completing `run`'s shutdown future).
     pub drain_delay: Duration,
-    /// Cancelled by the caller when the server is about to stop: `GET /healthz` answers 503
-    /// from then on, while everything else is served as before.
-    pub draining: CancellationToken,
     /// Messages replayed to a member joining a room.
     pub history: usize,
     /// Messages per second one connection may send (0: no limit), and the burst allowed.
@@ -64,8 +61,19 @@ pub struct ServerConfig {
     pub access: Access,
     /// Serve `wss://` and `https://` with this certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What a running server is given besides its settings: what was built from them.
+pub struct Parts {
+    /// The hub, with its relay when the server shares rooms.
+    pub hub: Arc<Hub>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
     /// One of several instances sharing rooms through Redis (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Cancelled by the caller when the server is about to stop: `GET /healthz` answers 503
+    /// from then on, while everything else is served as before.
+    pub draining: CancellationToken,
 }
 
 impl Default for ServerConfig {
@@ -78,7 +86,6 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             grace: Duration::from_secs(5),
             drain_delay: Duration::ZERO,
-            draining: CancellationToken::new(),
             history: 50,
             rate: 20.0,
             burst: 40,
@@ -89,7 +96,6 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             access: Access::default(),
             tls: None,
-            cluster: None,
         }
     }
 }
@@ -97,14 +103,16 @@ impl Default for ServerConfig {
 impl Shared {
     /// Whether the server is on its way out (`GET /healthz` answers 503).
     fn is_draining(&self) -> bool {
-        self.config.draining.is_cancelled() || self.stopping.is_cancelled()
+        self.draining.is_cancelled() || self.stopping.is_cancelled()
     }
 }
 
 /// What every connection task shares.
 struct Shared {
     config: ServerConfig,
-    hub: Hub,
+    hub: Arc<Hub>,
+    cluster: Option<Arc<Cluster>>,
+    draining: CancellationToken,
     /// Cancelled when the server starts shutting down.
     stopping: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -120,31 +128,22 @@ struct Shared {
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
-    store: Arc<dyn Store>,
+    parts: Parts,
     shutdown: impl Future<Output = ()>,
     hurry: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let hub_config = HubConfig {
-        echo: config.echo,
-        history: config.history,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let mut hub = Hub::new(hub_config, store.clone(), metrics.clone());
-    if let Some(cluster) = &config.cluster {
-        hub = hub.with_relay(cluster.clone());
-    }
+    let store = parts.store;
     let shared = Arc::new(Shared {
-        hub,
+        hub: parts.hub,
+        cluster: parts.cluster,
+        draining: parts.draining,
         capacity: Capacity::new(config.max_clients, config.max_per_ip),
         config,
         stopping: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        metrics,
+        metrics: parts.metrics,
         store: store.clone(),
     });
-    if let Some(cluster) = &shared.config.cluster {
-        connect_hub(cluster, &shared);
-    }
     tokio::spawn(tell_presence(shared.clone()));
     let acceptor = shared.config.tls.clone().map(TlsAcceptor::from);
     tokio::pin!(shutdown);
@@ -200,16 +199,6 @@ pub async fn run(
     // committed. It blocks, so it runs off the async threads.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     Ok(())
-}
-
-/// Makes the tail of the shared log deliver to this server's hub.
-fn connect_hub(cluster: &Cluster, shared: &Arc<Shared>) {
-    let shared = Arc::downgrade(shared);
-    cluster.set_sink(Arc::new(move |delivery| {
-        if let Some(shared) = shared.upgrade() {
-            shared.hub.deliver(delivery);
-        }
-    }));
 }
 
 /// How often a large room hears who came and went (see [`crate::hub::COALESCE_ABOVE`]).

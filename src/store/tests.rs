@@ -132,14 +132,14 @@ fn with_redis_store(keep: Keep, body: impl FnOnce(&WithRedis<'_>, Fill<'_>)) {
     let cluster = Cluster::new(config, store.clone()).unwrap();
     let (delivered, arrivals) = std::sync::mpsc::channel();
     let sink_store = store.clone();
-    cluster.set_sink(Arc::new(move |delivery| {
+    let deliver = Arc::new(move |delivery| {
         if let Delivery::Chat(message, origin) = delivery {
             sink_store.append(message, None);
             let _ = delivered.send(origin);
         }
-    }));
+    });
     let stop = tokio_util::sync::CancellationToken::new();
-    cluster.start(stop.clone());
+    cluster.start(deliver, stop.clone());
     assert!(runtime.block_on(cluster.wait_ready(Duration::from_secs(10))));
     let fill_through_redis = |_: &dyn Store, room: &str, range: std::ops::RangeInclusive<u64>| {
         let count = range.clone().count();

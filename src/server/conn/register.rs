@@ -175,7 +175,7 @@ pub(crate) async fn register(
         let limit = limit.min(shared.config.outbox_frames);
         prepare_history(shared, &params.room, params.since, limit).await;
     }
-    let Some(cluster) = shared.config.cluster.clone() else {
+    let Some(cluster) = shared.cluster.clone() else {
         return Registration::new(shared, params, authorized, peer);
     };
     let raw = shared.config.raw;
