@@ -5,17 +5,6 @@ mod common;
 
 use common::*;
 
-/// Starts `serve` on a given port (to restart a server where its clients expect it).
-fn serve_on(port: u16, extra: &[&str]) -> Proc {
-    let port = port.to_string();
-    let mut args = vec!["serve", "--host", "127.0.0.1", "--port", &port];
-    args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&args, Stdin::Null);
-    let line = proc.next_line();
-    assert_eq!(line, format!("listening on ws://127.0.0.1:{port}/"));
-    proc
-}
-
 #[test]
 fn slash_commands_reach_the_right_people() {
     let server = Server::start(&[]);

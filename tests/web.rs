@@ -195,16 +195,13 @@ fn page_is_served_at_root() {
     assert!(health.ends_with("ok\n"));
 }
 
-fn say(stdin: &mut ChildStdin, line: &str) {
-    writeln!(stdin, "{line}").expect("write to the node script");
-    stdin.flush().expect("flush to the node script");
-}
-
-#[test]
-fn web_page_in_headless_chromium() {
+/// Where the browser tests find their scripts, and a fresh directory for one test; `None` when
+/// `WSCHAT_SKIP_BROWSER=1` says to skip them. Panics, saying how to install them, when Chromium
+/// or playwright-core is missing.
+fn browser_test(name: &str) -> Option<(PathBuf, TempDir)> {
     if std::env::var_os("WSCHAT_SKIP_BROWSER").is_some_and(|v| v == "1") {
         println!("skipped: the web page test (WSCHAT_SKIP_BROWSER=1)");
-        return;
+        return None;
     }
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
     assert!(
@@ -215,12 +212,25 @@ fn web_page_in_headless_chromium() {
         web.join("node_modules/playwright-core").is_dir(),
         "tests/web/node_modules (playwright-core) is missing: {INSTALL}"
     );
-
-    let deadline = Instant::now() + DEADLINE;
-    let tmp =
-        TempDir(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-{}", std::process::id())));
+    let tmp = TempDir(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id())),
+    );
     let _ = std::fs::remove_dir_all(&tmp.0);
     std::fs::create_dir_all(&tmp.0).expect("create the test directory");
+    Some((web, tmp))
+}
+
+fn say(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").expect("write to the node script");
+    stdin.flush().expect("flush to the node script");
+}
+
+#[test]
+fn web_page_in_headless_chromium() {
+    let Some((web, tmp)) = browser_test("web") else {
+        return;
+    };
+    let deadline = Instant::now() + DEADLINE;
     let db = tmp.0.join("chat.db");
     let server_log = tmp.0.join("server.log");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
@@ -296,25 +306,10 @@ fn web_page_in_headless_chromium() {
 /// `page.html#ws://127.0.0.1:PORT/`, chats in real Chromium.
 #[test]
 fn page_opened_from_a_file_works_with_allow_origin_null() {
-    if std::env::var_os("WSCHAT_SKIP_BROWSER").is_some_and(|v| v == "1") {
-        println!("skipped: the web page test (WSCHAT_SKIP_BROWSER=1)");
+    let Some((web, tmp)) = browser_test("web-file") else {
         return;
-    }
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: {INSTALL}"
-    );
-    assert!(
-        web.join("node_modules/playwright-core").is_dir(),
-        "tests/web/node_modules (playwright-core) is missing: {INSTALL}"
-    );
+    };
     let deadline = Instant::now() + DEADLINE;
-    let tmp = TempDir(
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-file-{}", std::process::id())),
-    );
-    let _ = std::fs::remove_dir_all(&tmp.0);
-    std::fs::create_dir_all(&tmp.0).expect("create the test directory");
     let log = tmp.0.join("server.log");
     let server = start(
         &["--allow-origin".as_ref(), "null".as_ref()],
@@ -401,21 +396,10 @@ fn page_opened_from_a_file_works_with_allow_origin_null() {
 /// old ids: it shows the new messages (it used to drop those whose ids it had seen).
 #[test]
 fn page_resumes_across_an_in_memory_restart() {
-    if std::env::var_os("WSCHAT_SKIP_BROWSER").is_some_and(|v| v == "1") {
-        println!("skipped: the web page test (WSCHAT_SKIP_BROWSER=1)");
+    let Some((web, tmp)) = browser_test("web-restart") else {
         return;
-    }
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: {INSTALL}"
-    );
+    };
     let deadline = Instant::now() + DEADLINE;
-    let tmp = TempDir(
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("web-restart-{}", std::process::id())),
-    );
-    let _ = std::fs::remove_dir_all(&tmp.0);
-    std::fs::create_dir_all(&tmp.0).expect("create the test directory");
     let log = tmp.0.join("server.log");
     let mut server = Some(start(&[], 0, &log, deadline));
     let port = server.as_ref().map_or(0, |s| s.port);

@@ -63,7 +63,8 @@ pub struct JoinRequest {
     pub room: String,
     /// `None` gets a generated `guest-N` name.
     pub name: Option<String>,
-    /// A quiet member (a one-shot sender) is not announced, not counted, and holds no name.
+    /// A quiet member (a one-shot sender, a silent reader) is counted but never announced, and
+    /// holds no name.
     pub quiet: bool,
     /// Resume: replay every message after this id (or say what is missing).
     pub since: Option<u64>,

@@ -40,21 +40,29 @@ fn try_join(
     quiet: bool,
     cap: usize,
 ) -> Result<TestMember, JoinError> {
-    let (tx, rx) = outbox::channel(cap);
-    let (etx, erx) = oneshot::channel();
     let req = JoinRequest {
         room: room.into(),
         name: name.map(Into::into),
         quiet,
         ..JoinRequest::default()
     };
-    let (id, name) = hub.join(
-        req,
-        Outbox {
-            frames: tx,
-            evict: etx,
-        },
-    )?;
+    try_join_bounded(hub, req, cap, usize::MAX)
+}
+
+/// Joins with an outbox of `frames` frames and `bytes` bytes.
+fn try_join_bounded(
+    hub: &Hub,
+    req: JoinRequest,
+    frames: usize,
+    bytes: usize,
+) -> Result<TestMember, JoinError> {
+    let (tx, rx) = outbox::bounded(frames, bytes);
+    let (etx, erx) = oneshot::channel();
+    let outbox = Outbox {
+        frames: tx,
+        evict: etx,
+    };
+    let (id, name) = hub.join(req, outbox)?;
     Ok(TestMember {
         id,
         name,
@@ -255,23 +263,7 @@ fn history_of(m: &mut TestMember) -> (Vec<String>, Vec<Event>) {
 }
 
 fn join_with(hub: &Hub, req: JoinRequest, cap: usize) -> TestMember {
-    let (tx, rx) = outbox::channel(cap);
-    let (etx, erx) = oneshot::channel();
-    let (id, name) = hub
-        .join(
-            req,
-            Outbox {
-                frames: tx,
-                evict: etx,
-            },
-        )
-        .unwrap();
-    TestMember {
-        id,
-        name,
-        rx,
-        evicted: erx,
-    }
+    join_bounded(hub, req, cap, usize::MAX)
 }
 
 #[test]
@@ -329,19 +321,7 @@ fn resume_replays_exactly_what_was_missed_or_reports_a_gap() {
 }
 
 fn join_bounded(hub: &Hub, req: JoinRequest, frames: usize, bytes: usize) -> TestMember {
-    let (tx, rx) = outbox::bounded(frames, bytes);
-    let (etx, erx) = oneshot::channel();
-    let outbox = Outbox {
-        frames: tx,
-        evict: etx,
-    };
-    let (id, name) = hub.join(req, outbox).unwrap();
-    TestMember {
-        id,
-        name,
-        rx,
-        evicted: erx,
-    }
+    try_join_bounded(hub, req, frames, bytes).unwrap()
 }
 
 #[test]

@@ -275,6 +275,18 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `serve` on a given port (to restart a server where its clients expect it) and waits
+/// for its `listening on` line.
+pub fn serve_on(port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    let mut args = vec!["serve", "--host", "127.0.0.1", "--port", &port];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&args, Stdin::Null);
+    let line = proc.next_line();
+    assert_eq!(line, format!("listening on ws://127.0.0.1:{port}/"));
+    proc
+}
+
 /// A running `wschat serve --port 0`.
 pub struct Server {
     /// `ws://127.0.0.1:PORT/`, as the server printed it.
