@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::protocol::{
-    self, close, AckEvent, ChatEvent, Event, GapEvent, Notice, PresenceEvent, RoomInfo, RoomsEvent,
+    self, close, AckEvent, ChatEvent, Event, GapEvent, Limits, Notice, PresenceEvent, RoomInfo, RoomsEvent,
     SyncedEvent, SystemEvent, WhoEvent,
 };
 use crate::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
@@ -112,6 +112,8 @@ pub struct HubConfig {
     pub echo: bool,
     /// Messages replayed to a visible member on join.
     pub history: usize,
+    /// The connection limits, stated in each welcome.
+    pub limits: Option<Limits>,
 }
 
 impl Default for HubConfig {
@@ -119,6 +121,7 @@ impl Default for HubConfig {
         HubConfig {
             echo: false,
             history: 50,
+            limits: None,
         }
     }
 }
@@ -243,15 +246,26 @@ fn system(
     timestamp: String,
     count: usize,
 ) -> Message {
-    Event::System(SystemEvent {
+    Event::System(system_event(event, room, name, message, timestamp, count)).to_frame()
+}
+
+fn system_event(
+    event: Notice,
+    room: &str,
+    name: &str,
+    message: String,
+    timestamp: String,
+    count: usize,
+) -> SystemEvent {
+    SystemEvent {
         message,
         timestamp,
         event,
         room: room.to_owned(),
         name: Some(name.to_owned()),
         count: Some(count),
-    })
-    .to_frame()
+        limits: None,
+    }
 }
 
 fn presence(room: &str, count: usize) -> Message {
@@ -361,14 +375,10 @@ impl Hub {
             };
             let welcome = format!("Welcome to wschat, {name}! You are in {room_name}; {others}.");
             let timestamp = protocol::timestamp();
-            let _ = frames.try_send(system(
-                Notice::Welcome,
-                room_name,
-                &name,
-                welcome,
-                timestamp,
-                count,
-            ));
+            let mut welcome =
+                system_event(Notice::Welcome, room_name, &name, welcome, timestamp, count);
+            welcome.limits = self.config.limits;
+            let _ = frames.try_send(Event::System(welcome).to_frame());
         }
         // A member whose greeting does not fit is too slow already: evicted, it can resume.
         let greeted = self.replay(&frames, room_name, room.last_id, replay);
@@ -1111,6 +1121,7 @@ mod tests {
         let hub = hub(HubConfig {
             echo: true,
             history: 50,
+            ..HubConfig::default()
         });
         let mut a = join(&hub, "lobby", Some("alice"), false, 16);
         say(&hub, &a, "me").unwrap();
@@ -1260,6 +1271,7 @@ mod tests {
         let hub = hub(HubConfig {
             echo: false,
             history: 2,
+            ..HubConfig::default()
         });
         let a = join(&hub, "lobby", Some("alice"), false, 16);
         for i in 1..=3 {

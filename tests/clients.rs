@@ -523,3 +523,55 @@ fn serve_on_a_port_in_use_exits_1_with_one_line() {
     );
     assert_no_panic(&out.stderr);
 }
+
+#[test]
+fn piped_bulk_send_keeps_to_the_servers_rate_and_every_line_arrives_in_order() {
+    // Past its burst, a sender faster than 50/s would be throttled for over a second and
+    // closed with 4029; `send` learns the limits in the handshake and keeps under them.
+    let server = Server::start(&["--rate", "50", "--burst", "10", "--flood-timeout", "1s"]);
+    let mut alice = join(&server.url, "alice", &["--count", "200"]);
+    let lines: String = (1..=200).map(|i| format!("line {i}\n")).collect();
+    let bob = run(&["send", "bob", "--url", &server.url], Some(&lines));
+    bob.assert_code(0);
+    assert_eq!(bob.stdout, Vec::<String>::new());
+    // Off a terminal, pacing adds nothing to stderr.
+    assert_eq!(bob.stderr_lines(), Vec::<&str>::new());
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    let expected: Vec<String> = (1..=200)
+        .map(|i| format!("[alice] received: bob says: line {i}"))
+        .collect();
+    assert_eq!(alice.stdout[1..], expected[..]);
+    assert_eq!(metric(&server, "rate_limit_disconnects_total"), 0);
+}
+
+#[test]
+fn the_server_states_its_limits_in_the_handshake_and_the_welcome() {
+    let server = Server::start(&["--rate", "7.5", "--burst", "3", "--max-message-bytes", "1KiB"]);
+    let (mut ws, response) = ws_connect_with_response(&server.url, "name=carol");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-wschat-limits")
+            .and_then(|v| v.to_str().ok()),
+        Some("rate=7.5, burst=3, max-message-bytes=1024")
+    );
+    let welcome = next_event(&mut ws);
+    assert_eq!(welcome["event"], "welcome", "{welcome}");
+    assert_eq!(
+        welcome["limits"],
+        serde_json::json!({"rate": 7.5, "burst": 3, "maxMessageBytes": 1024})
+    );
+    // A quiet sender gets no welcome; the header is what it reads.
+    let (_quiet, response) = ws_connect_with_response(&server.url, "name=bob&quiet=1");
+    assert!(response.headers().contains_key("x-wschat-limits"));
+    let raw = Server::start(&["--raw", "--rate", "0"]);
+    let (_ws, response) = ws_connect_with_response(&raw.url, "");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-wschat-limits")
+            .and_then(|v| v.to_str().ok()),
+        Some("rate=0, burst=40, max-message-bytes=65536")
+    );
+}

@@ -49,6 +49,8 @@ pub struct Target {
 pub struct Connection {
     pub socket: Socket,
     pub kind: ServerKind,
+    /// What the server allows this connection, when it says (a wschat server, raw or not).
+    pub limits: Option<protocol::Limits>,
 }
 
 /// Accepts `ws://` and `wss://` URLs, `http(s)://` as their WebSocket twins, and a bare
@@ -174,7 +176,16 @@ pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
     } else {
         ServerKind::Relay
     };
-    Ok(Connection { socket, kind })
+    let limits = response
+        .headers()
+        .get(protocol::LIMITS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(protocol::Limits::parse_header);
+    Ok(Connection {
+        socket,
+        kind,
+        limits,
+    })
 }
 
 /// One line saying what went wrong and what to do, with the exit code it calls for.

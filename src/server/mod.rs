@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::protocol;
 use crate::store::Store;
 use limits::Capacity;
 
@@ -92,6 +93,17 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The limits a client is told of, in its welcome and in the handshake.
+    pub fn limits(&self) -> protocol::Limits {
+        protocol::Limits {
+            rate: self.rate,
+            burst: self.burst.max(1),
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
 impl Shared {
     /// Whether the server is on its way out (`GET /healthz` answers 503).
     fn is_draining(&self) -> bool {
@@ -125,6 +137,7 @@ pub async fn run(
     let hub_config = HubConfig {
         echo: config.echo,
         history: config.history,
+        limits: Some(config.limits()),
     };
     let metrics = Arc::new(Metrics::default());
     let mut hub = Hub::new(hub_config, store.clone(), metrics.clone());
