@@ -575,3 +575,54 @@ fn the_server_states_its_limits_in_the_handshake_and_the_welcome() {
         Some("rate=0, burst=40, max-message-bytes=65536")
     );
 }
+
+/// A TCP server that answers every connection with `answer` (after reading the request, when
+/// `read_first`) and closes it: a server dying in the middle of the handshake.
+fn broken_server(answer: &'static [u8], read_first: bool) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            if read_first {
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    request.push(byte[0]);
+                }
+            }
+            let _ = stream.write_all(answer);
+        }
+    });
+    url
+}
+
+#[test]
+fn a_handshake_cut_short_exits_5_and_garbage_exits_3_never_4() {
+    let cases: [(&str, &'static [u8], bool, i32); 4] = [
+        ("accepts and closes at once", b"", false, 5),
+        ("reads the request and closes", b"", true, 5),
+        ("half an HTTP response", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n", true, 5),
+        ("not HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n", true, 3),
+    ];
+    for (what, answer, read_first, code) in cases {
+        let url = broken_server(answer, read_first);
+        for args in [
+            &["send", "bob", "--url", &url, "hi"][..],
+            &["join", "alice", "--url", &url, "--no-reconnect"],
+            &["history", "--url", &url],
+        ] {
+            let out = run(args, None);
+            assert_eq!(
+                out.code(),
+                Some(code),
+                "{what}: {args:?}\nstderr: {}",
+                out.stderr
+            );
+            assert_eq!(out.stderr_lines().len(), 1, "{what}: {args:?}: {}", out.stderr);
+            assert!(out.stderr.contains(url.as_str()), "{what}: {}", out.stderr);
+            assert_no_panic(&out.stderr);
+        }
+    }
+}

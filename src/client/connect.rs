@@ -1,5 +1,6 @@
 //! Opening a client connection: URL handling, the handshake, and telling wschat from a relay.
 
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,6 +196,27 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
             Exit::CannotConnect,
             format!("cannot connect to {url}: connection refused — is 'wschat serve' running?"),
         ),
+        // Connected, then dropped before the handshake was done: the server went away.
+        WsError::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::BrokenPipe
+            ) =>
+        {
+            fail(
+                Exit::ServerGone,
+                format!("{url} closed the connection during the WebSocket handshake: {e}"),
+            )
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => fail(
+            Exit::ServerGone,
+            format!("{url} closed the connection during the WebSocket handshake"),
+        ),
         WsError::Io(e) => fail(Exit::CannotConnect, format!("cannot connect to {url}: {e}")),
         WsError::Tls(e) => fail(
             Exit::CannotConnect,
@@ -232,9 +254,15 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
             }
             fail(Exit::HandshakeRejected, message.trim_end().to_owned())
         }
+        // An answer that is HTTP but not a WebSocket handshake: not a server to talk to. A
+        // refusal (exit 4) is only an HTTP error status or a refused name or token.
+        WsError::Protocol(e) => fail(
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: the answer is not a WebSocket handshake ({e})"),
+        ),
         other => fail(
-            Exit::HandshakeRejected,
-            format!("WebSocket handshake with {url} failed: {other}"),
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: the WebSocket handshake failed: {other}"),
         ),
     }
 }
