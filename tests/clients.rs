@@ -281,9 +281,16 @@ fn a_duplicate_name_makes_join_exit_4_with_an_error_line() {
         "a rejected join must not say connected: {:?}",
         second.stdout
     );
-    let all = format!("{}\n{}", second.stdout.join("\n"), second.stderr);
-    assert!(all.contains("already taken"), "no reason given: {all}");
-    assert_eq!(second.stderr_lines().len(), 1, "{}", second.stderr);
+    // The reason is in the one error line, on stderr, and nowhere else.
+    assert_eq!(second.stdout, Vec::<String>::new());
+    let lines = second.stderr_lines();
+    assert_eq!(lines.len(), 1, "{}", second.stderr);
+    assert!(
+        lines[0].starts_with("wschat: error: ")
+            && lines[0].contains("the name 'alice' is already taken")
+            && lines[0].contains("4009"),
+        "{lines:?}"
+    );
     assert_no_panic(&second.stderr);
 }
 
@@ -625,4 +632,166 @@ fn a_handshake_cut_short_exits_5_and_garbage_exits_3_never_4() {
             assert_no_panic(&out.stderr);
         }
     }
+}
+
+#[test]
+fn reconnecting_joins_answer_the_close_frame_of_a_server_shutting_down() {
+    let mut server = Server::start(&[]);
+    let mut watcher = ws_member(&server.url, "watcher");
+    let mut joins = Vec::new();
+    for i in 0..5 {
+        let name = format!("alice{i}");
+        joins.push(join(&server.url, &name, &[]));
+        expect_notice(&mut watcher, &format!("{name} joined the chat"));
+    }
+    drop(watcher);
+    server.proc.signal("TERM");
+    let stopped = server.proc.finish(GUARD);
+    stopped.assert_code(0);
+    assert!(
+        !stopped.stderr.contains("did not answer the close frame"),
+        "{}",
+        stopped.stderr
+    );
+    // Each says once that it lost the connection, with the server's reason.
+    for mut alice in joins {
+        alice.signal("TERM");
+        let alice = alice.finish(GUARD);
+        alice.assert_code(143);
+        let lost: Vec<&str> = alice
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("1001"))
+            .collect();
+        assert_eq!(lost.len(), 1, "{}", alice.stderr);
+        assert!(lost[0].contains("server shutting down") && lost[0].contains("reconnecting"));
+    }
+}
+
+/// Starts `wschat serve` on `port` (to restart a server where its clients expect it).
+fn serve_on_port(port: u16) -> Proc {
+    let port = port.to_string();
+    let mut server = Proc::spawn(
+        &["serve", "--host", "127.0.0.1", "--port", &port],
+        Stdin::Null,
+    );
+    assert!(server.next_line().starts_with("listening on "));
+    server
+}
+
+#[test]
+fn a_reconnecting_join_says_each_change_once_and_only_what_is_true() {
+    let port = closed_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let mut server = serve_on_port(port);
+    let mut alice = join(&url, "alice", &[]);
+    send(&url, "bob", Some("before"), &[]).assert_code(0);
+    alice.expect_line("[alice] received: bob says: before");
+    server.signal("TERM");
+    server.finish(GUARD).assert_code(0);
+    // While it is down, alice retries (and is refused); then it is back, without its history.
+    let _server = serve_on_port(port);
+    alice.expect_line("[alice] connected");
+    let notice = alice.next_line();
+    assert!(
+        notice.starts_with("[alice] system: ") && notice.contains("restarted"),
+        "{notice}"
+    );
+    assert!(
+        !notice.contains("recent messages follow"),
+        "it promises messages that never come: {notice}"
+    );
+    alice.signal("TERM");
+    let alice = alice.finish(GUARD);
+    alice.assert_code(143);
+    let stderr = alice.stderr_lines();
+    // One line for the loss, with the server's reason...
+    let lost: Vec<&&str> = stderr.iter().filter(|l| l.contains("1001")).collect();
+    assert_eq!(lost.len(), 1, "{stderr:#?}");
+    assert!(lost[0].contains("server shutting down") && lost[0].ends_with("reconnecting"));
+    // ...at most one for the retries, with their own reason...
+    let retrying: Vec<&&str> = stderr.iter().filter(|l| l.contains("still reconnecting")).collect();
+    assert!(retrying.len() <= 1, "{stderr:#?}");
+    assert!(retrying.iter().all(|l| l.contains("connection refused")), "{stderr:#?}");
+    // ...and one when it is back.
+    let back: Vec<&&str> = stderr.iter().filter(|l| l.contains("reconnected to")).collect();
+    assert_eq!(back.len(), 1, "{stderr:#?}");
+    assert_eq!(stderr.len(), 2 + retrying.len(), "{stderr:#?}");
+}
+
+/// Runs `wschat ARGS...` on a pseudo-terminal (through python's pty module): what a person at
+/// a terminal sees. Stdin lines the test writes are typed at the terminal.
+fn on_a_terminal(args: &[&str]) -> Proc {
+    const PTY: &str = r#"
+import os, pty, select, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+typing = True
+while True:
+    ready, _, _ = select.select([fd] + ([0] if typing else []), [], [])
+    if fd in ready:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        os.write(1, data)
+    if typing and 0 in ready:
+        data = os.read(0, 4096)
+        if data:
+            os.write(fd, data)
+        else:
+            typing = False
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", PTY, bin()])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm")
+        .env_remove("WSCHAT_URL");
+    Proc::spawn_command(cmd, Stdin::Piped)
+}
+
+/// Reads lines until one contains `text`; returns it.
+fn line_with(proc: &mut Proc, text: &str) -> String {
+    loop {
+        let line = proc.next_line();
+        if line.contains(text) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn join_at_a_terminal_shows_the_welcome_condenses_the_replay_and_leaves_no_prompt_behind() {
+    let server = Server::start(&[]);
+    let lines: String = (1..=12).map(|i| format!("m{i}\n")).collect();
+    run(&["send", "bob", "--url", &server.url], Some(&lines)).assert_code(0);
+    let mut carol = on_a_terminal(&["join", "carol", "--url", &server.url]);
+    line_with(&mut carol, "[carol] connected");
+    let welcome = line_with(&mut carol, "[carol] welcome:");
+    assert!(welcome.contains("you are the only one here"), "{welcome:?}");
+    line_with(&mut carol, "[carol] … 7 earlier messages (/history shows them)");
+    for i in 8..=12 {
+        line_with(&mut carol, &format!("history: bob says: m{i}"));
+    }
+    carol.write_line("/history");
+    for i in 1..=12 {
+        line_with(&mut carol, &format!("history: bob says: m{i}"));
+    }
+    carol.write_line("/quit");
+    let carol = carol.finish(GUARD);
+    carol.assert_code(0);
+    let shown = carol.stdout.join("\n");
+    assert_eq!(
+        shown.matches("bob says: m1\r").count() + shown.matches("bob says: m1\n").count(),
+        1,
+        "m1 is shown by /history only: {shown:?}"
+    );
+    // The last thing on the terminal wipes the prompt: the shell's prompt starts clean.
+    assert!(shown.ends_with("\r\u{1b}[K"), "{:?}", &shown[shown.len().saturating_sub(80)..]);
 }

@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
 use super::render::Renderer;
-use super::{close, connection_lost, decode_event, print_line, server_closed, Sink, Stream};
+use super::{
+    close, connection_lost, decode_event, print_line, server_closed_because, Sink, Stream,
+};
 use crate::exit::{fail, Exit};
 use crate::protocol::{Event, Limits};
 use crate::signals::Signals;
@@ -62,6 +64,8 @@ struct Sender<'a> {
     kind: ServerKind,
     pending: HashSet<u64>,
     next_ref: u64,
+    /// Why the server refused the connection (an invalid room), for the close that follows.
+    refusal: Option<String>,
 }
 
 impl Sender<'_> {
@@ -91,7 +95,8 @@ impl Sender<'_> {
                 if self.pending.is_empty() && !printing {
                     return Ok(());
                 }
-                let error = server_closed(&self.url, frame.as_ref());
+                let error =
+                    server_closed_because(&self.url, frame.as_ref(), self.refusal.as_deref());
                 if self.pending.is_empty() || crate::exit::exit_for(&error) != Exit::ServerGone {
                     return Err(error);
                 }
@@ -139,6 +144,11 @@ impl Sender<'_> {
                     ),
                 ));
             }
+            Event::Error(error)
+                if super::exit_for_refusal(&error.code) == Exit::HandshakeRejected =>
+            {
+                self.refusal = Some(super::render::escape_control(&error.message).into_owned());
+            }
             _ if printing => {
                 if let Some(line) = self.renderer.event(&event, &value) {
                     print_line(&line);
@@ -173,6 +183,7 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Exit> {
         kind: connection.kind,
         pending: HashSet::new(),
         next_ref: 1,
+        refusal: None,
     };
     let source = match &config.message {
         Some(message) => Source::One(Some(message.clone())),
