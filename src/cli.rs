@@ -316,7 +316,8 @@ impl BenchArgs {
             // At most a million: fits in usize.
             Ok(usize::try_from(value).unwrap_or(usize::MAX))
         };
-        let url = connect::parse_url(&self.url).map_err(usage)?;
+        let url = connect::parse_url(&self.url)
+            .map_err(|e| usage(format!("{e}{}", env_note("--url", &self.url))))?;
         if url.scheme() != "ws" {
             return Err(usage(format!(
                 "wschat bench speaks ws:// only, not {}:// ('{}')",
@@ -474,8 +475,54 @@ fn server_token(
     Ok(Some(token))
 }
 
+/// A usage error; [`Cli::into_mode`] gives it the usage of the subcommand concerned.
 fn usage(message: impl std::fmt::Display) -> clap::Error {
-    Cli::command().error(ErrorKind::ValueValidation, message)
+    clap::Error::raw(ErrorKind::ValueValidation, message)
+}
+
+/// Flags that also come from the environment, and their variables.
+const FROM_ENV: &[(&str, &str)] = &[
+    ("--port", "WSCHAT_PORT"),
+    ("--host", "WSCHAT_HOST"),
+    ("--url", "WSCHAT_URL"),
+    ("--db", "WSCHAT_DB"),
+    ("--redis", "WSCHAT_REDIS"),
+];
+
+/// Whether `flag`'s value came from its environment variable (set to `value`) rather than
+/// from the command line.
+fn from_env(flag: &str, value: &str) -> Option<&'static str> {
+    let (_, var) = FROM_ENV.iter().find(|(f, _)| *f == flag)?;
+    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!given && std::env::var(var).is_ok_and(|v| v == value)).then_some(*var)
+}
+
+/// `" (from WSCHAT_URL)"` when `flag`'s bad `value` came from the environment, else nothing.
+fn env_note(flag: &str, value: &str) -> String {
+    from_env(flag, value)
+        .map(|var| format!(" (from the environment variable {var})"))
+        .unwrap_or_default()
+}
+
+/// A clap error as wschat prints every error: `wschat: error: ...`, naming the environment
+/// variable that a bad value came from (clap names only the flag).
+pub fn describe_usage_error(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let mut text = error.render().to_string();
+    if let Some(rest) = text.strip_prefix("error: ") {
+        text = format!("wschat: error: {rest}");
+    }
+    if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) {
+        let flag = arg.split([' ', '=']).next().unwrap_or_default();
+        let note = env_note(flag, value);
+        if !note.is_empty() {
+            text = text.replacen(&format!("'{arg}'"), &format!("'{arg}'{note}"), 1);
+        }
+    }
+    text
 }
 
 impl ClientArgs {
@@ -483,7 +530,8 @@ impl ClientArgs {
         protocol::validate_name(name).map_err(|e| usage(format!("invalid NAME '{name}': {e}")))?;
         protocol::validate_room(&self.room)
             .map_err(|e| usage(format!("invalid --room '{}': {e}", self.room)))?;
-        let url = connect::parse_url(&self.url).map_err(usage)?;
+        let url = connect::parse_url(&self.url)
+            .map_err(|e| usage(format!("{e}{}", env_note("--url", &self.url))))?;
         Ok(Target {
             url,
             name: name.to_owned(),
@@ -501,9 +549,37 @@ impl ClientArgs {
     }
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "serve",
+            Command::Join(_) => "join",
+            Command::Send(_) => "send",
+            Command::History(_) => "history",
+            Command::Bench(_) => "bench",
+            Command::Completions { .. } => "completions",
+        }
+    }
+}
+
 impl Cli {
-    /// Checks what clap cannot and builds the mode's config.
+    /// Checks what clap cannot and builds the mode's config. An error shows the usage of the
+    /// subcommand, as clap's own errors do.
     pub fn into_mode(self) -> Result<Mode, clap::Error> {
+        let name = self.command.name();
+        self.build_mode().map_err(|e| {
+            let text = e.to_string();
+            let message = text.strip_prefix("error: ").unwrap_or(&text).trim_end();
+            let mut cli = Cli::command();
+            cli.build();
+            match cli.find_subcommand_mut(name) {
+                Some(sub) => sub.error(e.kind(), message),
+                None => cli.error(e.kind(), message),
+            }
+        })
+    }
+
+    fn build_mode(self) -> Result<Mode, clap::Error> {
         Ok(match self.command {
             Command::Serve(a) => Mode::Serve {
                 config: ServerConfig {

@@ -722,6 +722,11 @@ fn a_reconnecting_join_says_each_change_once_and_only_what_is_true() {
 /// Runs `wschat ARGS...` on a pseudo-terminal (through python's pty module): what a person at
 /// a terminal sees. Stdin lines the test writes are typed at the terminal.
 fn on_a_terminal(args: &[&str]) -> Proc {
+    on_a_terminal_with(args, &[("NO_COLOR", Some("1"))])
+}
+
+/// [`on_a_terminal`] with these environment variables set (`Some`) or removed (`None`).
+fn on_a_terminal_with(args: &[&str], env: &[(&str, Option<&str>)]) -> Proc {
     const PTY: &str = r#"
 import os, pty, select, sys
 pid, fd = pty.fork()
@@ -750,9 +755,16 @@ sys.exit(os.waitstatus_to_exitcode(status))
     let mut cmd = std::process::Command::new("python3");
     cmd.args(["-c", PTY, bin()])
         .args(args)
-        .env("NO_COLOR", "1")
         .env("TERM", "xterm")
-        .env_remove("WSCHAT_URL");
+        .env_remove("WSCHAT_URL")
+        .env_remove("WSCHAT_PORT")
+        .env_remove("WSCHAT_LOG");
+    for (name, value) in env {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
     Proc::spawn_command(cmd, Stdin::Piped)
 }
 
@@ -794,4 +806,76 @@ fn join_at_a_terminal_shows_the_welcome_condenses_the_replay_and_leaves_no_promp
     );
     // The last thing on the terminal wipes the prompt: the shell's prompt starts clean.
     assert!(shown.ends_with("\r\u{1b}[K"), "{:?}", &shown[shown.len().saturating_sub(80)..]);
+}
+
+#[test]
+fn serve_logs_without_colour_on_a_terminal_with_color_never_or_no_color() {
+    for (flag, no_color, coloured) in [
+        ("always", None, true),
+        ("never", None, false),
+        ("auto", Some("1"), false),
+    ] {
+        let mut server = on_a_terminal_with(
+            &["serve", "--host", "127.0.0.1", "--port", "0", "--color", flag],
+            &[("NO_COLOR", no_color)],
+        );
+        let log = line_with(&mut server, "serving");
+        assert_eq!(log.contains('\u{1b}'), coloured, "--color {flag}: {log:?}");
+        server.signal("TERM");
+    }
+}
+
+#[test]
+fn usage_errors_name_the_subcommand_the_variable_and_what_is_expected() {
+    let out = run(&["join", "alice", "--url", "not a url"], None);
+    out.assert_code(2);
+    let first = out.stderr_lines()[0];
+    assert!(
+        first.starts_with("wschat: error: invalid URL 'not a url': ")
+            && first.contains("not a host name")
+            && first.contains("expected ws://HOST:PORT/"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("Usage: wschat join "), "{}", out.stderr);
+    assert!(!out.stderr.contains("Usage: wschat <COMMAND>"), "{}", out.stderr);
+
+    let mut cmd = command(&["serve", "--port", "abc"]);
+    cmd.env("WSCHAT_PORT", "abc");
+    let out = Proc::spawn_command(cmd, Stdin::Null).finish(GUARD);
+    out.assert_code(2);
+    let first = out.stderr_lines()[0];
+    assert!(
+        first.starts_with("wschat: error: ") && !first.contains("WSCHAT_PORT"),
+        "--port on the command line wins: {}",
+        out.stderr
+    );
+    let mut cmd = command(&["serve"]);
+    cmd.env("WSCHAT_PORT", "abc");
+    let out = Proc::spawn_command(cmd, Stdin::Null).finish(GUARD);
+    out.assert_code(2);
+    let first = out.stderr_lines()[0];
+    assert!(
+        first.starts_with("wschat: error: ") && first.contains("WSCHAT_PORT"),
+        "{}",
+        out.stderr
+    );
+    assert_no_panic(&out.stderr);
+}
+
+#[test]
+fn serve_with_a_db_in_a_missing_folder_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing").join("chat.db");
+    let out = run(&["serve", "--port", "0", "--db", db.to_str().unwrap()], None);
+    out.assert_code(1);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!(
+            "the folder {} does not exist",
+            dir.path().join("missing").display()
+        )),
+        "{lines:?}"
+    );
 }

@@ -62,7 +62,27 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     } else {
         format!("ws://{text}")
     };
-    let mut url = Url::parse(&with_scheme).map_err(|e| format!("invalid URL '{text}': {e}"))?;
+    let mut url = Url::parse(&with_scheme).map_err(|e| {
+        let host = with_scheme
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let why = match e {
+            url::ParseError::IdnaError | url::ParseError::InvalidDomainCharacter => {
+                format!("'{host}' is not a host name")
+            }
+            url::ParseError::EmptyHost => "no host".to_owned(),
+            url::ParseError::InvalidPort => "the port is not a number from 0 to 65535".to_owned(),
+            url::ParseError::InvalidIpv4Address | url::ParseError::InvalidIpv6Address => {
+                format!("'{host}' is not an IP address")
+            }
+            other => other.to_string(),
+        };
+        format!("invalid URL '{text}': {why}; expected ws://HOST:PORT/ (or wss://, http://, https://, or HOST:PORT)")
+    })?;
     let scheme = match url.scheme() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
