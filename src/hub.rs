@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::protocol::{
-    self, close, AckEvent, ChatEvent, Event, GapEvent, Limits, Notice, PresenceEvent, RoomInfo, RoomsEvent,
-    SyncedEvent, SystemEvent, WhoEvent,
+    self, close, AckEvent, ChatEvent, Event, GapEvent, Limits, Notice, PresenceEvent, RoomInfo,
+    RoomsEvent, SyncedEvent, SystemEvent, WhoEvent,
 };
 use crate::relay::{Announcement, Delivery, Handover, NoticeEntry, Origin, Relay};
 use crate::store::Store;

@@ -319,7 +319,12 @@ impl Limits {
             };
             let value = value.trim();
             match key.trim() {
-                "rate" => rate = value.parse::<f64>().ok().filter(|r| r.is_finite() && *r >= 0.0),
+                "rate" => {
+                    rate = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r >= 0.0)
+                }
                 "burst" => burst = value.parse().ok(),
                 "max-message-bytes" => max_message_bytes = value.parse().ok(),
                 _ => {}

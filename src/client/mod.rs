@@ -88,12 +88,12 @@ pub fn server_closed_because(
 ) -> anyhow::Error {
     if let (Some(frame), Some(because)) = (frame, because) {
         let code = u16::from(frame.code);
-        let exit = if code == protocol::close::NAME_REJECTED || code == protocol::close::UNAUTHORIZED
-        {
-            Exit::HandshakeRejected
-        } else {
-            Exit::ServerGone
-        };
+        let exit =
+            if code == protocol::close::NAME_REJECTED || code == protocol::close::UNAUTHORIZED {
+                Exit::HandshakeRejected
+            } else {
+                Exit::ServerGone
+            };
         return fail(
             exit,
             format!("{url} refused the connection: {because} (close code {code})"),
