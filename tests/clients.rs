@@ -554,7 +554,14 @@ fn piped_bulk_send_keeps_to_the_servers_rate_and_every_line_arrives_in_order() {
 
 #[test]
 fn the_server_states_its_limits_in_the_handshake_and_the_welcome() {
-    let server = Server::start(&["--rate", "7.5", "--burst", "3", "--max-message-bytes", "1KiB"]);
+    let server = Server::start(&[
+        "--rate",
+        "7.5",
+        "--burst",
+        "3",
+        "--max-message-bytes",
+        "1KiB",
+    ]);
     let (mut ws, response) = ws_connect_with_response(&server.url, "name=carol");
     assert_eq!(
         response
@@ -610,7 +617,12 @@ fn a_handshake_cut_short_exits_5_and_garbage_exits_3_never_4() {
     let cases: [(&str, &'static [u8], bool, i32); 4] = [
         ("accepts and closes at once", b"", false, 5),
         ("reads the request and closes", b"", true, 5),
-        ("half an HTTP response", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n", true, 5),
+        (
+            "half an HTTP response",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n",
+            true,
+            5,
+        ),
         ("not HTTP at all", b"SSH-2.0-OpenSSH_9.6\r\n", true, 3),
     ];
     for (what, answer, read_first, code) in cases {
@@ -627,7 +639,12 @@ fn a_handshake_cut_short_exits_5_and_garbage_exits_3_never_4() {
                 "{what}: {args:?}\nstderr: {}",
                 out.stderr
             );
-            assert_eq!(out.stderr_lines().len(), 1, "{what}: {args:?}: {}", out.stderr);
+            assert_eq!(
+                out.stderr_lines().len(),
+                1,
+                "{what}: {args:?}: {}",
+                out.stderr
+            );
             assert!(out.stderr.contains(url.as_str()), "{what}: {}", out.stderr);
             assert_no_panic(&out.stderr);
         }
@@ -710,11 +727,20 @@ fn a_reconnecting_join_says_each_change_once_and_only_what_is_true() {
     assert_eq!(lost.len(), 1, "{stderr:#?}");
     assert!(lost[0].contains("server shutting down") && lost[0].ends_with("reconnecting"));
     // ...at most one for the retries, with their own reason...
-    let retrying: Vec<&&str> = stderr.iter().filter(|l| l.contains("still reconnecting")).collect();
+    let retrying: Vec<&&str> = stderr
+        .iter()
+        .filter(|l| l.contains("still reconnecting"))
+        .collect();
     assert!(retrying.len() <= 1, "{stderr:#?}");
-    assert!(retrying.iter().all(|l| l.contains("connection refused")), "{stderr:#?}");
+    assert!(
+        retrying.iter().all(|l| l.contains("connection refused")),
+        "{stderr:#?}"
+    );
     // ...and one when it is back.
-    let back: Vec<&&str> = stderr.iter().filter(|l| l.contains("reconnected to")).collect();
+    let back: Vec<&&str> = stderr
+        .iter()
+        .filter(|l| l.contains("reconnected to"))
+        .collect();
     assert_eq!(back.len(), 1, "{stderr:#?}");
     assert_eq!(stderr.len(), 2 + retrying.len(), "{stderr:#?}");
 }
@@ -787,7 +813,10 @@ fn join_at_a_terminal_shows_the_welcome_condenses_the_replay_and_leaves_no_promp
     line_with(&mut carol, "[carol] connected");
     let welcome = line_with(&mut carol, "[carol] welcome:");
     assert!(welcome.contains("you are the only one here"), "{welcome:?}");
-    line_with(&mut carol, "[carol] … 7 earlier messages (/history shows them)");
+    line_with(
+        &mut carol,
+        "[carol] … 7 earlier messages (/history shows them)",
+    );
     for i in 8..=12 {
         line_with(&mut carol, &format!("history: bob says: m{i}"));
     }
@@ -805,7 +834,11 @@ fn join_at_a_terminal_shows_the_welcome_condenses_the_replay_and_leaves_no_promp
         "m1 is shown by /history only: {shown:?}"
     );
     // The last thing on the terminal wipes the prompt: the shell's prompt starts clean.
-    assert!(shown.ends_with("\r\u{1b}[K"), "{:?}", &shown[shown.len().saturating_sub(80)..]);
+    assert!(
+        shown.ends_with("\r\u{1b}[K"),
+        "{:?}",
+        &shown[shown.len().saturating_sub(80)..]
+    );
 }
 
 #[test]
@@ -816,7 +849,15 @@ fn serve_logs_without_colour_on_a_terminal_with_color_never_or_no_color() {
         ("auto", Some("1"), false),
     ] {
         let mut server = on_a_terminal_with(
-            &["serve", "--host", "127.0.0.1", "--port", "0", "--color", flag],
+            &[
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--color",
+                flag,
+            ],
             &[("NO_COLOR", no_color)],
         );
         let log = line_with(&mut server, "serving");
@@ -838,7 +879,11 @@ fn usage_errors_name_the_subcommand_the_variable_and_what_is_expected() {
         out.stderr
     );
     assert!(out.stderr.contains("Usage: wschat join "), "{}", out.stderr);
-    assert!(!out.stderr.contains("Usage: wschat <COMMAND>"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("Usage: wschat <COMMAND>"),
+        "{}",
+        out.stderr
+    );
 
     let mut cmd = command(&["serve", "--port", "abc"]);
     cmd.env("WSCHAT_PORT", "abc");
@@ -867,7 +912,10 @@ fn usage_errors_name_the_subcommand_the_variable_and_what_is_expected() {
 fn serve_with_a_db_in_a_missing_folder_says_so_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("missing").join("chat.db");
-    let out = run(&["serve", "--port", "0", "--db", db.to_str().unwrap()], None);
+    let out = run(
+        &["serve", "--port", "0", "--db", db.to_str().unwrap()],
+        None,
+    );
     out.assert_code(1);
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -878,4 +926,99 @@ fn serve_with_a_db_in_a_missing_folder_says_so_in_one_line() {
         )),
         "{lines:?}"
     );
+}
+
+#[test]
+fn send_at_a_terminal_with_no_message_says_it_reads_lines_until_ctrl_d() {
+    let server = Server::start(&[]);
+    let mut carol = ws_member(&server.url, "carol");
+    let mut bob = on_a_terminal(&["send", "bob", "--url", &server.url]);
+    line_with(&mut bob, "Ctrl-D to finish");
+    bob.write_line("typed at a terminal");
+    assert_eq!(next_message(&mut carol)["message"], "typed at a terminal");
+    // Ctrl-D at the start of a line: the end of input.
+    let stdin = bob.stdin.as_mut().unwrap();
+    std::io::Write::write_all(stdin, b"\x04").unwrap();
+    std::io::Write::flush(stdin).unwrap();
+    bob.finish(GUARD).assert_code(0);
+}
+
+/// The README's scripted example, run as written by bash (on a free port instead of 8080:
+/// `send`, which takes the default URL, finds it through WSCHAT_URL).
+#[test]
+fn readme_scripted_example_runs_as_written_in_bash_and_prints_what_it_says() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Two terminals, scripted")
+        .nth(1)
+        .expect("the section");
+    let mut blocks = section.split("```").skip(1).step_by(2);
+    let script = blocks
+        .next()
+        .unwrap()
+        .strip_prefix("sh\n")
+        .expect("an sh block");
+    let expected = blocks
+        .next()
+        .unwrap()
+        .strip_prefix("text\n")
+        .expect("its output");
+    let port = closed_port();
+    let script = script.replace("--port 8080", &format!("--port {port}"));
+    assert!(!script.contains("8080"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = std::path::Path::new(bin()).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-e", "-c", &script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("NO_COLOR", "1")
+        .env("WSCHAT_URL", format!("ws://127.0.0.1:{port}"))
+        .env_remove("WSCHAT_PORT");
+    let out = Proc::spawn_command(cmd, Stdin::Null).finish(GUARD);
+    out.assert_code(0);
+    assert_eq!(out.stdout.join("\n") + "\n", expected);
+}
+
+#[test]
+fn help_examples_are_valid_bash() {
+    for sub in [
+        &[][..],
+        &["serve"],
+        &["join"],
+        &["send"],
+        &["history"],
+        &["completions"],
+        &["bench"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let help = run(&args, None);
+        help.assert_code(0);
+        let text = help.stdout.join("\n");
+        let examples = text.split("Examples:\n").nth(1).expect("examples");
+        let lines: Vec<&str> = examples
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        assert!(lines.len() >= 2, "{args:?}: {lines:?}");
+        for line in lines {
+            assert!(
+                line.starts_with("wschat ") || line.contains("| wschat "),
+                "{line}"
+            );
+            let check = std::process::Command::new("bash")
+                .args(["-n", "-c", line])
+                .status()
+                .unwrap();
+            assert!(check.success(), "{args:?}: not valid bash: {line}");
+            // A background join reads no terminal: its stdin comes from elsewhere.
+            if line.contains("wschat join") && line.contains('&') {
+                assert!(line.contains("< /dev/null"), "{line}");
+            }
+        }
+    }
 }

@@ -187,7 +187,18 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Exit> {
     };
     let source = match &config.message {
         Some(message) => Source::One(Some(message.clone())),
-        None => Source::Stdin(BufReader::new(tokio::io::stdin()).lines()),
+        None => {
+            if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+                // Otherwise a person sees a command that seems to hang.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "wschat: reading messages from the terminal, one a line (sent at Enter); \
+                     Ctrl-D to finish"
+                );
+            }
+            Source::Stdin(BufReader::new(tokio::io::stdin()).lines())
+        }
     };
     tokio::select! {
         result = deliver(&mut sender, source, connection.limits, &mut sink, &mut stream) => result?,
@@ -294,9 +305,7 @@ impl PaceReport {
         // Hidden until it has something to say.
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         // A constant template known to be valid; a bad one would only lose the style.
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}")
-        {
+        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}") {
             bar.set_style(style.progress_chars("=> "));
         }
         Some(PaceReport { bar, shown: false })
@@ -454,10 +463,20 @@ mod tests {
         }
         let next = pacer.ready_at(start);
         let gap = next - start;
-        assert!(gap > Duration::from_millis(100) && gap < Duration::from_millis(110), "{gap:?}");
+        assert!(
+            gap > Duration::from_millis(100) && gap < Duration::from_millis(110),
+            "{gap:?}"
+        );
         pacer.take(next);
         assert!(pacer.time_for(10) > Duration::from_secs(1));
         assert!(Pacer::new(None, start).is_none());
-        assert!(Pacer::new(Some(Limits { rate: 0.0, ..limits }), start).is_none());
+        assert!(Pacer::new(
+            Some(Limits {
+                rate: 0.0,
+                ..limits
+            }),
+            start
+        )
+        .is_none());
     }
 }
