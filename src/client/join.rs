@@ -117,6 +117,8 @@ struct Session {
     lost_at: Option<Instant>,
     /// Set on reconnecting (to when the connection was lost), until the welcome says so.
     reconnected: Option<Instant>,
+    /// The last line [`Session::status`] printed.
+    last_status: Option<String>,
     /// NDJSON output: every event is printed as it came.
     json: bool,
     /// Output for a person at a terminal: the welcome is shown and a long replay condensed.
@@ -155,6 +157,12 @@ impl Session {
     /// A line about the connection itself (lost, retrying, back): on stderr, or above the
     /// prompt on a terminal, where stderr would land on the line being typed.
     fn status(&mut self, text: &str) -> anyhow::Result<()> {
+        // While the connection is down, the same news is told once: a server that keeps
+        // refusing the name our lingering old connection holds says so on every retry.
+        if self.lost_at.is_some() && self.last_status.as_deref() == Some(text) {
+            return Ok(());
+        }
+        self.last_status = Some(text.to_owned());
         let line = format!("wschat: {text}");
         match self.printer {
             Printer::Prompt(_) => self.print(line),
@@ -270,20 +278,21 @@ impl Session {
             }
             _ => {}
         }
+        if let Event::Error(error) = &event {
+            if !self.greeted && super::exit_for_refusal(&error.code) == Exit::HandshakeRejected {
+                // A refusal of the connection itself: the reason of the close that follows,
+                // told on stderr with the exit status (and, as text, only there).
+                self.refusal = Some(render::escape_control(&error.message).into_owned());
+                if !self.json {
+                    return Ok(counts);
+                }
+            }
+        }
         if !self.json {
             match &event {
                 // Held until it is known whether anything follows it (see `said_since`).
                 Event::Gap(gap) => {
                     self.held_gap = Some(gap.clone());
-                    return Ok(counts);
-                }
-                // A refusal of the connection itself: it is the reason of the close that
-                // follows, told once, on stderr, with the exit status.
-                Event::Error(error)
-                    if !self.greeted
-                        && super::exit_for_refusal(&error.code) == Exit::HandshakeRejected =>
-                {
-                    self.refusal = Some(render::escape_control(&error.message).into_owned());
                     return Ok(counts);
                 }
                 Event::Synced(_) => self.said_since(false)?,
@@ -433,6 +442,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         renaming: None,
         lost_at: None,
         reconnected: None,
+        last_status: None,
         json: config.json,
         condense: !config.json && terminal.interactive,
         held_gap: None,
@@ -450,6 +460,8 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         if session.kind == ServerKind::Relay {
             let line = session.renderer.connected(&session.url, false, None);
             session.print(line)?;
+            // A relay sends no welcome: being connected is all there is.
+            session.lost_at = None;
             session.say_reconnected()?;
         }
         let ending = converse(
@@ -476,7 +488,15 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         };
         let reconnecting = config.reconnect && retry;
         if reconnecting {
-            session.status(&format!("{error:#}; reconnecting"))?;
+            let lost = session.lost_at.is_some();
+            session.lost_at.get_or_insert_with(Instant::now);
+            let text = format!("{error:#}");
+            if lost {
+                // Lost again before being taken in (a refused name): a retry that failed.
+                session.status(&format!("still reconnecting: {text}"))?;
+            } else {
+                session.status(&format!("{text}; reconnecting"))?;
+            }
         }
         // Answer the server's close frame (or send ours) at once: the server waits for it,
         // and the old socket must not linger while this client reconnects.
@@ -488,7 +508,6 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         let lost_at = *session.lost_at.get_or_insert_with(Instant::now);
         // Reconnect until it works, the time is up, or a signal says stop. Each failure is
         // told once, and again only when the reason changes.
-        let mut last_failure: Option<String> = None;
         connection = loop {
             attempt += 1;
             let pause = backoff(attempt);
@@ -505,13 +524,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                 result = connect::connect(&target) => match result {
                     Ok(connection) => break connection,
                     Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
-                    Err(e) => {
-                        let failure = format!("{e:#}");
-                        if last_failure.as_ref() != Some(&failure) {
-                            session.status(&format!("still reconnecting: {failure}"))?;
-                            last_failure = Some(failure);
-                        }
-                    }
+                    Err(e) => session.status(&format!("still reconnecting: {e:#}"))?,
                 },
                 () = sleep_until(deadline) => return Ok(Exit::Success),
                 exit = signals.recv() => return Ok(exit),
