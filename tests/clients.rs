@@ -746,7 +746,8 @@ fn a_reconnecting_join_says_each_change_once_and_only_what_is_true() {
 }
 
 /// Runs `wschat ARGS...` on a pseudo-terminal (through python's pty module): what a person at
-/// a terminal sees. Stdin lines the test writes are typed at the terminal.
+/// a terminal sees. Stdin lines the test writes are typed at the terminal. An absolute path as
+/// the first argument runs that program instead of wschat.
 fn on_a_terminal(args: &[&str]) -> Proc {
     on_a_terminal_with(args, &[("NO_COLOR", Some("1"))])
 }
@@ -779,7 +780,9 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
     let mut cmd = std::process::Command::new("python3");
-    cmd.args(["-c", PTY, bin()])
+    let program = args.first().filter(|a| a.starts_with('/')).copied();
+    let args = if program.is_some() { &args[1..] } else { args };
+    cmd.args(["-c", PTY, program.unwrap_or(bin())])
         .args(args)
         .env("TERM", "xterm")
         .env_remove("WSCHAT_URL")
@@ -1021,4 +1024,23 @@ fn help_examples_are_valid_bash() {
             }
         }
     }
+}
+
+#[test]
+fn a_paced_send_shows_its_progress_on_a_terminal() {
+    let server = Server::start(&["--rate", "20", "--burst", "5"]);
+    let script = format!(
+        "seq 1 30 | '{}' send bob --url {}; echo \"exit $?\"",
+        bin(),
+        server.url
+    );
+    let mut bob = on_a_terminal(&["/bin/sh", "-c", &script]);
+    let bar = line_with(&mut bob, "exit ");
+    let shown = bob.finish(GUARD);
+    assert!(
+        bar.contains("sending at 20/s (the server's limit)") && bar.contains("/30"),
+        "{bar:?}"
+    );
+    assert!(bar.ends_with("exit 0\r"), "{bar:?}");
+    shown.assert_code(0);
 }
