@@ -65,8 +65,9 @@ Examples:
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
-  wschat completions bash > ~/.local/share/bash-completion/completions/wschat
-  wschat completions fish > ~/.config/fish/completions/wschat.fish";
+  source <(wschat completions bash)                 # in this bash only
+  wschat completions fish > ~/.config/fish/completions/wschat.fish
+  wschat completions zsh > _wschat                  # then move it to a directory on $fpath";
 
 #[derive(Debug, Parser)]
 #[command(name = "wschat", version, about = ABOUT, after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE))]
