@@ -302,6 +302,12 @@ mod tests {
         assert_eq!(parse_url("wss://h:9/").unwrap().as_str(), "wss://h:9/");
         assert!(parse_url("ftp://h/").is_err());
         assert!(parse_url("ws://").is_err());
+        // What is wrong, and what is expected.
+        let bad = parse_url("not a url").unwrap_err();
+        assert!(bad.contains("'not a url' is not a host name"), "{bad}");
+        assert!(bad.contains("expected ws://HOST:PORT/"), "{bad}");
+        let bad = parse_url("localhost:99999").unwrap_err();
+        assert!(bad.contains("the port is not a number"), "{bad}");
     }
 
     #[test]
