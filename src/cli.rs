@@ -52,7 +52,7 @@ const SEND_EXAMPLES: &str = "\
 Examples:
   wschat send bob \"morning back\"
   seq 1 100 | wschat send bob                     # one message a line, at the server's pace
-  wschat send bob \"deploy done\" --min-recipients 1 || echo \"nobody got it\"
+  wschat send ops \"deploy done\" --min-recipients 1; echo $?   # 6: nobody was there
 
 With --min-recipients, exit 6 means that a message reached fewer members than asked (it was
 still delivered to those it reached).";
