@@ -1041,3 +1041,25 @@ fn a_paced_send_shows_its_progress_on_a_terminal() {
     assert!(bar.ends_with("exit 0\r"), "{bar:?}");
     shown.assert_code(0);
 }
+
+#[test]
+fn piped_lines_into_join_go_at_the_servers_pace_and_all_arrive_in_order() {
+    let server = Server::start(&["--rate", "50", "--burst", "10", "--flood-timeout", "1s"]);
+    let mut carol = ws_member(&server.url, "carol");
+    let mut alice = join_spawn(&server.url, "alice", &[], Stdin::Piped);
+    alice.expect_line("[alice] connected");
+    expect_notice(&mut carol, "alice joined the chat");
+    let mut lines: String = (1..=150).map(|i| format!("line {i}\n")).collect();
+    lines.push_str("/quit\n");
+    let stdin = alice.stdin.as_mut().unwrap();
+    std::io::Write::write_all(stdin, lines.as_bytes()).unwrap();
+    alice.close_stdin();
+    for i in 1..=150 {
+        let chat = next_message(&mut carol);
+        assert_eq!(chat["message"], format!("line {i}"), "{chat}");
+    }
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(alice.stderr_lines(), Vec::<&str>::new());
+    assert_eq!(metric(&server, "rate_limit_disconnects_total"), 0);
+}

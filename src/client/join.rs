@@ -12,9 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 use super::connect::{self, ServerKind, Target};
 use super::input::{self, Input, Printer};
 use super::render::{self, Renderer};
+use super::send::Pacer;
 use super::{close, connection_lost, decode_event, Sink, Stream};
 use crate::exit::{exit_for, fail, Exit};
-use crate::protocol::{close as codes, Event, GapEvent, Notice};
+use crate::protocol::{close as codes, Event, GapEvent, Limits, Notice};
 use crate::signals::Signals;
 
 #[derive(Debug, Clone)]
@@ -119,6 +120,8 @@ struct Session {
     reconnected: Option<Instant>,
     /// The last line [`Session::status`] printed.
     last_status: Option<String>,
+    /// What the server allows this connection (from the handshake).
+    limits: Option<Limits>,
     /// NDJSON output: every event is printed as it came.
     json: bool,
     /// Output for a person at a terminal: the welcome is shown and a long replay condensed.
@@ -443,6 +446,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         lost_at: None,
         reconnected: None,
         last_status: None,
+        limits: None,
         json: config.json,
         condense: !config.json && terminal.interactive,
         held_gap: None,
@@ -455,6 +459,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
     let mut attempt = 0u32;
     loop {
         let (mut sink, mut stream) = connection.socket.split();
+        session.limits = connection.limits;
         session.kind = connection.kind;
         session.greeted = false;
         if session.kind == ServerKind::Relay {
@@ -564,8 +569,14 @@ async fn converse(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut last_heard = Instant::now();
+    // Lines piped in are sent at the server's pace (as `send` does): past its rate it reads
+    // this connection more slowly, and closes it if that lasts.
+    let mut pacer = Pacer::new(session.limits, Instant::now());
     loop {
+        let input_at = pacer.as_mut().map(|p| p.ready_at(Instant::now()));
+        let input_ready = input_at.is_none_or(|at| at <= Instant::now());
         tokio::select! {
+            () = sleep_until(input_at), if !input_ready && !terminal.finished => {}
             _ = ping.tick() => {
                 if last_heard.elapsed() > PING_INTERVAL * 3 {
                     return Ok(Ending::Lost {
@@ -612,16 +623,21 @@ async fn converse(
                     retry: true,
                 }),
             },
-            input = terminal.lines.recv(), if !terminal.finished => match input {
-                Some(Input::Line(line)) => match session.typed(sink, &line).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(Ending::Done(Exit::Success)),
-                    // The connection broke while sending: reconnect like any other loss.
-                    Err(error) if exit_for(&error) == Exit::ServerGone => {
-                        return Ok(Ending::Lost { error, retry: true });
+            input = terminal.lines.recv(), if !terminal.finished && input_ready => match input {
+                Some(Input::Line(line)) => {
+                    if let Some(pacer) = &mut pacer {
+                        pacer.take(Instant::now());
                     }
-                    Err(error) => return Err(error),
-                },
+                    match session.typed(sink, &line).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(Ending::Done(Exit::Success)),
+                        // The connection broke while sending: reconnect like any other loss.
+                        Err(error) if exit_for(&error) == Exit::ServerGone => {
+                            return Ok(Ending::Lost { error, retry: true });
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
                 // Ctrl-D at a prompt leaves; the end of piped input does not (a background
                 // job in a script has no stdin, and should keep listening).
                 Some(Input::End) | None if terminal.interactive => {

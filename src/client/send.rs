@@ -242,7 +242,7 @@ const PACE_MARGIN: f64 = 0.95;
 /// Keeps a sender within the server's limits: the same token bucket as the server's (a full
 /// burst at once, then `rate` per second), a little slower.
 #[derive(Debug)]
-struct Pacer {
+pub(super) struct Pacer {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -251,7 +251,7 @@ struct Pacer {
 
 impl Pacer {
     /// `None` when the server states no limit.
-    fn new(limits: Option<Limits>, now: Instant) -> Option<Pacer> {
+    pub(super) fn new(limits: Option<Limits>, now: Instant) -> Option<Pacer> {
         let limits = limits.filter(|l| l.rate > 0.0)?;
         let burst = f64::from(limits.burst.max(1));
         Some(Pacer {
@@ -269,7 +269,7 @@ impl Pacer {
     }
 
     /// When the next message may go: `now` when a token is there.
-    fn ready_at(&mut self, now: Instant) -> Instant {
+    pub(super) fn ready_at(&mut self, now: Instant) -> Instant {
         self.refill(now);
         if self.tokens >= 1.0 {
             now
@@ -279,7 +279,7 @@ impl Pacer {
     }
 
     /// Takes the token for one message (call once `ready_at` has come).
-    fn take(&mut self, now: Instant) {
+    pub(super) fn take(&mut self, now: Instant) {
         self.refill(now);
         self.tokens -= 1.0;
     }
