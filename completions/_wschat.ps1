@@ -87,13 +87,13 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
         }
         'wschat;send' {
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Server URL (ws://, wss://; http:// and host:port also work)')
-            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Room to join')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up connecting after this long')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Token for a server started with --token (sent as Authorization: Bearer)')
             [CompletionResult]::new('--ca', '--ca', [CompletionResultType]::ParameterName, 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'After delivery, print what arrives for this long')
-            [CompletionResult]::new('--min-recipients', '--min-recipients', [CompletionResultType]::ParameterName, 'Fail (exit 6) unless each message reached at least N other members')
+            [CompletionResult]::new('--min-recipients', '--min-recipients', [CompletionResultType]::ParameterName, 'Fail (exit 6) when a message reached fewer than N other members (it was still delivered to those)')
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Fail (exit 7) when the server has not acknowledged within this long')
+            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Room to send to')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per line instead of text')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -102,14 +102,14 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
         }
         'wschat;history' {
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Server URL (ws://, wss://; http:// and host:port also work)')
-            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Room to join')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up connecting after this long')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Token for a server started with --token (sent as Authorization: Bearer)')
             [CompletionResult]::new('--ca', '--ca', [CompletionResultType]::ParameterName, 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)')
             [CompletionResult]::new('--since', '--since', [CompletionResultType]::ParameterName, 'Only messages after this id (what a client that saw ID missed)')
             [CompletionResult]::new('--limit', '--limit', [CompletionResultType]::ParameterName, 'At most this many of the latest messages (without --since)')
+            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Room whose history to print')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
-            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per line instead of text')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print each message as one JSON object per line')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break

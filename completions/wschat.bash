@@ -275,17 +275,13 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__history)
-            opts="-h --url --room --json --connect-timeout --token --ca --since --limit --color --help"
+            opts="-h --url --connect-timeout --token --ca --since --limit --room --json --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --url)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --room)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -306,6 +302,10 @@ _wschat() {
                     return 0
                     ;;
                 --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -367,17 +367,13 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__send)
-            opts="-h --url --room --json --connect-timeout --token --ca --wait --min-recipients --timeout --color --help"
+            opts="-h --url --json --connect-timeout --token --ca --wait --min-recipients --timeout --room --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --url)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --room)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -402,6 +398,10 @@ _wschat() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

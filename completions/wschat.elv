@@ -81,13 +81,13 @@ set edit:completion:arg-completer[wschat] = {|@words|
         }
         &'wschat;send'= {
             cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
-            cand --room 'Room to join'
             cand --connect-timeout 'Give up connecting after this long'
             cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
             cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
             cand --wait 'After delivery, print what arrives for this long'
-            cand --min-recipients 'Fail (exit 6) unless each message reached at least N other members'
+            cand --min-recipients 'Fail (exit 6) when a message reached fewer than N other members (it was still delivered to those)'
             cand --timeout 'Fail (exit 7) when the server has not acknowledged within this long'
+            cand --room 'Room to send to'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --json 'Print one JSON object per line instead of text'
             cand -h 'Print help'
@@ -95,14 +95,14 @@ set edit:completion:arg-completer[wschat] = {|@words|
         }
         &'wschat;history'= {
             cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
-            cand --room 'Room to join'
             cand --connect-timeout 'Give up connecting after this long'
             cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
             cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
             cand --since 'Only messages after this id (what a client that saw ID missed)'
             cand --limit 'At most this many of the latest messages (without --since)'
+            cand --room 'Room whose history to print'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
-            cand --json 'Print one JSON object per line instead of text'
+            cand --json 'Print each message as one JSON object per line'
             cand -h 'Print help'
             cand --help 'Print help'
         }

@@ -83,29 +83,29 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -l json -d 'Print on
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l no-reconnect -d 'Exit (code 5) when the connection is lost instead of reconnecting'
 complete -c wschat -n "__fish_wschat_using_subcommand join" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
-complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l connect-timeout -d 'Give up connecting after this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l wait -d 'After delivery, print what arrives for this long' -r
-complete -c wschat -n "__fish_wschat_using_subcommand send" -l min-recipients -d 'Fail (exit 6) unless each message reached at least N other members' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l min-recipients -d 'Fail (exit 6) when a message reached fewer than N other members (it was still delivered to those)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l timeout -d 'Fail (exit 7) when the server has not acknowledged within this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand send" -l room -d 'Room to send to' -r
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand send" -l json -d 'Print one JSON object per line instead of text'
 complete -c wschat -n "__fish_wschat_using_subcommand send" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
-complete -c wschat -n "__fish_wschat_using_subcommand history" -l room -d 'Room to join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l connect-timeout -d 'Give up connecting after this long' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l since -d 'Only messages after this id (what a client that saw ID missed)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l limit -d 'At most this many of the latest messages (without --since)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l room -d 'Room whose history to print' -r
 complete -c wschat -n "__fish_wschat_using_subcommand history" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c wschat -n "__fish_wschat_using_subcommand history" -l json -d 'Print one JSON object per line instead of text'
+complete -c wschat -n "__fish_wschat_using_subcommand history" -l json -d 'Print each message as one JSON object per line'
 complete -c wschat -n "__fish_wschat_using_subcommand history" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l url -d 'Server URL (ws://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l receivers -d 'Connections that receive and count every message' -r

@@ -22,9 +22,52 @@ const ABOUT: &str = "WebSocket chat: a server and its command-line clients in on
 
 const EXAMPLES: &str = "\
 Examples:
-  wschat serve --port 8080
-  wschat join alice --count 1 > alice.log &
-  wschat send bob \"morning back\"";
+  wschat serve --port 8080 &
+  wschat join alice --count 1 < /dev/null > alice.log &   # exits after one chat line
+  wschat send bob \"morning back\"                          # exits 0 once acknowledged";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  wschat serve                                    # ws://127.0.0.1:8080/ and its web page
+  wschat serve --host 0.0.0.0 --port 8080 --db chat.db
+  wschat serve --port 0 --rate 0                  # a free port, no rate limit (benchmarks)";
+
+const JOIN_EXAMPLES: &str = "\
+Typed commands:
+  /join ROOM       move to another room
+  /rooms           list the rooms in use
+  /who             list who is in this room
+  /msg NAME TEXT   a private message
+  /me ACTION       an action: * alice waves
+  /name NEW        take another name
+  /history         show the whole replay of recent messages
+  /quit            leave (Ctrl-D too); /help lists these; //text sends /text
+
+Examples:
+  wschat join alice
+  wschat join alice --room dev --url ws://chat.example:8080
+  wschat join alice --count 1 --for 30s < /dev/null > alice.log &   # a script's listener";
+
+const SEND_EXAMPLES: &str = "\
+Examples:
+  wschat send bob \"morning back\"
+  seq 1 100 | wschat send bob                     # one message a line, at the server's pace
+  wschat send ops \"deploy done\" --min-recipients 1; echo $?   # 6: nobody was there
+
+With --min-recipients, exit 6 means that a message reached fewer members than asked (it was
+still delivered to those it reached).";
+
+const HISTORY_EXAMPLES: &str = "\
+Examples:
+  wschat history
+  wschat history --room dev --limit 10
+  wschat history --since 42 --json                # what a client that saw #42 missed";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  source <(wschat completions bash)                 # in this bash only
+  wschat completions fish > ~/.config/fish/completions/wschat.fish
+  wschat completions zsh > _wschat                  # then move it to a directory on $fpath";
 
 #[derive(Debug, Parser)]
 #[command(name = "wschat", version, about = ABOUT, after_help = format!("{EXAMPLES}\n\n{}", exit::TABLE))]
@@ -47,22 +90,30 @@ pub enum ColorChoice {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a chat server (HTTP and WebSocket on one port).
-    #[command(after_help = exit::TABLE)]
+    #[command(after_help = format!("{SERVE_EXAMPLES}\n\n{}", exit::TABLE))]
     Serve(ServeArgs),
     /// Join a room: print what arrives, send each line typed or piped in.
-    #[command(after_help = exit::TABLE)]
+    #[command(after_help = format!("{JOIN_EXAMPLES}\n\n{}", exit::TABLE))]
     Join(JoinArgs),
     /// Send messages and exit once the server has acknowledged them.
-    #[command(after_help = exit::TABLE)]
+    #[command(
+        after_help = format!("{SEND_EXAMPLES}\n\n{}", exit::TABLE),
+        mut_arg("room", |a| a.help("Room to send to"))
+    )]
     Send(SendArgs),
     /// Print a room's history (from a running server) and exit.
-    #[command(after_help = exit::TABLE)]
+    #[command(
+        after_help = format!("{HISTORY_EXAMPLES}\n\n{}", exit::TABLE),
+        mut_arg("room", |a| a.help("Room whose history to print")),
+        mut_arg("json", |a| a.help("Print each message as one JSON object per line"))
+    )]
     History(HistoryArgs),
     /// Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle
     /// connections.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -72,10 +123,21 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (0.0.0.0 for every interface).
-    #[arg(long, default_value = "127.0.0.1", env = "WSCHAT_HOST")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1",
+        env = "WSCHAT_HOST",
+        hide_env_values = true
+    )]
     pub host: String,
     /// Port to listen on; 0 picks a free one (the real URL is printed).
-    #[arg(short, long, default_value_t = 8080, env = "WSCHAT_PORT")]
+    #[arg(
+        short,
+        long,
+        default_value_t = 8080,
+        env = "WSCHAT_PORT",
+        hide_env_values = true
+    )]
     pub port: u16,
     /// Send each message back to its sender too.
     #[arg(long)]
@@ -97,7 +159,7 @@ pub struct ServeArgs {
     pub outbox_bytes: u64,
     /// How long shutdown waits for clients to answer the close frame (a further signal ends
     /// the wait).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub grace: Duration,
     /// On SIGINT/SIGTERM, keep serving this long with GET /healthz answering 503, so that a
     /// load balancer stops sending clients before they are closed; a second signal ends it.
@@ -115,11 +177,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "256MiB", value_name = "BYTES", value_parser = bytes_between(64 << 10, u64::MAX))]
     pub keep_bytes: u64,
     /// Keep history in this SQLite file, durable across restarts (created if missing).
-    #[arg(long, value_name = "FILE", env = "WSCHAT_DB")]
+    #[arg(long, value_name = "FILE", env = "WSCHAT_DB", hide_env_values = true)]
     pub db: Option<PathBuf>,
     /// Run as one of several instances sharing rooms, history, names and presence through
     /// this Redis server (redis://HOST:PORT); see docs/scaling.md.
-    #[arg(long, value_name = "URL", env = "WSCHAT_REDIS", conflicts_with_all = ["db", "raw"])]
+    #[arg(long, value_name = "URL", env = "WSCHAT_REDIS", hide_env_values = true, conflicts_with_all = ["db", "raw"])]
     pub redis: Option<String>,
     /// Messages per second one connection may send; past --burst it is read more slowly, and
     /// after --flood-timeout of that it is closed with 4029. 0: no limit.
@@ -192,7 +254,12 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// Server URL (ws://, wss://; http:// and host:port also work).
-    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    #[arg(
+        long,
+        default_value = "ws://localhost:8080",
+        env = "WSCHAT_URL",
+        hide_env_values = true
+    )]
     pub url: String,
     /// Room to join.
     #[arg(long, default_value = protocol::DEFAULT_ROOM)]
@@ -201,7 +268,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
     /// Give up connecting after this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
     /// Token for a server started with --token (sent as Authorization: Bearer).
     #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
@@ -233,18 +300,19 @@ pub struct SendArgs {
     /// Name to send as.
     pub name: String,
     /// The message (words are joined by spaces; put -- before one that starts with -).
-    /// None, or '-': one message per line of stdin.
+    /// None, or '-': one message per line of stdin, until its end (Ctrl-D at a terminal).
     pub message: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// After delivery, print what arrives for this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<Duration>,
-    /// Fail (exit 6) unless each message reached at least N other members.
+    /// Fail (exit 6) when a message reached fewer than N other members (it was still
+    /// delivered to those).
     #[arg(long, value_name = "N")]
     pub min_recipients: Option<usize>,
     /// Fail (exit 7) when the server has not acknowledged within this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
 
@@ -273,7 +341,12 @@ Targets only the URL given; every run stops by itself after --duration plus at m
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Server URL (ws://; http:// and host:port also work).
-    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    #[arg(
+        long,
+        default_value = "ws://localhost:8080",
+        env = "WSCHAT_URL",
+        hide_env_values = true
+    )]
     pub url: String,
     /// Connections that receive and count every message.
     #[arg(long, value_name = "N", default_value_t = 100)]
@@ -332,7 +405,8 @@ impl BenchArgs {
             // At most a million: fits in usize.
             Ok(usize::try_from(value).unwrap_or(usize::MAX))
         };
-        let url = connect::parse_url(&self.url).map_err(usage)?;
+        let url = connect::parse_url(&self.url)
+            .map_err(|e| usage(format!("{e}{}", env_note("--url", &self.url))))?;
         if url.scheme() != "ws" {
             return Err(usage(format!(
                 "wschat bench speaks ws:// only, not {}:// ('{}')",
@@ -494,8 +568,54 @@ fn server_token(
     Ok(Some(token))
 }
 
+/// A usage error; [`Cli::into_mode`] gives it the usage of the subcommand concerned.
 fn usage(message: impl std::fmt::Display) -> clap::Error {
-    Cli::command().error(ErrorKind::ValueValidation, message)
+    clap::Error::raw(ErrorKind::ValueValidation, message)
+}
+
+/// Flags that also come from the environment, and their variables.
+const FROM_ENV: &[(&str, &str)] = &[
+    ("--port", "WSCHAT_PORT"),
+    ("--host", "WSCHAT_HOST"),
+    ("--url", "WSCHAT_URL"),
+    ("--db", "WSCHAT_DB"),
+    ("--redis", "WSCHAT_REDIS"),
+];
+
+/// Whether `flag`'s value came from its environment variable (set to `value`) rather than
+/// from the command line.
+fn from_env(flag: &str, value: &str) -> Option<&'static str> {
+    let (_, var) = FROM_ENV.iter().find(|(f, _)| *f == flag)?;
+    let given = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    (!given && std::env::var(var).is_ok_and(|v| v == value)).then_some(*var)
+}
+
+/// `" (from WSCHAT_URL)"` when `flag`'s bad `value` came from the environment, else nothing.
+fn env_note(flag: &str, value: &str) -> String {
+    from_env(flag, value)
+        .map(|var| format!(" (from the environment variable {var})"))
+        .unwrap_or_default()
+}
+
+/// A clap error as wschat prints every error: `wschat: error: ...`, naming the environment
+/// variable that a bad value came from (clap names only the flag).
+pub fn describe_usage_error(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let mut text = error.render().to_string();
+    if let Some(rest) = text.strip_prefix("error: ") {
+        text = format!("wschat: error: {rest}");
+    }
+    if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) {
+        let flag = arg.split([' ', '=']).next().unwrap_or_default();
+        let note = env_note(flag, value);
+        if !note.is_empty() {
+            text = text.replacen(&format!("'{arg}'"), &format!("'{arg}'{note}"), 1);
+        }
+    }
+    text
 }
 
 impl ClientArgs {
@@ -503,7 +623,8 @@ impl ClientArgs {
         protocol::validate_name(name).map_err(|e| usage(format!("invalid NAME '{name}': {e}")))?;
         protocol::validate_room(&self.room)
             .map_err(|e| usage(format!("invalid --room '{}': {e}", self.room)))?;
-        let url = connect::parse_url(&self.url).map_err(usage)?;
+        let url = connect::parse_url(&self.url)
+            .map_err(|e| usage(format!("{e}{}", env_note("--url", &self.url))))?;
         Ok(Target {
             url,
             name: name.to_owned(),
@@ -522,9 +643,37 @@ impl ClientArgs {
     }
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "serve",
+            Command::Join(_) => "join",
+            Command::Send(_) => "send",
+            Command::History(_) => "history",
+            Command::Bench(_) => "bench",
+            Command::Completions { .. } => "completions",
+        }
+    }
+}
+
 impl Cli {
-    /// Checks what clap cannot and builds the mode's config.
+    /// Checks what clap cannot and builds the mode's config. An error shows the usage of the
+    /// subcommand, as clap's own errors do.
     pub fn into_mode(self) -> Result<Mode, clap::Error> {
+        let name = self.command.name();
+        self.build_mode().map_err(|e| {
+            let text = e.to_string();
+            let message = text.strip_prefix("error: ").unwrap_or(&text).trim_end();
+            let mut cli = Cli::command();
+            cli.build();
+            match cli.find_subcommand_mut(name) {
+                Some(sub) => sub.error(e.kind(), message),
+                None => cli.error(e.kind(), message),
+            }
+        })
+    }
+
+    fn build_mode(self) -> Result<Mode, clap::Error> {
         Ok(match self.command {
             Command::Serve(a) => Mode::Serve {
                 config: ServerConfig {

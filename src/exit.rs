@@ -33,9 +33,9 @@ Exit codes:
   0    success: clean shutdown, all messages acknowledged, --count/--for reached, /quit
   1    other failure (cannot bind the port, I/O error)
   2    usage error (bad arguments, an invalid name or room)
-  3    cannot connect to the server (refused, unknown host, TLS failure)
+  3    cannot connect to the server (refused, unknown host, TLS failure, not a WebSocket server)
   4    handshake rejected (HTTP error such as 401/426, token refused, name taken)
-  5    server went away (closed the connection or it broke)
+  5    server went away (closed the connection, during the handshake too, or it broke)
   6    message not acknowledged (refused by the server, or fewer recipients than --min-recipients)
   7    timed out (connect or acknowledgement)
   130  interrupted (SIGINT)

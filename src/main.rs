@@ -1,7 +1,7 @@
 //! The `wschat` binary: parse arguments, start the runtime, run the mode, map the exit code.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,21 +10,23 @@ use wschat::cli::{Cli, ColorChoice, LogFormat, Mode};
 use wschat::exit::{exit_for, Exit};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let color = match cli.color {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(&e),
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let colour_on = |terminal: bool| match cli.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::io::stdout().is_terminal()
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
+        ColorChoice::Auto => terminal && !no_color,
     };
-    colored::control::set_override(color);
+    colored::control::set_override(colour_on(std::io::stdout().is_terminal()));
+    let log_colour = colour_on(std::io::stderr().is_terminal());
     let mode = match cli.into_mode() {
         Ok(mode) => mode,
-        Err(e) => e.exit(),
+        Err(e) => usage_error(&e),
     };
-    init_logging(&mode);
+    init_logging(&mode, log_colour);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr: `info` for the server, warnings only for the clients.
 /// `WSCHAT_LOG` overrides (e.g. `WSCHAT_LOG=debug`).
-fn init_logging(mode: &Mode) {
+fn init_logging(mode: &Mode, colour: bool) {
     let (default, json) = match mode {
         Mode::Serve { log_format, .. } => ("info", *log_format == LogFormat::Json),
         _ => ("warn", false),
@@ -62,6 +64,18 @@ fn init_logging(mode: &Mode) {
     if json {
         logs.json().init();
     } else {
-        logs.with_ansi(std::io::stderr().is_terminal()).init();
+        logs.with_ansi(colour).init();
     }
+}
+
+/// Prints a clap error the way every other error is printed (`wschat: error: ...`, then the
+/// usage of the subcommand concerned), naming the environment variable a bad value came from,
+/// and exits 2; help and version go to stdout and exit 0, as clap does.
+fn usage_error(error: &clap::Error) -> ! {
+    if !error.use_stderr() {
+        error.exit();
+    }
+    let text = wschat::cli::describe_usage_error(error);
+    let _ = writeln!(std::io::stderr().lock(), "{}", text.trim_end());
+    std::process::exit(error.exit_code());
 }

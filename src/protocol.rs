@@ -20,6 +20,9 @@ pub const SUBPROTOCOL: &str = "wschat.v1";
 pub const SERVER_HEADER: &str = "x-wschat-protocol";
 /// Value of [`SERVER_HEADER`]: the protocol version.
 pub const PROTOCOL_VERSION: &str = "1";
+/// Response header of the handshake (JSON and raw mode alike) stating the limits the server
+/// applies to each connection, so that a client can keep to them: see [`Limits`].
+pub const LIMITS_HEADER: &str = "x-wschat-limits";
 /// Room a client lands in when it names none.
 pub const DEFAULT_ROOM: &str = "lobby";
 /// Longest accepted user name, in characters.
@@ -429,12 +432,67 @@ pub struct SystemEvent {
     /// The member the notice is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Members of the room after the event (visible members; quiet senders are not counted).
+    /// Everyone the room counts after the event (see `PresenceEvent::count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
     /// On the welcome: the identity of the server's history (see [`SyncedEvent::epoch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// The server's limits for this connection (in the welcome).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// What the server allows one connection, stated in the welcome (`limits`) and in the
+/// handshake's [`LIMITS_HEADER`] (`rate=20, burst=40, max-message-bytes=65536`), which quiet
+/// clients, that get no welcome, read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Messages per second one connection may send once its burst is spent; 0: no limit.
+    pub rate: f64,
+    /// Messages a connection may send at once before `rate` applies.
+    pub burst: u32,
+    /// Largest message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Limits {
+    /// The value of [`LIMITS_HEADER`].
+    pub fn header_value(&self) -> String {
+        format!(
+            "rate={}, burst={}, max-message-bytes={}",
+            self.rate, self.burst, self.max_message_bytes
+        )
+    }
+
+    /// Reads a [`LIMITS_HEADER`] value; unknown keys are ignored (more may be added), and a
+    /// value without `rate` and `burst` is none.
+    pub fn parse_header(value: &str) -> Option<Limits> {
+        let (mut rate, mut burst, mut max_message_bytes) = (None, None, None);
+        for pair in value.split(',') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            match key.trim() {
+                "rate" => {
+                    rate = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r >= 0.0)
+                }
+                "burst" => burst = value.parse().ok(),
+                "max-message-bytes" => max_message_bytes = value.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Limits {
+            rate: rate?,
+            burst: burst?,
+            max_message_bytes: max_message_bytes.unwrap_or(usize::MAX),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,6 +609,25 @@ fn validate_word(what: &str, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_header_round_trips_and_ignores_what_it_does_not_know() {
+        let limits = Limits {
+            rate: 0.5,
+            burst: 40,
+            max_message_bytes: 65536,
+        };
+        assert_eq!(
+            limits.header_value(),
+            "rate=0.5, burst=40, max-message-bytes=65536"
+        );
+        assert_eq!(Limits::parse_header(&limits.header_value()), Some(limits));
+        let newer = Limits::parse_header("burst=3,rate=20,colour=blue").unwrap();
+        assert_eq!((newer.rate, newer.burst), (20.0, 3));
+        assert_eq!(Limits::parse_header("rate=fast, burst=3"), None);
+        assert_eq!(Limits::parse_header("rate=-1, burst=3"), None);
+        assert_eq!(Limits::parse_header(""), None);
+    }
 
     #[test]
     fn plain_text_is_chat() {

@@ -51,6 +51,7 @@ pub async fn run(
     let hub_config = HubConfig {
         echo: config.echo,
         history: config.history,
+        limits: Some(config.limits()),
     };
     let mut hub = Hub::new(hub_config, store.clone(), metrics.clone());
     if let Some(cluster) = &cluster {

@@ -176,3 +176,62 @@ fn bench_presents_a_token_to_a_server_that_wants_one() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
 }
+
+#[test]
+fn bench_against_a_rate_limited_server_says_the_limit_shaped_the_figures_and_how_to_lift_it() {
+    let child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--rate", "20", "--burst", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wschat serve");
+    let mut server = Killed(child);
+    let mut line = String::new();
+    BufReader::new(server.0.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let args = [
+        "--url",
+        &url,
+        "--receivers",
+        "2",
+        "--duration",
+        "1s",
+        "--drain",
+        "1s",
+    ];
+    let (output, r) = bench(&[&args[..], &["--json"]].concat());
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(r["server_rate_limit"], 20.0, "{r}");
+    assert_eq!(r["server_burst"], 5, "{r}");
+    assert_eq!(r["rate_limited"], true, "{r}");
+    assert_eq!(r["duration_s"], 1.0, "{r}");
+    let (output, _) = bench(&args);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("20 msgs/s") && table.contains("wschat serve --rate 0"),
+        "{table}"
+    );
+}
+
+#[test]
+fn bench_against_an_unlimited_server_mentions_no_limit() {
+    let (_server, url) = serve(&[]);
+    let (output, r) = bench(&[
+        "--url",
+        &url,
+        "--receivers",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(r["server_rate_limit"], 0.0, "{r}");
+    assert_eq!(r["rate_limited"], false, "{r}");
+}

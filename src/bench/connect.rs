@@ -43,6 +43,8 @@ pub struct Dialer {
     timeout: Duration,
     /// Sent with every handshake (`--token`).
     authorization: Option<HeaderValue>,
+    /// The per-connection limits the server stated in a handshake (`x-wschat-limits`).
+    limits: std::sync::OnceLock<protocol::Limits>,
 }
 
 impl Dialer {
@@ -86,7 +88,13 @@ impl Dialer {
             config,
             timeout,
             authorization,
+            limits: std::sync::OnceLock::new(),
         })
+    }
+
+    /// What the server said it allows each connection, once a handshake said so.
+    pub fn limits(&self) -> Option<protocol::Limits> {
+        self.limits.get().copied()
     }
 
     /// How many source addresses connections are spread over (1: the kernel's choice).
@@ -131,6 +139,14 @@ impl Dialer {
                         ),
                     )
                 })??;
+        if let Some(limits) = response
+            .headers()
+            .get(protocol::LIMITS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(protocol::Limits::parse_header)
+        {
+            let _ = self.limits.set(limits);
+        }
         let kind = if response.headers().contains_key(protocol::SERVER_HEADER) {
             ServerKind::Wschat
         } else {

@@ -276,6 +276,18 @@ async fn phases(
     let delivering_s = tally.last_delivery.map_or(0.0, |last| {
         last.saturating_duration_since(started).as_secs_f64()
     });
+    // Publishers asking for more than the server lets one connection send are throttled by
+    // it: the figures then measure the limit, not the server, and the report says so.
+    let limits = dialer.limits();
+    let sent_per_publisher = ratio(messages_sent as f64, sending_s) / load.publishers as f64;
+    let rate_limited = limits.is_some_and(|l| {
+        l.rate > 0.0
+            && match load.rate {
+                // As fast as it goes: held back if it went about as fast as the limit.
+                Rate::Max => sent_per_publisher >= 0.8 * l.rate,
+                Rate::PerSecond(total) => total / load.publishers as f64 > l.rate,
+            }
+    });
     let latency = {
         let histogram = crate::sync::lock(&run.latency);
         Latencies::from_micros(&histogram)
@@ -317,6 +329,9 @@ async fn phases(
         publisher_errors,
         first_error,
         interrupted: run.interrupted.is_cancelled(),
+        server_rate_limit: limits.map(|l| l.rate),
+        server_burst: limits.map(|l| l.burst),
+        rate_limited,
     })
 }
 

@@ -52,6 +52,13 @@ pub struct LoadReport {
     pub first_error: Option<String>,
     /// Stopped early by Ctrl-C or SIGTERM.
     pub interrupted: bool,
+    /// The messages per second the server allows one connection (`x-wschat-limits`), when it
+    /// says; 0: no limit.
+    pub server_rate_limit: Option<f64>,
+    /// The burst it allows before that rate applies.
+    pub server_burst: Option<u32>,
+    /// Whether the publishers were asked for more than the server's rate limit allows them.
+    pub rate_limited: bool,
 }
 
 /// End-to-end latency, send to receipt, in milliseconds.
@@ -147,8 +154,14 @@ fn table(r: &LoadReport) -> String {
             }
         ),
         format!(
-            "  load          {rate}, {}-byte messages, for {:.1} s",
-            r.size, r.sending_s
+            "  load          {rate}, {}-byte messages, for {:.1} s{}",
+            r.size,
+            r.duration_s,
+            if (r.sending_s - r.duration_s).abs() > 0.05 * r.duration_s.max(0.1) {
+                format!(" (asked); the publishers sent for {:.1} s", r.sending_s)
+            } else {
+                String::new()
+            }
         ),
         format!(
             "  sent          {} messages ({}/s)",
@@ -201,6 +214,14 @@ fn table(r: &LoadReport) -> String {
                 .as_deref()
                 .map(|e| format!(" (first: {e})"))
                 .unwrap_or_default()
+        ));
+    }
+    if r.rate_limited {
+        lines.push(format!(
+            "  rate limit    the server allows each connection {} msgs/s (burst {}), so these\n                \
+             figures measure that limit: lift it with 'wschat serve --rate 0'",
+            decimal(r.server_rate_limit.unwrap_or_default()),
+            r.server_burst.unwrap_or_default()
         ));
     }
     if r.interrupted {

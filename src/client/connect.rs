@@ -1,5 +1,6 @@
 //! Opening a client connection: URL handling, the handshake, and telling wschat from a relay.
 
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,8 @@ pub struct Target {
 pub struct Connection {
     pub socket: Socket,
     pub kind: ServerKind,
+    /// What the server allows this connection, when it says (a wschat server, raw or not).
+    pub limits: Option<protocol::Limits>,
 }
 
 /// Accepts `ws://` and `wss://` URLs, `http(s)://` as their WebSocket twins, and a bare
@@ -61,7 +64,27 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     } else {
         format!("ws://{text}")
     };
-    let mut url = Url::parse(&with_scheme).map_err(|e| format!("invalid URL '{text}': {e}"))?;
+    let mut url = Url::parse(&with_scheme).map_err(|e| {
+        let host = with_scheme
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let why = match e {
+            url::ParseError::IdnaError | url::ParseError::InvalidDomainCharacter => {
+                format!("'{host}' is not a host name")
+            }
+            url::ParseError::EmptyHost => "no host".to_owned(),
+            url::ParseError::InvalidPort => "the port is not a number from 0 to 65535".to_owned(),
+            url::ParseError::InvalidIpv4Address | url::ParseError::InvalidIpv6Address => {
+                format!("'{host}' is not an IP address")
+            }
+            other => other.to_string(),
+        };
+        format!("invalid URL '{text}': {why}; expected ws://HOST:PORT/ (or wss://, http://, https://, or HOST:PORT)")
+    })?;
     let scheme = match url.scheme() {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
@@ -179,7 +202,16 @@ pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
     } else {
         ServerKind::Relay
     };
-    Ok(Connection { socket, kind })
+    let limits = response
+        .headers()
+        .get(protocol::LIMITS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(protocol::Limits::parse_header);
+    Ok(Connection {
+        socket,
+        kind,
+        limits,
+    })
 }
 
 /// One line saying what went wrong and what to do, with the exit code it calls for.
@@ -188,6 +220,27 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
         WsError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => fail(
             Exit::CannotConnect,
             format!("cannot connect to {url}: connection refused — is 'wschat serve' running?"),
+        ),
+        // Connected, then dropped before the handshake was done: the server went away.
+        WsError::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::BrokenPipe
+            ) =>
+        {
+            fail(
+                Exit::ServerGone,
+                format!("{url} closed the connection during the WebSocket handshake: {e}"),
+            )
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => fail(
+            Exit::ServerGone,
+            format!("{url} closed the connection during the WebSocket handshake"),
         ),
         WsError::Io(e) => fail(Exit::CannotConnect, format!("cannot connect to {url}: {e}")),
         WsError::Tls(e) => fail(
@@ -226,9 +279,15 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
             }
             fail(Exit::HandshakeRejected, message.trim_end().to_owned())
         }
+        // An answer that is HTTP but not a WebSocket handshake: not a server to talk to. A
+        // refusal (exit 4) is only an HTTP error status or a refused name or token.
+        WsError::Protocol(e) => fail(
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: the answer is not a WebSocket handshake ({e})"),
+        ),
         other => fail(
-            Exit::HandshakeRejected,
-            format!("WebSocket handshake with {url} failed: {other}"),
+            Exit::CannotConnect,
+            format!("cannot connect to {url}: the WebSocket handshake failed: {other}"),
         ),
     }
 }
@@ -248,6 +307,12 @@ mod tests {
         assert_eq!(parse_url("wss://h:9/").unwrap().as_str(), "wss://h:9/");
         assert!(parse_url("ftp://h/").is_err());
         assert!(parse_url("ws://").is_err());
+        // What is wrong, and what is expected.
+        let bad = parse_url("not a url").unwrap_err();
+        assert!(bad.contains("'not a url' is not a host name"), "{bad}");
+        assert!(bad.contains("expected ws://HOST:PORT/"), "{bad}");
+        let bad = parse_url("localhost:99999").unwrap_err();
+        assert!(bad.contains("the port is not a number"), "{bad}");
     }
 
     #[test]

@@ -101,6 +101,19 @@ pub fn start(prompt: &str) -> Terminal {
     }
 }
 
+impl Drop for Terminal {
+    /// rustyline's prompt is still drawn on the last line when the client ends (it waits in
+    /// a read that is never answered): wipe it, so that the shell's prompt starts on a clean
+    /// line instead of after `alice> `; and turn off the bracketed paste it turned on.
+    fn drop(&mut self) {
+        if self.interactive {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(b"\x1b[?2004l\r\x1b[K");
+            let _ = out.flush();
+        }
+    }
+}
+
 #[cfg(unix)]
 mod restore {
     use nix::sys::termios::{self, SetArg, Termios};

@@ -11,10 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
 use super::input::{self, Input, Printer};
-use super::render::Renderer;
-use super::{close, connection_lost, decode_event, server_closed, Sink, Stream};
+use super::render::{self, Renderer};
+use super::send::Pacer;
+use super::{close, connection_lost, decode_event, Sink, Stream};
 use crate::exit::{exit_for, fail, Exit};
-use crate::protocol::{close as codes, Event, Notice};
+use crate::protocol::{close as codes, Event, GapEvent, Limits, Notice};
 use crate::signals::Signals;
 
 #[derive(Debug, Clone)]
@@ -31,13 +32,19 @@ pub struct JoinConfig {
 }
 
 const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
-/name NEW, /quit, /help; a line starting with // sends it with one / removed";
+/name NEW, /history, /quit, /help; a line starting with // sends it with one / removed";
+
+/// Messages of a replay shown on a terminal; older ones are counted, and shown by `/history`.
+const REPLAY_SHOWN: usize = 5;
 
 /// How long after a loss a "name taken" refusal is taken for our own lingering connection.
 const NAME_GRACE: Duration = Duration::from_secs(60);
 
 /// How often the client pings the server.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Longest wait for a close frame to go out when a connection is given up.
+const LET_GO_WAIT: Duration = Duration::from_secs(1);
 
 /// First and longest pause between reconnection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -55,6 +62,7 @@ enum Command<'a> {
     Who,
     Quit,
     Help,
+    History,
     /// A command used wrongly or unknown: the message to show.
     Bad(String),
 }
@@ -72,6 +80,7 @@ fn parse_line(line: &str) -> Command<'_> {
     match verb {
         "quit" | "exit" | "q" => Command::Quit,
         "help" | "?" => Command::Help,
+        "history" => Command::History,
         "rooms" => Command::Rooms,
         "who" => Command::Who,
         "name" | "nick" if !rest.is_empty() => Command::Rename(rest),
@@ -109,6 +118,24 @@ struct Session {
     renaming: Option<String>,
     /// When the connection was last lost, until a new one is greeted.
     lost_at: Option<Instant>,
+    /// Set on reconnecting (to when the connection was lost), until the welcome says so.
+    reconnected: Option<Instant>,
+    /// The last line [`Session::status`] printed.
+    last_status: Option<String>,
+    /// What the server allows this connection (from the handshake).
+    limits: Option<Limits>,
+    /// NDJSON output: every event is printed as it came.
+    json: bool,
+    /// Output for a person at a terminal: the welcome is shown and a long replay condensed.
+    condense: bool,
+    /// A `gap` notice waiting to learn whether any message follows it.
+    held_gap: Option<GapEvent>,
+    /// Why the server refused this connection (a taken name), for the error on stderr.
+    refusal: Option<String>,
+    /// History lines held back during a replay (on a terminal).
+    replay: Vec<String>,
+    /// The last replay, for `/history`.
+    earlier: Vec<String>,
     received: u64,
 }
 
@@ -130,6 +157,36 @@ impl Session {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A line about the connection itself (lost, retrying, back): on stderr, or above the
+    /// prompt on a terminal, where stderr would land on the line being typed.
+    fn status(&mut self, text: &str) -> anyhow::Result<()> {
+        // While the connection is down, the same news is told once: a server that keeps
+        // refusing the name our lingering old connection holds says so on every retry.
+        if self.lost_at.is_some() && self.last_status.as_deref() == Some(text) {
+            return Ok(());
+        }
+        self.last_status = Some(text.to_owned());
+        let line = format!("wschat: {text}");
+        match self.printer {
+            Printer::Prompt(_) => self.print(line),
+            Printer::Stdout => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Says the connection is back, once the server has taken the client in again.
+    fn say_reconnected(&mut self) -> anyhow::Result<()> {
+        let Some(lost) = self.reconnected.take() else {
+            return Ok(());
+        };
+        let away = lost.elapsed().as_secs_f64();
+        let url = self.url.clone();
+        self.status(&format!("reconnected to {url} after {away:.1}s"))
     }
 
     fn local(&mut self, text: &str) -> anyhow::Result<()> {
@@ -178,10 +235,18 @@ impl Session {
                 if !self.greeted {
                     self.greeted = true;
                     self.lost_at = None;
+                    self.say_reconnected()?;
                     let line =
                         self.renderer
                             .connected(&self.url, true, Some(system.message.as_str()));
-                    return self.print(line).map(|()| 0);
+                    self.print(line)?;
+                    if self.condense {
+                        // A person sees who is here; a script reads only `connected`.
+                        if let Some(line) = self.renderer.event(&event, &value) {
+                            self.print(line)?;
+                        }
+                    }
+                    return Ok(0);
                 }
             }
             Event::Chat(chat) if chat.id > 0 => {
@@ -224,10 +289,83 @@ impl Session {
             }
             _ => {}
         }
+        if let Event::Error(error) = &event {
+            if !self.greeted && super::exit_for_refusal(&error.code) == Exit::HandshakeRejected {
+                // A refusal of the connection itself: the reason of the close that follows,
+                // told on stderr with the exit status (and, as text, only there).
+                self.refusal = Some(render::escape_control(&error.message).into_owned());
+                if !self.json {
+                    return Ok(counts);
+                }
+            }
+        }
+        if !self.json {
+            match &event {
+                // Held until it is known whether anything follows it (see `said_since`).
+                Event::Gap(gap) => {
+                    self.held_gap = Some(gap.clone());
+                    return Ok(counts);
+                }
+                Event::Synced(_) => self.said_since(false)?,
+                Event::Chat(chat) if chat.id > 0 => {
+                    self.said_since(true)?;
+                    if chat.history && self.condense {
+                        if let Some(line) = self.renderer.event(&event, &value) {
+                            self.replay.push(line);
+                        }
+                        return Ok(counts);
+                    }
+                }
+                _ => {}
+            }
+            if !matches!(&event, Event::Chat(chat) if chat.history) {
+                self.show_replay()?;
+            }
+        }
         if let Some(line) = self.renderer.event(&event, &value) {
             self.print(line)?;
         }
         Ok(counts)
+    }
+
+    /// Prints a held `gap` notice once the replay after it begins (`something` is a message)
+    /// or ends. A restarted server's notice promises recent messages; when none follow, it
+    /// says what is true instead.
+    fn said_since(&mut self, something: bool) -> anyhow::Result<()> {
+        let Some(mut gap) = self.held_gap.take() else {
+            return Ok(());
+        };
+        if !something && (gap.restarted || gap.missed == 0) {
+            gap.message =
+                "the server restarted without its history; nothing has been said since".into();
+        }
+        let value = serde_json::Value::Null;
+        match self.renderer.event(&Event::Gap(gap), &value) {
+            Some(line) => self.print(line),
+            None => Ok(()),
+        }
+    }
+
+    /// On a terminal, prints the replay held back: a line for the older messages (kept for
+    /// `/history`), then the last few.
+    fn show_replay(&mut self) -> anyhow::Result<()> {
+        if self.replay.is_empty() {
+            return Ok(());
+        }
+        let replay = std::mem::take(&mut self.replay);
+        let hidden = replay.len().saturating_sub(REPLAY_SHOWN);
+        if hidden > 0 {
+            let line = self.renderer.local(&format!(
+                "… {hidden} earlier message{} (/history shows them)",
+                if hidden == 1 { "" } else { "s" }
+            ));
+            self.print(line)?;
+        }
+        for line in &replay[hidden..] {
+            self.print(line.clone())?;
+        }
+        self.earlier = replay;
+        Ok(())
     }
 
     /// Acts on a typed line. Returns `false` when the user asked to leave.
@@ -236,6 +374,15 @@ impl Session {
         let frame = match parse_line(line) {
             Command::Quit => return Ok(false),
             Command::Help => return self.local(HELP).map(|()| true),
+            Command::History => {
+                if self.earlier.is_empty() {
+                    return self.local("no earlier messages").map(|()| true);
+                }
+                for line in self.earlier.clone() {
+                    self.print(line)?;
+                }
+                return Ok(true);
+            }
             Command::Bad(message) => {
                 return self.local(&format!("error: {message}")).map(|()| true)
             }
@@ -306,17 +453,30 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         greeted: false,
         renaming: None,
         lost_at: None,
+        reconnected: None,
+        last_status: None,
+        limits: None,
+        json: config.json,
+        condense: !config.json && terminal.interactive,
+        held_gap: None,
+        refusal: None,
+        replay: Vec::new(),
+        earlier: Vec::new(),
         received: 0,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut attempt = 0u32;
     loop {
         let (mut sink, mut stream) = connection.socket.split();
+        session.limits = connection.limits;
         session.kind = connection.kind;
         session.greeted = false;
         if session.kind == ServerKind::Relay {
             let line = session.renderer.connected(&session.url, false, None);
             session.print(line)?;
+            // A relay sends no welcome: being connected is all there is.
+            session.lost_at = None;
+            session.say_reconnected()?;
         }
         let ending = converse(
             &config,
@@ -340,18 +500,31 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
             Err(e) => return Err(e),
             Ok(Ending::Lost { error, retry }) => (error, retry),
         };
-        if !(config.reconnect && retry) {
+        let reconnecting = config.reconnect && retry;
+        if reconnecting {
+            let lost = session.lost_at.is_some();
+            session.lost_at.get_or_insert_with(Instant::now);
+            let text = format!("{error:#}");
+            if lost {
+                // Lost again before being taken in (a refused name): a retry that failed.
+                session.status(&format!("still reconnecting: {text}"))?;
+            } else {
+                session.status(&format!("{text}; reconnecting"))?;
+            }
+        }
+        // Answer the server's close frame (or send ours) at once: the server waits for it,
+        // and the old socket must not linger while this client reconnects.
+        let_go(&mut sink).await;
+        drop((sink, stream));
+        if !reconnecting {
             return Err(error);
         }
-        session.lost_at.get_or_insert_with(Instant::now);
-        // Reconnect until it works, the time is up, or a signal says stop.
+        let lost_at = *session.lost_at.get_or_insert_with(Instant::now);
+        // Reconnect until it works, the time is up, or a signal says stop. Each failure is
+        // told once, and again only when the reason changes.
         connection = loop {
             attempt += 1;
             let pause = backoff(attempt);
-            eprintln!(
-                "wschat: {error:#}; reconnecting in {}",
-                humantime::format_duration(Duration::from_millis(pause.as_millis() as u64))
-            );
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = sleep_until(deadline) => return Ok(Exit::Success),
@@ -366,14 +539,22 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                 result = connect::connect(&target) => match result {
                     Ok(connection) => break connection,
                     Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
-                    Err(e) => eprintln!("wschat: {e:#}"),
+                    Err(e) => session.status(&format!("still reconnecting: {e:#}"))?,
                 },
                 () = sleep_until(deadline) => return Ok(Exit::Success),
                 exit = signals.recv() => return Ok(exit),
             }
         };
+        session.reconnected = Some(lost_at);
         attempt = 0;
     }
+}
+
+/// Ends a connection that is being given up: answers the server's close frame (tungstenite
+/// queues the answer; it goes out when the socket is next written) or sends a close of our
+/// own, and flushes. Bounded: a peer that has vanished costs at most [`LET_GO_WAIT`].
+async fn let_go(sink: &mut Sink) {
+    let _ = tokio::time::timeout(LET_GO_WAIT, sink.close()).await;
 }
 
 /// Exponential backoff with full jitter: a random pause up to 250 ms × 2^(attempt-1), at most 10 s.
@@ -398,8 +579,14 @@ async fn converse(
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut last_heard = Instant::now();
+    // Lines piped in are sent at the server's pace (as `send` does): past its rate it reads
+    // this connection more slowly, and closes it if that lasts.
+    let mut pacer = Pacer::new(session.limits, Instant::now());
     loop {
+        let input_at = pacer.as_mut().map(|p| p.ready_at(Instant::now()));
+        let input_ready = input_at.is_none_or(|at| at <= Instant::now());
         tokio::select! {
+            () = sleep_until(input_at), if !input_ready && !terminal.finished => {}
             _ = ping.tick() => {
                 if last_heard.elapsed() > PING_INTERVAL * 3 {
                     return Ok(Ending::Lost {
@@ -423,10 +610,12 @@ async fn converse(
                         .is_some_and(|f| u16::from(f.code) == codes::NAME_REJECTED);
                     let retry = !is_terminal(frame.as_ref())
                         || (name_held && session.lost_at.is_some_and(|at| at.elapsed() < NAME_GRACE));
-                    return Ok(Ending::Lost {
-                        retry,
-                        error: server_closed(&session.url, frame.as_ref()),
-                    });
+                    let error = super::server_closed_because(
+                        &session.url,
+                        frame.as_ref(),
+                        session.refusal.take().as_deref(),
+                    );
+                    return Ok(Ending::Lost { retry, error });
                 }
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
@@ -444,16 +633,21 @@ async fn converse(
                     retry: true,
                 }),
             },
-            input = terminal.lines.recv(), if !terminal.finished => match input {
-                Some(Input::Line(line)) => match session.typed(sink, &line).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(Ending::Done(Exit::Success)),
-                    // The connection broke while sending: reconnect like any other loss.
-                    Err(error) if exit_for(&error) == Exit::ServerGone => {
-                        return Ok(Ending::Lost { error, retry: true });
+            input = terminal.lines.recv(), if !terminal.finished && input_ready => match input {
+                Some(Input::Line(line)) => {
+                    if let Some(pacer) = &mut pacer {
+                        pacer.take(Instant::now());
                     }
-                    Err(error) => return Err(error),
-                },
+                    match session.typed(sink, &line).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(Ending::Done(Exit::Success)),
+                        // The connection broke while sending: reconnect like any other loss.
+                        Err(error) if exit_for(&error) == Exit::ServerGone => {
+                            return Ok(Ending::Lost { error, retry: true });
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
                 // Ctrl-D at a prompt leaves; the end of piped input does not (a background
                 // job in a script has no stdin, and should keep listening).
                 Some(Input::End) | None if terminal.interactive => {

@@ -76,6 +76,29 @@ pub fn exit_for_refusal(code: &str) -> Exit {
 
 /// The error for a close frame the server sent on its own.
 pub fn server_closed(url: &str, frame: Option<&CloseFrame>) -> anyhow::Error {
+    server_closed_because(url, frame, None)
+}
+
+/// [`server_closed`], with the reason an error event gave just before the close (a refused
+/// name: the event says which name and why; the close frame only that it was refused).
+pub fn server_closed_because(
+    url: &str,
+    frame: Option<&CloseFrame>,
+    because: Option<&str>,
+) -> anyhow::Error {
+    if let (Some(frame), Some(because)) = (frame, because) {
+        let code = u16::from(frame.code);
+        let exit =
+            if code == protocol::close::NAME_REJECTED || code == protocol::close::UNAUTHORIZED {
+                Exit::HandshakeRejected
+            } else {
+                Exit::ServerGone
+            };
+        return fail(
+            exit,
+            format!("{url} refused the connection: {because} (close code {code})"),
+        );
+    }
     let Some(frame) = frame else {
         return fail(Exit::ServerGone, format!("{url} closed the connection"));
     };

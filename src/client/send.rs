@@ -5,10 +5,12 @@
 //! confirms nothing, "delivered" means the relay answered our close frame: it has read every
 //! frame sent before it (frames arrive in order), though it reports nothing about recipients.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -16,9 +18,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
 use super::render::Renderer;
-use super::{close, connection_lost, decode_event, print_line, server_closed, Sink, Stream};
+use super::{
+    close, connection_lost, decode_event, print_line, server_closed_because, Sink, Stream,
+};
 use crate::exit::{fail, Exit};
-use crate::protocol::Event;
+use crate::protocol::{Event, Limits};
 use crate::signals::Signals;
 
 /// Messages sent but not yet acknowledged, at most.
@@ -60,6 +64,8 @@ struct Sender<'a> {
     kind: ServerKind,
     pending: HashSet<u64>,
     next_ref: u64,
+    /// Why the server refused the connection (an invalid room), for the close that follows.
+    refusal: Option<String>,
 }
 
 impl Sender<'_> {
@@ -89,7 +95,8 @@ impl Sender<'_> {
                 if self.pending.is_empty() && !printing {
                     return Ok(());
                 }
-                let error = server_closed(&self.url, frame.as_ref());
+                let error =
+                    server_closed_because(&self.url, frame.as_ref(), self.refusal.as_deref());
                 if self.pending.is_empty() || crate::exit::exit_for(&error) != Exit::ServerGone {
                     return Err(error);
                 }
@@ -137,6 +144,11 @@ impl Sender<'_> {
                     ),
                 ));
             }
+            Event::Error(error)
+                if super::exit_for_refusal(&error.code) == Exit::HandshakeRejected =>
+            {
+                self.refusal = Some(super::render::escape_control(&error.message).into_owned());
+            }
             _ if printing => {
                 if let Some(line) = self.renderer.event(&event, &value) {
                     print_line(&line);
@@ -171,13 +183,25 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Exit> {
         kind: connection.kind,
         pending: HashSet::new(),
         next_ref: 1,
+        refusal: None,
     };
     let source = match &config.message {
         Some(message) => Source::One(Some(message.clone())),
-        None => Source::Stdin(BufReader::new(tokio::io::stdin()).lines()),
+        None => {
+            if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+                // Otherwise a person sees a command that seems to hang.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "wschat: reading messages from the terminal, one a line (sent at Enter); \
+                     Ctrl-D to finish"
+                );
+            }
+            Source::Stdin(BufReader::new(tokio::io::stdin()).lines())
+        }
     };
     tokio::select! {
-        result = deliver(&mut sender, source, &mut sink, &mut stream) => result?,
+        result = deliver(&mut sender, source, connection.limits, &mut sink, &mut stream) => result?,
         exit = signals.recv() => return Ok(exit),
     }
     if let Some(wait) = config.wait {
@@ -207,36 +231,154 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Sends every message and waits until each is acknowledged.
+/// Lines read ahead of what was sent, at most (in bytes): enough to know, on a terminal, how
+/// long a piped batch will take, without holding an endless input in memory.
+const READ_AHEAD_BYTES: usize = 16 << 20;
+
+/// The share of the server's rate `send` uses: a little under it, so that jitter on the way
+/// never makes the server see a sender over its limit for long.
+const PACE_MARGIN: f64 = 0.95;
+
+/// Keeps a sender within the server's limits: the same token bucket as the server's (a full
+/// burst at once, then `rate` per second), a little slower.
+#[derive(Debug)]
+pub(super) struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Pacer {
+    /// `None` when the server states no limit.
+    pub(super) fn new(limits: Option<Limits>, now: Instant) -> Option<Pacer> {
+        let limits = limits.filter(|l| l.rate > 0.0)?;
+        let burst = f64::from(limits.burst.max(1));
+        Some(Pacer {
+            rate: limits.rate * PACE_MARGIN,
+            burst,
+            tokens: burst,
+            updated: now,
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.updated = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// When the next message may go: `now` when a token is there.
+    pub(super) fn ready_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Takes the token for one message (call once `ready_at` has come).
+    pub(super) fn take(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
+
+    /// How long `messages` more take at this pace, from now.
+    fn time_for(&self, messages: usize) -> Duration {
+        let waiting = (messages as f64 - self.tokens.max(0.0)).max(0.0);
+        Duration::from_secs_f64(waiting / self.rate)
+    }
+}
+
+/// On a terminal, says that `send` is keeping to the server's pace, and how long it will take.
+struct PaceReport {
+    bar: ProgressBar,
+    shown: bool,
+}
+
+impl PaceReport {
+    fn new() -> Option<PaceReport> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        // Hidden until it has something to say.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        // A constant template known to be valid; a bad one would only lose the style.
+        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:20}] {pos}/{len} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Some(PaceReport { bar, shown: false })
+    }
+
+    /// Shows (from the first wait on) how far the batch is and how long the rest will take.
+    fn update(&mut self, pacer: &Pacer, acknowledged: u64, sent: u64, queued: usize, more: bool) {
+        let eta = humantime::format_duration(Duration::from_secs(
+            pacer.time_for(queued).as_secs_f64().ceil() as u64,
+        ));
+        self.bar.set_length(sent + queued as u64);
+        self.bar.set_position(acknowledged);
+        self.bar.set_message(if more {
+            format!("~{eta}+ left")
+        } else {
+            format!("~{eta} left")
+        });
+        if !self.shown {
+            self.shown = true;
+            self.bar.set_prefix(format!(
+                "sending at {}/s (the server's limit)",
+                show_rate(pacer.rate / PACE_MARGIN)
+            ));
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+}
+
+impl Drop for PaceReport {
+    /// The bar goes when `send` is done, however it ends: what follows is the result.
+    fn drop(&mut self) {
+        if self.shown {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+/// A rate as people read it: `20`, `0.5`.
+fn show_rate(rate: f64) -> String {
+    let rounded = (rate * 100.0).round() / 100.0;
+    format!("{rounded}")
+}
+
+/// Sends every message, at the server's pace, and waits until each is acknowledged.
 async fn deliver(
     sender: &mut Sender<'_>,
     mut source: Source,
+    limits: Option<Limits>,
     sink: &mut Sink,
     stream: &mut Stream,
 ) -> anyhow::Result<()> {
     let timeout = sender.config.ack_timeout;
     let mut input_done = false;
     let mut last_progress = Instant::now();
-    while !(input_done && sender.pending.is_empty()) {
-        tokio::select! {
-            line = source.next(), if !input_done && sender.pending.len() < WINDOW => {
-                match line? {
-                    Some(line) if line.trim().is_empty() => {}
-                    Some(line) => {
-                        let frame = sender.frame(&line);
-                        // Bounded: a server that stops reading must not hang the sender.
-                        match tokio::time::timeout(timeout, sink.send(frame)).await {
-                            Ok(sent) => sent.map_err(|e| connection_lost(&sender.url, Some(e)))?,
-                            Err(_) => return Err(fail(
-                                Exit::Timeout,
-                                format!("{} stopped reading for {}", sender.url, humantime::format_duration(timeout)),
-                            )),
-                        }
-                        last_progress = Instant::now();
-                    }
-                    None => input_done = true,
-                }
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let mut pacer = Pacer::new(limits, Instant::now());
+    let mut report = PaceReport::new();
+    let (mut sent, mut acknowledged) = (0u64, 0u64);
+    while !(input_done && queue.is_empty() && sender.pending.is_empty()) {
+        // When the next queued line may go: at once, or when the server's pace allows.
+        let send_at = match &mut pacer {
+            Some(pacer) if !queue.is_empty() => Some(pacer.ready_at(Instant::now())),
+            _ => Some(Instant::now()),
+        }
+        .filter(|_| !queue.is_empty() && sender.pending.len() < WINDOW);
+        if let (Some(at), Some(pacer), Some(report)) = (send_at, &pacer, &mut report) {
+            if at > Instant::now() || report.shown {
+                report.update(pacer, acknowledged, sent, queue.len(), !input_done);
             }
+        }
+        tokio::select! {
+            biased;
             next = stream.next() => match next {
                 Some(Ok(message)) => {
                     let before = sender.pending.len();
@@ -244,12 +386,41 @@ async fn deliver(
                     let printing = sender.config.wait.is_some();
                     sender.receive(message, printing)?;
                     if sender.pending.len() < before {
+                        acknowledged += (before - sender.pending.len()) as u64;
                         last_progress = Instant::now();
                     }
                 }
                 Some(Err(e)) => return Err(connection_lost(&sender.url, Some(e))),
                 None => return Err(connection_lost(&sender.url, None::<String>)),
             },
+            () = sleep_until_some(send_at) => {
+                let Some(line) = queue.pop_front() else { continue };
+                queued_bytes -= line.len();
+                if let Some(pacer) = &mut pacer {
+                    pacer.take(Instant::now());
+                }
+                let frame = sender.frame(&line);
+                // Bounded: a server that stops reading must not hang the sender.
+                match tokio::time::timeout(timeout, sink.send(frame)).await {
+                    Ok(sent) => sent.map_err(|e| connection_lost(&sender.url, Some(e)))?,
+                    Err(_) => return Err(fail(
+                        Exit::Timeout,
+                        format!("{} stopped reading for {}", sender.url, humantime::format_duration(timeout)),
+                    )),
+                }
+                sent += 1;
+                last_progress = Instant::now();
+            }
+            line = source.next(), if !input_done && queued_bytes < READ_AHEAD_BYTES => {
+                match line? {
+                    Some(line) if line.trim().is_empty() => {}
+                    Some(line) => {
+                        queued_bytes += line.len();
+                        queue.push_back(line);
+                    }
+                    None => input_done = true,
+                }
+            }
             () = tokio::time::sleep_until(last_progress + timeout), if !sender.pending.is_empty() => {
                 return Err(fail(
                     Exit::Timeout,
@@ -264,4 +435,48 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_allows_a_burst_then_a_little_under_the_rate() {
+        let start = Instant::now();
+        let limits = Limits {
+            rate: 10.0,
+            burst: 3,
+            max_message_bytes: 1024,
+        };
+        let mut pacer = Pacer::new(Some(limits), start).unwrap();
+        for _ in 0..3 {
+            assert_eq!(pacer.ready_at(start), start);
+            pacer.take(start);
+        }
+        let next = pacer.ready_at(start);
+        let gap = next - start;
+        assert!(
+            gap > Duration::from_millis(100) && gap < Duration::from_millis(110),
+            "{gap:?}"
+        );
+        pacer.take(next);
+        assert!(pacer.time_for(10) > Duration::from_secs(1));
+        assert!(Pacer::new(None, start).is_none());
+        assert!(Pacer::new(
+            Some(Limits {
+                rate: 0.0,
+                ..limits
+            }),
+            start
+        )
+        .is_none());
+    }
 }

@@ -28,7 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::protocol::{
-    self, close, AckEvent, ChatEvent, Event, Notice, RoomInfo, RoomsEvent, SystemEvent, WhoEvent,
+    self, close, AckEvent, ChatEvent, Event, Limits, Notice, RoomInfo, RoomsEvent, SystemEvent,
+    WhoEvent,
 };
 use crate::store::Store;
 
@@ -131,6 +132,8 @@ pub struct HubConfig {
     pub echo: bool,
     /// Messages replayed to a visible member on join.
     pub history: usize,
+    /// The connection limits, stated in each welcome.
+    pub limits: Option<Limits>,
 }
 
 impl Default for HubConfig {
@@ -138,6 +141,7 @@ impl Default for HubConfig {
         HubConfig {
             echo: false,
             history: 50,
+            limits: None,
         }
     }
 }
@@ -288,6 +292,7 @@ impl Hub {
                 name: Some(name.clone()),
                 count: Some(count),
                 epoch: Some(self.store.epoch(room_name)),
+                limits: self.config.limits,
             });
             let _ = frames.try_send(welcome.to_frame());
         }

@@ -227,6 +227,7 @@ pub(super) fn system(
         name: Some(name.to_owned()),
         count: Some(count),
         epoch: None,
+        limits: None,
     })
     .to_frame()
 }

@@ -138,6 +138,7 @@ fn echo_sends_back_to_the_sender() {
     let hub = hub(HubConfig {
         echo: true,
         history: 50,
+        ..HubConfig::default()
     });
     let mut a = join(&hub, "lobby", Some("alice"), false, 16);
     say(&hub, &a, "me").unwrap();
@@ -271,6 +272,7 @@ fn joiners_get_recent_history_then_synced() {
     let hub = hub(HubConfig {
         echo: false,
         history: 2,
+        ..HubConfig::default()
     });
     let a = join(&hub, "lobby", Some("alice"), false, 16);
     for i in 1..=3 {
@@ -382,6 +384,7 @@ fn a_replay_takes_at_most_half_the_outbox_bytes_and_shares_its_frames() {
     let hub = hub(HubConfig {
         echo: false,
         history: 100,
+        ..HubConfig::default()
     });
     let a = join(&hub, "lobby", Some("alice"), false, 64);
     let long = "x".repeat(10_000);
@@ -532,6 +535,7 @@ fn a_large_room_hears_of_joins_and_leaves_in_one_summary_per_interval() {
     let hub = hub(HubConfig {
         echo: false,
         history: 0,
+        ..HubConfig::default()
     });
     let mut first = join(&hub, "big", Some("m0"), false, 1 << 16);
     let mut members = Vec::new();

@@ -270,6 +270,7 @@ async fn upgrade(
         // rest in frames and bytes.
         .max_write_buffer_size(usize::MAX);
     let raw = shared.config.raw;
+    let limits = shared.config.limits().header_value();
     // With --redis, the room's history and the name are made ready in Redis first.
     let mut registration = conn::register(&shared, &params, authorized, peer).await;
     let tasks = shared.tasks.clone();
@@ -303,6 +304,11 @@ async fn upgrade(
     // The accept key is base64, always a valid header value.
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    // Every client may read what it is allowed, quiet ones (which get no welcome) and those
+    // of a raw relay alike; `send` paces itself by it.
+    if let Ok(limits) = HeaderValue::from_str(&limits) {
+        headers.insert(protocol::LIMITS_HEADER, limits);
     }
     // A raw relay does not speak the wschat protocol, so it does not claim to.
     if !raw {

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol;
 use crate::store::Store;
 use limits::Capacity;
 
@@ -96,6 +97,17 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             access: Access::default(),
             tls: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The limits a client is told of, in its welcome and in the handshake.
+    pub fn limits(&self) -> protocol::Limits {
+        protocol::Limits {
+            rate: self.rate,
+            burst: self.burst.max(1),
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }

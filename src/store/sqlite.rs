@@ -122,11 +122,26 @@ pub struct SqliteStore {
 }
 
 fn open(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !folder.is_dir() {
+            let why = if folder.exists() {
+                "is not a folder"
+            } else {
+                "does not exist"
+            };
+            anyhow::bail!(
+                "cannot open database {}: the folder {} {why}",
+                path.display(),
+                folder.display()
+            );
+        }
+    }
     open_unlabelled(path).with_context(|| format!("cannot open database {}", path.display()))
 }
 
 fn open_unlabelled(path: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path)?;
+    // SQLite's error names the file, and its cause repeats the message: one line of it.
+    let conn = Connection::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
