@@ -76,6 +76,11 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -l token -d 'Token f
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l count -d 'Exit 0 after receiving this many chat messages' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l for -d 'Exit 0 after this long (e.g. 30s, 5m)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l until -d 'Exit 0 once a chat message received matches this regular expression (its text; with --json too). With --for, exit 7 when none did in time' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l exec -d 'For each chat message from others, run CMD with `sh -c`: the text on its stdin and in WSCHAT_TEXT, with WSCHAT_FROM, WSCHAT_ROOM and WSCHAT_ID; each line it prints is sent to the room. One at a time, in order; a failure is reported on stderr' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l jobs -d 'Commands --exec runs at once (their lines are still sent in the messages\' order)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l exec-timeout -d 'Kill an --exec command (and what it started) after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l record -d 'Append every received event to FILE as NDJSON with its arrival time (for `wschat replay`)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"

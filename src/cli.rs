@@ -226,6 +226,8 @@ pub struct JoinArgs {
     /// Exit (code 5) when the connection is lost instead of reconnecting.
     #[arg(long)]
     pub no_reconnect: bool,
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 #[derive(Debug, Args)]
@@ -601,6 +603,7 @@ impl Cli {
                     duration: a.duration,
                     reconnect: !a.no_reconnect,
                     json: a.client.json,
+                    hooks: a.hooks.into_config()?,
                 })
             }
             Command::Send(a) => {
@@ -633,6 +636,55 @@ impl Cli {
             }
             Command::Bench(a) => Mode::Bench(a.into_config()?),
             Command::Completions { shell } => Mode::Completions(shell),
+        })
+    }
+}
+
+/// What `join` does with what it receives, besides printing it.
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Exit 0 once a chat message received matches this regular expression (its text; with
+    /// --json too). With --for, exit 7 when none did in time.
+    #[arg(long, value_name = "REGEX", conflicts_with = "count")]
+    pub until: Option<String>,
+    /// For each chat message from others, run CMD with `sh -c`: the text on its stdin and in
+    /// WSCHAT_TEXT, with WSCHAT_FROM, WSCHAT_ROOM and WSCHAT_ID; each line it prints is sent
+    /// to the room. One at a time, in order; a failure is reported on stderr.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Commands --exec runs at once (their lines are still sent in the messages' order).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "exec", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
+    /// Kill an --exec command (and what it started) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", requires = "exec", value_parser = parse_duration)]
+    pub exec_timeout: Duration,
+    /// Append every received event to FILE as NDJSON with its arrival time (for `wschat
+    /// replay`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+impl HookArgs {
+    fn into_config(self) -> Result<crate::client::hooks::HooksConfig, clap::Error> {
+        use crate::client::{exec::ExecConfig, hooks};
+        if self.exec.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(usage("--exec needs a command"));
+        }
+        if self.exec_timeout.is_zero() {
+            return Err(usage("--exec-timeout must be more than 0"));
+        }
+        Ok(hooks::HooksConfig {
+            until: match self.until.as_deref() {
+                Some(text) => Some(hooks::parse_until(text).map_err(usage)?),
+                None => None,
+            },
+            exec: self.exec.map(|command| ExecConfig {
+                command,
+                // At most 64 (clap checks).
+                jobs: usize::try_from(self.jobs).unwrap_or(1),
+                timeout: self.exec_timeout,
+            }),
+            record: self.record,
         })
     }
 }

@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
+use super::hooks::{self, Hooks, HooksConfig};
 use super::input::{self, Input, Printer};
 use super::render::Renderer;
 use super::{close, connection_lost, decode_event, server_closed, Sink, Stream};
@@ -28,6 +29,8 @@ pub struct JoinConfig {
     pub reconnect: bool,
     /// NDJSON output.
     pub json: bool,
+    /// `--until`, `--exec`, `--record`.
+    pub hooks: HooksConfig,
 }
 
 const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
@@ -110,6 +113,7 @@ struct Session {
     /// When the connection was last lost, until a new one is greeted.
     lost_at: Option<Instant>,
     received: u64,
+    hooks: Hooks,
 }
 
 /// How one connection ended.
@@ -151,6 +155,7 @@ impl Session {
             (_, Message::Text(text)) => {
                 let line = self.renderer.relay_text(&text);
                 self.print(line)?;
+                self.hooks.relay_text(&text, &self.name)?;
                 Ok(1)
             }
             (_, Message::Binary(bytes)) => {
@@ -181,7 +186,11 @@ impl Session {
                     let line =
                         self.renderer
                             .connected(&self.url, true, Some(system.message.as_str()));
-                    return self.print(line).map(|()| 0);
+                    self.print(line)?;
+                    return self
+                        .hooks
+                        .event(&event, &value, false, &self.name)
+                        .map(|()| 0);
                 }
             }
             Event::Chat(chat) if chat.id > 0 => {
@@ -227,6 +236,7 @@ impl Session {
         if let Some(line) = self.renderer.event(&event, &value) {
             self.print(line)?;
         }
+        self.hooks.event(&event, &value, counts > 0, &self.name)?;
         Ok(counts)
     }
 
@@ -307,6 +317,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         renaming: None,
         lost_at: None,
         received: 0,
+        hooks: Hooks::start(&config.hooks)?,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut attempt = 0u32;
@@ -354,7 +365,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
             );
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = sleep_until(deadline) => return Ok(Exit::Success),
+                () = sleep_until(deadline) => return config.time_up(),
                 exit = signals.recv() => return Ok(exit),
             }
             target.room = session.room.clone().or(target.room);
@@ -368,7 +379,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                     Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
                     Err(e) => eprintln!("wschat: {e:#}"),
                 },
-                () = sleep_until(deadline) => return Ok(Exit::Success),
+                () = sleep_until(deadline) => return config.time_up(),
                 exit = signals.recv() => return Ok(exit),
             }
         };
@@ -431,7 +442,7 @@ async fn converse(
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
                     session.received += session.receive(message)?;
-                    if config.count.is_some_and(|n| session.received >= n) {
+                    if config.count.is_some_and(|n| session.received >= n) || session.hooks.finished() {
                         return Ok(Ending::Done(Exit::Success));
                     }
                 }
@@ -462,7 +473,13 @@ async fn converse(
                 Some(Input::End) | None => terminal.finished = true,
                 Some(Input::Interrupt) => return Ok(Ending::Done(Exit::Interrupted)),
             },
-            () = sleep_until(deadline) => return Ok(Ending::Done(Exit::Success)),
+            Some(line) = session.hooks.reply() => {
+                let frame = hooks::say(session.kind == ServerKind::Wschat, &session.name, &line);
+                if let Err(e) = sink.send(frame).await {
+                    return Ok(Ending::Lost { error: connection_lost(&session.url, Some(e)), retry: true });
+                }
+            }
+            () = sleep_until(deadline) => return config.time_up().map(Ending::Done),
             exit = signals.recv() => return Ok(Ending::Done(exit)),
         }
     }

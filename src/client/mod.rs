@@ -2,9 +2,12 @@
 //! layer and one renderer.
 
 pub mod connect;
+pub mod exec;
 pub mod history;
+pub mod hooks;
 pub mod input;
 pub mod join;
+pub mod record;
 pub mod render;
 pub mod send;
 

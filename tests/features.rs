@@ -1,0 +1,207 @@
+//! `join --until`, `join --exec`, `join --record` with `replay`, `doctor`, and `serve --chaos`:
+//! the real binary on real sockets.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// The next chat event `ws` receives (notices and acks skipped).
+fn next_chat(ws: &mut Ws) -> Value {
+    loop {
+        let event = next_non_system(ws);
+        if event["type"] == "chat" {
+            return event;
+        }
+    }
+}
+
+// ---- join --until ---------------------------------------------------------------------------
+
+#[test]
+fn join_until_exits_0_at_the_first_message_that_matches() {
+    let server = Server::start(&[]);
+    let mut alice = join(&server.url, "alice", &["--until", r"^build \d+ passed$"]);
+    send(&server.url, "ci", Some("build 41 started"), &[]).assert_code(0);
+    send(&server.url, "ci", Some("build 41 passed"), &[]).assert_code(0);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    assert_eq!(
+        alice.stdout,
+        vec![
+            "[alice] connected",
+            "[alice] received: ci says: build 41 started",
+            "[alice] received: ci says: build 41 passed",
+        ]
+    );
+}
+
+#[test]
+fn join_until_matches_the_message_field_with_json() {
+    let server = Server::start(&[]);
+    let mut alice = join_spawn(
+        &server.url,
+        "alice",
+        &["--json", "--until", "^done$"],
+        Stdin::Null,
+    );
+    let connected: Value = serde_json::from_str(&alice.next_line()).unwrap();
+    assert_eq!(connected["type"], "connected");
+    // "type" and "username" hold no "done": only the text counts.
+    send(&server.url, "done", Some("not yet"), &[]).assert_code(0);
+    send(&server.url, "bob", Some("done"), &[]).assert_code(0);
+    let alice = alice.finish(GUARD);
+    alice.assert_code(0);
+    let last: Value = serde_json::from_str(alice.stdout.last().unwrap()).unwrap();
+    assert_eq!(last["message"], "done");
+    assert_eq!(last["username"], "bob");
+}
+
+#[test]
+fn join_until_with_for_exits_7_when_nothing_matched_in_time() {
+    let server = Server::start(&[]);
+    let mut alice = join(
+        &server.url,
+        "alice",
+        &["--until", "never", "--for", "300ms"],
+    );
+    let alice = alice.finish(GUARD);
+    alice.assert_code(7);
+    let lines = alice.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("wschat: error: no message matched --until 'never'"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn join_until_with_an_invalid_regex_is_a_usage_error() {
+    let done = run(&["join", "alice", "--until", "build (\\d+"], None);
+    done.assert_code(2);
+    assert!(
+        done.stderr
+            .contains("invalid --until 'build (\\d+': unclosed group"),
+        "{}",
+        done.stderr
+    );
+    assert_no_panic(&done.stderr);
+}
+
+// ---- join --exec ----------------------------------------------------------------------------
+
+#[test]
+fn join_exec_answers_each_message_as_its_name_in_order() {
+    let server = Server::start(&[]);
+    let _shout = join(&server.url, "shout", &["--exec", "tr a-z A-Z"]);
+    let mut carol = ws_member(&server.url, "carol");
+    for text in ["hello", "second one", "third"] {
+        send_text(&mut carol, text);
+    }
+    for expected in ["HELLO", "SECOND ONE", "THIRD"] {
+        let reply = next_chat(&mut carol);
+        assert_eq!(reply["username"], "shout", "{reply}");
+        assert_eq!(reply["message"], expected, "{reply}");
+    }
+}
+
+#[test]
+fn join_exec_gives_the_message_in_the_environment() {
+    let server = Server::start(&[]);
+    let script =
+        r#"printf '%s|%s|%s|%s\n' "$WSCHAT_FROM" "$WSCHAT_ROOM" "$WSCHAT_ID" "$WSCHAT_TEXT""#;
+    let _bot = join(&server.url, "bot", &["--room", "ops", "--exec", script]);
+    let mut carol = ws_connect(&server.url, "name=carol&room=ops");
+    while next_event(&mut carol)["type"] != "synced" {}
+    send_text(
+        &mut carol,
+        r#"{"type":"chat","content":"disk full","ref":1}"#,
+    );
+    let ack = next_non_system(&mut carol);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let reply = next_chat(&mut carol);
+    assert_eq!(
+        reply["message"],
+        format!("carol|ops|{}|disk full", ack["id"]),
+        "{reply}"
+    );
+}
+
+#[test]
+fn join_exec_never_runs_message_text_as_shell() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let _bot = join(
+        &server.url,
+        "bot",
+        &["--exec", "cat; echo \"$WSCHAT_TEXT\""],
+    );
+    let mut mallory = ws_member(&server.url, "mallory");
+    let attack = format!(
+        "$(touch {0}); `touch {0}`; ' \" ; touch {0}",
+        marker.display()
+    );
+    send_text(&mut mallory, &attack);
+    // Once from stdin, once from the environment: the text, unchanged, as data.
+    for _ in 0..2 {
+        assert_eq!(next_chat(&mut mallory)["message"], attack.as_str());
+    }
+    assert!(!marker.exists(), "the message text was run by a shell");
+}
+
+#[test]
+fn join_exec_reports_failing_and_slow_commands_and_goes_on() {
+    let server = Server::start(&[]);
+    let script = r#"case "$WSCHAT_TEXT" in fail) echo partial; exit 3;; slow) sleep 30;; *) echo "ok $WSCHAT_TEXT";; esac"#;
+    let mut bot = join(
+        &server.url,
+        "bot",
+        &["--exec", script, "--exec-timeout", "300ms"],
+    );
+    let mut carol = ws_member(&server.url, "carol");
+    for text in ["fail", "slow", "fine"] {
+        send_text(&mut carol, text);
+    }
+    // In order: what the failing command printed, nothing from the killed one, then the rest.
+    assert_eq!(next_chat(&mut carol)["message"], "partial");
+    assert_eq!(next_chat(&mut carol)["message"], "ok fine");
+    assert!(bot.is_running(), "join ended: {}", bot.stderr_so_far());
+    let stderr = bot.stderr_so_far();
+    assert!(stderr.contains("failed (exit status: 3)"), "{stderr}");
+    assert!(stderr.contains("ran longer than 300ms; killed"), "{stderr}");
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn join_exec_does_not_answer_its_own_messages() {
+    // With --echo the server sends the bot's replies back to it: answering them would loop.
+    let server = Server::start(&["--echo"]);
+    let _bot = join(&server.url, "bot", &["--exec", "echo re: \"$WSCHAT_TEXT\""]);
+    let mut carol = ws_member(&server.url, "carol");
+    send_text(&mut carol, "one");
+    assert_eq!(next_chat(&mut carol)["message"], "one"); // the echo of carol's own line
+    assert_eq!(next_chat(&mut carol)["message"], "re: one");
+    send_text(&mut carol, "two");
+    // A loop would have answered "re: one" before carol's "two" was even read.
+    assert_eq!(next_chat(&mut carol)["message"], "two");
+    assert_eq!(next_chat(&mut carol)["message"], "re: two");
+}
+
+#[test]
+fn join_exec_with_jobs_runs_commands_at_once_and_sends_in_order() {
+    let server = Server::start(&[]);
+    // The first command waits until the second has run: only possible when both run at once.
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("second-ran");
+    let script = format!(
+        r#"if [ "$WSCHAT_TEXT" = first ]; then while [ ! -e {0} ]; do sleep 0.01; done; else touch {0}; fi; echo "did $WSCHAT_TEXT""#,
+        flag.display()
+    );
+    let _bot = join(&server.url, "bot", &["--exec", &script, "--jobs", "2"]);
+    let mut carol = ws_member(&server.url, "carol");
+    send_text(&mut carol, "first");
+    send_text(&mut carol, "second");
+    assert_eq!(next_chat(&mut carol)["message"], "did first");
+    assert_eq!(next_chat(&mut carol)["message"], "did second");
+}
