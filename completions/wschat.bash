@@ -437,7 +437,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__serve)
-            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --outbox-bytes --grace --drain-delay --history --keep --keep-bytes --db --redis --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --public-url --tls-cert --tls-key --log-format --color --help"
+            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --outbox-bytes --grace --drain-delay --history --keep --keep-bytes --db --redis --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --public-url --tls-cert --tls-key --log-format --chaos --chaos-seed --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -549,6 +549,14 @@ _wschat() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --chaos)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chaos-seed)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --color)

@@ -59,6 +59,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --tls-cert 'Serve wss:// and https:// with this PEM certificate (chain)'
             cand --tls-key 'The PEM private key of --tls-cert'
             cand --log-format 'Log format on stderr'
+            cand --chaos 'Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection without a close frame with probability P per second), close=P (the same with close 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N (send messages in N-byte fragments). Stored messages are never lost'
+            cand --chaos-seed 'Seed for --chaos''s random choices, to repeat a run'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --echo 'Send each message back to its sender too'
             cand --raw 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices'

@@ -63,6 +63,8 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-cert -d 'Ser
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-key -d 'The PEM private key of --tls-cert' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l log-format -d 'Log format on stderr' -r -f -a "text\t''
 json\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l chaos -d 'Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection without a close frame with probability P per second), close=P (the same with close 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N (send messages in N-byte fragments). Stored messages are never lost' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l chaos-seed -d 'Seed for --chaos\'s random choices, to repeat a run' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"

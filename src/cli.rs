@@ -180,6 +180,19 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection
+    /// without a close frame with probability P per second), close=P (the same with close
+    /// 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N
+    /// (send messages in N-byte fragments). Stored messages are never lost.
+    #[arg(long, value_name = "SPEC", value_parser = parse_chaos)]
+    pub chaos: Option<crate::server::chaos::ChaosSpec>,
+    /// Seed for --chaos's random choices, to repeat a run.
+    #[arg(long, value_name = "N", requires = "chaos")]
+    pub chaos_seed: Option<u64>,
+}
+
+fn parse_chaos(text: &str) -> Result<crate::server::chaos::ChaosSpec, String> {
+    crate::server::chaos::ChaosSpec::parse(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -576,6 +589,9 @@ impl Cli {
                     },
                     // Connected by `app` (it needs the runtime).
                     cluster: None,
+                    chaos: a.chaos.map(|spec| {
+                        std::sync::Arc::new(crate::server::chaos::Chaos::new(spec, a.chaos_seed))
+                    }),
                 },
                 log_format: a.log_format,
                 host: a.host,

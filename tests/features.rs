@@ -205,3 +205,149 @@ fn join_exec_with_jobs_runs_commands_at_once_and_sends_in_order() {
     assert_eq!(next_chat(&mut carol)["message"], "did first");
     assert_eq!(next_chat(&mut carol)["message"], "did second");
 }
+
+// ---- serve --chaos --------------------------------------------------------------------------
+
+#[test]
+fn chaos_close_closes_with_1001_and_drop_cuts_without_a_close_frame() {
+    let server = Server::start(&["--chaos", "close=1", "--chaos-seed", "1"]);
+    let mut ws = ws_member(&server.url, "carol");
+    let frame = expect_close(&mut ws).expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+
+    let server = Server::start(&["--chaos", "drop=1"]);
+    let mut ws = ws_member(&server.url, "carol");
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => panic!("a close frame: {frame:?}"),
+            Ok(_) => continue,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                        ) | tungstenite::Error::Io(_)
+                            | tungstenite::Error::ConnectionClosed
+                    ),
+                    "{e}"
+                );
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn chaos_is_announced_at_start_as_a_warning() {
+    let mut server = Server::start(&["--chaos", "drop=0.2,delay=1ms-5ms", "--chaos-seed", "42"]);
+    // The warning is logged before the server accepts: a connection proves it is out.
+    drop(ws_member(&server.url, "carol"));
+    server.proc.signal("TERM");
+    let done = server.proc.finish(GUARD);
+    let warning = done
+        .stderr
+        .lines()
+        .find(|l| l.contains("CHAOS MODE"))
+        .unwrap_or_else(|| panic!("no chaos warning: {}", done.stderr));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("drop=0.2,delay=1ms-5ms"), "{warning}");
+    assert!(warning.contains("--chaos-seed 42"), "{warning}");
+}
+
+#[test]
+fn chaos_bad_spec_is_a_usage_error() {
+    let done = run(&["serve", "--port", "0", "--chaos", "drop=3"], None);
+    done.assert_code(2);
+    assert!(
+        done.stderr.contains("a probability from 0 to 1"),
+        "{}",
+        done.stderr
+    );
+}
+
+/// Sends `m0`, `m1`, ... one at a time until `join` has reconnected `reconnects` times, each
+/// send confirmed or not; then sends `end` until it is confirmed. Returns what `join` printed
+/// and the messages that were acknowledged.
+fn chatter_until_reconnected(
+    server: &Server,
+    alice: &mut Proc,
+    reconnects: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut acked = Vec::new();
+    for i in 0..2000 {
+        let text = format!("m{i}");
+        let bob = send(&server.url, "bob", Some(&text), &[]);
+        if bob.code() == Some(0) {
+            // Wait until alice has it (after a resume, perhaps): time passes by events only.
+            let expected = format!("[alice] received: bob says: {text}");
+            while alice.next_line() != expected {}
+            acked.push(text);
+        }
+        if alice.stderr_so_far().matches("reconnecting in").count() >= reconnects {
+            break;
+        }
+    }
+    while send(&server.url, "bob", Some("end"), &[]).code() != Some(0) {}
+    let done = alice.finish(GUARD * 3);
+    done.assert_code(0);
+    assert!(
+        done.stderr.matches("reconnecting in").count() >= reconnects,
+        "join was not cut often enough to test anything: {}",
+        done.stderr
+    );
+    (done.stdout, acked)
+}
+
+fn assert_each_acked_once_in_order(stdout: &[String], acked: &[String]) {
+    let received: Vec<u64> = stdout
+        .iter()
+        .filter_map(|l| l.strip_prefix("[alice] received: bob says: m"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "out of order or twice: {received:?}"
+    );
+    for text in acked {
+        let n: u64 = text[1..].parse().unwrap();
+        assert!(
+            received.contains(&n),
+            "{text} acknowledged but never printed: {stdout:#?}"
+        );
+    }
+}
+
+#[test]
+fn chaos_drop_never_loses_or_repeats_a_message_for_a_reconnecting_join() {
+    let server = Server::start(&["--chaos", "drop=0.5", "--chaos-seed", "7"]);
+    let mut alice = join(&server.url, "alice", &["--until", "^end$"]);
+    let (stdout, acked) = chatter_until_reconnected(&server, &mut alice, 2);
+    assert!(!acked.is_empty());
+    assert_each_acked_once_in_order(&stdout, &acked);
+    assert_eq!(stdout.last().unwrap(), "[alice] received: bob says: end");
+}
+
+#[test]
+fn chaos_delay_and_fragments_keep_every_message_whole_and_in_order() {
+    let server = Server::start(&["--chaos", "delay=0ms-20ms,fragment=7"]);
+    let mut alice = join(&server.url, "alice", &["--until", "^end$"]);
+    let long = "é".repeat(300);
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let text = format!("m{i} {long}");
+        send(&server.url, "bob", Some(&text), &[]).assert_code(0);
+        acked.push(text);
+    }
+    send(&server.url, "bob", Some("end"), &[]).assert_code(0);
+    let done = alice.finish(GUARD);
+    done.assert_code(0);
+    let received: Vec<&str> = done
+        .stdout
+        .iter()
+        .filter_map(|l| l.strip_prefix("[alice] received: bob says: "))
+        .collect();
+    let mut expected: Vec<&str> = acked.iter().map(String::as_str).collect();
+    expected.push("end");
+    assert_eq!(received, expected);
+}

@@ -85,6 +85,8 @@ enum Ending {
     ClosedByServer(u16, &'static str),
     CloseTimedOut,
     WriteFailed(String),
+    /// Cut on purpose (`--chaos drop=P`).
+    Chaos,
 }
 
 impl std::fmt::Display for Ending {
@@ -95,6 +97,7 @@ impl std::fmt::Display for Ending {
             Ending::ClosedByServer(code, why) => write!(f, "closed by server ({code}: {why})"),
             Ending::CloseTimedOut => write!(f, "client did not answer the close frame"),
             Ending::WriteFailed(e) => write!(f, "write failed ({e})"),
+            Ending::Chaos => write!(f, "cut on purpose (--chaos)"),
         }
     }
 }
@@ -200,6 +203,8 @@ struct Writer {
     /// the outbox closed.
     stopped: bool,
     failed: bool,
+    /// Delays and fragments what goes out (`--chaos`).
+    shaper: Option<Box<super::chaos::Shaper>>,
 }
 
 impl Writer {
@@ -262,7 +267,7 @@ impl Writer {
                 Poll::Ready(ready) => ready?,
                 Poll::Pending => return Ok(()),
             }
-            match outbox.poll_recv(cx) {
+            match super::chaos::poll_recv(&mut self.shaper, outbox, cx) {
                 Poll::Ready(Some(frame)) => {
                     ws.start_send_unpin(frame)?;
                     self.unflushed = true;
@@ -305,7 +310,9 @@ impl Writer {
         if !self.stopped {
             let mut ok = true;
             while ok {
-                let Ok(frame) = outbox.try_recv() else { break };
+                let Some(frame) = super::chaos::try_recv(&mut self.shaper, outbox) else {
+                    break;
+                };
                 ok = ws.feed(frame).await.is_ok();
             }
             if let Some(frame) = close.filter(|_| ok) {
@@ -459,7 +466,9 @@ pub(super) async fn run<S>(
         unflushed: false,
         stopped: false,
         failed: false,
+        shaper: super::chaos::Shaper::new(shared.config.chaos.as_deref()),
     };
+    let mut faults = super::chaos::Faults::new(shared.config.chaos.as_deref());
     let reader = Reader::new();
     let mut closer = Closer {
         closing: false,
@@ -497,6 +506,17 @@ pub(super) async fn run<S>(
             () = &mut stopping, if !closer.is_closing() => {
                 closer.close(close::GOING_AWAY, "server shutting down");
             }
+            fault = faults.next(), if !closer.is_closing() => match fault {
+                super::chaos::Fault::Close => closer.close(close::GOING_AWAY, "chaos: closed on purpose"),
+                super::chaos::Fault::Drop => {
+                    // No close frame, nothing more written: the socket is just dropped.
+                    writer.stop(&mut registration.outbox);
+                    writer.failed = true;
+                    closer.frame = None;
+                    closer.ending = Some(Ending::Chaos);
+                    break;
+                }
+            },
             code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
                 // Counted once, whether the hub or the outbox said so first.

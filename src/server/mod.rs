@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
 
 mod access;
+pub mod chaos;
 mod cluster_conn;
 mod conn;
 mod http;
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// One of several instances sharing rooms through Redis (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Misbehave on purpose (`--chaos`).
+    pub chaos: Option<Arc<chaos::Chaos>>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             access: Access::default(),
             tls: None,
             cluster: None,
+            chaos: None,
         }
     }
 }
@@ -129,6 +133,13 @@ pub async fn run(
         echo: config.echo,
         history: config.history,
     };
+    if let Some(chaos) = &config.chaos {
+        tracing::warn!(
+            "CHAOS MODE: this server misbehaves on purpose ({}; --chaos-seed {} repeats it); do not use it for real chat",
+            chaos.spec,
+            chaos.seed
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let mut hub = Hub::new(hub_config, store.clone(), metrics.clone());
     if let Some(cluster) = &config.cluster {
