@@ -31,6 +31,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
             [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -140,6 +141,19 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             break
         }
+        'wschat;replay' {
+            [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Server URL (ws://, wss://; http:// and host:port also work)')
+            [CompletionResult]::new('--room', '--room', [CompletionResultType]::ParameterName, 'Send every message to this room (default: the room each was recorded in)')
+            [CompletionResult]::new('--speed', '--speed', [CompletionResultType]::ParameterName, 'Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the one before is acknowledged')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Give up connecting after this long')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Token for a server started with --token (sent as Authorization: Bearer)')
+            [CompletionResult]::new('--ca', '--ca', [CompletionResultType]::ParameterName, 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Fail (exit 7) when the server has not acknowledged a message within this long')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'wschat;completions' {
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour output: auto colours a terminal unless NO_COLOR is set')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -152,6 +166,7 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send messages and exit once the server has acknowledged them')
             [CompletionResult]::new('history', 'history', [CompletionResultType]::ParameterValue, 'Print a room''s history (from a running server) and exit')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections')
+            [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script (bash, zsh, fish, powershell, elvish)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -169,6 +184,9 @@ Register-ArgumentCompleter -Native -CommandName 'wschat' -ScriptBlock {
             break
         }
         'wschat;help;bench' {
+            break
+        }
+        'wschat;help;replay' {
             break
         }
         'wschat;help;completions' {

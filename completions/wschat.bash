@@ -31,6 +31,9 @@ _wschat() {
             wschat,join)
                 cmd="wschat__subcmd__join"
                 ;;
+            wschat,replay)
+                cmd="wschat__subcmd__replay"
+                ;;
             wschat,send)
                 cmd="wschat__subcmd__send"
                 ;;
@@ -52,6 +55,9 @@ _wschat() {
             wschat__subcmd__help,join)
                 cmd="wschat__subcmd__help__subcmd__join"
                 ;;
+            wschat__subcmd__help,replay)
+                cmd="wschat__subcmd__help__subcmd__replay"
+                ;;
             wschat__subcmd__help,send)
                 cmd="wschat__subcmd__help__subcmd__send"
                 ;;
@@ -65,7 +71,7 @@ _wschat() {
 
     case "${cmd}" in
         wschat)
-            opts="-h -V --color --help --version serve join send history bench completions help"
+            opts="-h -V --color --help --version serve join send history bench replay completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -163,7 +169,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help)
-            opts="serve join send history bench completions help"
+            opts="serve join send history bench replay completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -233,6 +239,20 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help__subcmd__join)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__replay)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -372,6 +392,52 @@ _wschat() {
                     return 0
                     ;;
                 --record)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__replay)
+            opts="-h --url --room --speed --connect-timeout --token --ca --timeout --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --speed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -28,6 +28,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+            cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -131,6 +132,18 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'wschat;replay'= {
+            cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
+            cand --room 'Send every message to this room (default: the room each was recorded in)'
+            cand --speed 'Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the one before is acknowledged'
+            cand --connect-timeout 'Give up connecting after this long'
+            cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
+            cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
+            cand --timeout 'Fail (exit 7) when the server has not acknowledged a message within this long'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'wschat;completions'= {
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand -h 'Print help'
@@ -142,6 +155,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+            cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -154,6 +168,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
         &'wschat;help;history'= {
         }
         &'wschat;help;bench'= {
+        }
+        &'wschat;help;replay'= {
         }
         &'wschat;help;completions'= {
         }

@@ -34,6 +34,7 @@ complete -c wschat -n "__fish_wschat_needs_command" -f -a "join" -d 'Join a room
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
@@ -131,14 +132,26 @@ never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l quiet-receivers -d 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l json -d 'Print one JSON object with every figure instead of the table'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l room -d 'Send every message to this room (default: the room each was recorded in)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l speed -d 'Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the one before is acknowledged' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l timeout -d 'Fail (exit 7) when the server has not acknowledged a message within this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

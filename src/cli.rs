@@ -62,6 +62,10 @@ pub enum Command {
     /// connections.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Send the chat messages a `join --record` kept, under their senders' names, with the
+    /// recorded gaps; exit once every one is acknowledged.
+    #[command(after_help = exit::TABLE)]
+    Replay(ReplayArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions {
         #[arg(value_enum)]
@@ -482,6 +486,7 @@ pub enum Mode {
     Send(SendConfig),
     History(HistoryConfig),
     Bench(BenchConfig),
+    Replay(crate::client::replay::ReplayConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -651,7 +656,62 @@ impl Cli {
                 })
             }
             Command::Bench(a) => Mode::Bench(a.into_config()?),
+            Command::Replay(a) => Mode::Replay(a.into_config()?),
             Command::Completions { shell } => Mode::Completions(shell),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A file written by `wschat join --record`.
+    pub file: PathBuf,
+    /// Server URL (ws://, wss://; http:// and host:port also work).
+    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Send every message to this room (default: the room each was recorded in).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the
+    /// one before is acknowledged.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub speed: f64,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust the CA in this PEM file for wss:// (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Fail (exit 7) when the server has not acknowledged a message within this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl ReplayArgs {
+    fn into_config(self) -> Result<crate::client::replay::ReplayConfig, clap::Error> {
+        if !(self.speed.is_finite() && (self.speed == 0.0 || self.speed >= 0.001)) {
+            return Err(usage("--speed must be 0 (no gaps) or at least 0.001"));
+        }
+        let client = ClientArgs {
+            url: self.url,
+            room: self
+                .room
+                .clone()
+                .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_owned()),
+            json: false,
+            connect_timeout: self.connect_timeout,
+            token: self.token,
+            ca: self.ca,
+        };
+        Ok(crate::client::replay::ReplayConfig {
+            file: self.file,
+            target: client.target("replay", true)?,
+            room: self.room,
+            speed: self.speed,
+            ack_timeout: self.timeout,
         })
     }
 }

@@ -351,3 +351,181 @@ fn chaos_delay_and_fragments_keep_every_message_whole_and_in_order() {
     expected.push("end");
     assert_eq!(received, expected);
 }
+
+// ---- join --record, replay ------------------------------------------------------------------
+
+#[test]
+fn join_record_appends_every_event_with_its_arrival_time() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.ndjson");
+    std::fs::write(&file, "").unwrap();
+    let path = file.to_str().unwrap();
+    let mut alice = join(
+        &server.url,
+        "alice",
+        &["--record", path, "--until", "^two$"],
+    );
+    send(&server.url, "bob", Some("one"), &[]).assert_code(0);
+    send(&server.url, "carol", Some("two"), &[]).assert_code(0);
+    alice.finish(GUARD).assert_code(0);
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for line in &lines {
+        let at = line["at"].as_str().unwrap();
+        // RFC 3339, UTC, milliseconds.
+        assert_eq!(at.len(), "2026-12-07T08:00:00.123Z".len(), "{at}");
+        assert!(at.ends_with('Z') && at.as_bytes()[19] == b'.', "{at}");
+        assert!(line["event"].is_object(), "{line}");
+    }
+    assert_eq!(lines[0]["event"]["event"], "welcome", "{:?}", lines[0]);
+    let chats: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l["event"]["type"] == "chat")
+        .map(|l| {
+            (
+                l["event"]["username"].as_str().unwrap(),
+                l["event"]["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(chats, vec![("bob", "one"), ("carol", "two")]);
+}
+
+/// A recording of `lines` (sender, text, milliseconds after the first), as `join --record`
+/// writes it.
+fn recording(dir: &std::path::Path, lines: &[(&str, &str, u64)]) -> String {
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let mut text = String::new();
+    for (i, (from, message, ms)) in lines.iter().enumerate() {
+        let at = humantime::format_rfc3339_millis(start + std::time::Duration::from_millis(*ms));
+        let event = serde_json::json!({"type": "chat", "id": i + 1, "room": "lobby",
+            "username": from, "message": message, "timestamp": at.to_string()});
+        text.push_str(&serde_json::json!({"at": at.to_string(), "event": event}).to_string());
+        text.push('\n');
+    }
+    let file = dir.join("recorded.ndjson");
+    std::fs::write(&file, text).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn replay_sends_a_recording_under_the_senders_names_in_order() {
+    // Recorded on one server...
+    let first = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.ndjson");
+    let path = file.to_str().unwrap();
+    let mut alice = join(&first.url, "alice", &["--record", path, "--until", "^bye$"]);
+    for (from, text) in [
+        ("bob", "hi"),
+        ("carol", "hello bob"),
+        ("bob", "how are you"),
+        ("carol", "bye"),
+    ] {
+        send(&first.url, from, Some(text), &[]).assert_code(0);
+    }
+    alice.finish(GUARD).assert_code(0);
+    // ...replayed on another, to a room of its choosing.
+    let second = Server::start(&[]);
+    let mut dave = ws_connect(&second.url, "name=dave&room=dev");
+    while next_event(&mut dave)["type"] != "synced" {}
+    let done = run(
+        &[
+            "replay",
+            path,
+            "--url",
+            &second.url,
+            "--room",
+            "dev",
+            "--speed",
+            "0",
+        ],
+        None,
+    );
+    done.assert_code(0);
+    assert_eq!(done.stdout, Vec::<String>::new());
+    assert_eq!(done.stderr_lines(), Vec::<&str>::new());
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        // Quiet senders: no join or leave notices in between.
+        let chat = next_message(&mut dave);
+        assert_eq!(chat["type"], "chat", "{chat}");
+        assert_eq!(chat["room"], "dev", "{chat}");
+        got.push(format!(
+            "{}: {}",
+            chat["username"].as_str().unwrap(),
+            chat["message"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            "bob: hi",
+            "carol: hello bob",
+            "bob: how are you",
+            "carol: bye"
+        ]
+    );
+}
+
+#[test]
+fn replay_keeps_the_recorded_gaps_divided_by_speed() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = recording(
+        dir.path(),
+        &[("bob", "now", 0), ("bob", "two seconds later", 2000)],
+    );
+    let mut dave = ws_member(&server.url, "dave");
+    let done = run(
+        &["replay", &path, "--url", &server.url, "--speed", "4"],
+        None,
+    );
+    done.assert_code(0);
+    assert!(
+        done.elapsed >= std::time::Duration::from_millis(500),
+        "a 2 s gap at --speed 4 took {:?}",
+        done.elapsed
+    );
+    assert_eq!(next_chat(&mut dave)["message"], "now");
+    assert_eq!(next_chat(&mut dave)["message"], "two seconds later");
+}
+
+#[test]
+fn replay_names_the_bad_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recording(dir.path(), &[("bob", "fine", 0)]);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"at\": \"not a time\", \"event\": {}}\n");
+    std::fs::write(&path, text).unwrap();
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let done = run(&["replay", &path, "--url", &url], None);
+    done.assert_code(2);
+    let lines = done.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "wschat: error: {path}:2: \"at\" is not an RFC 3339 time"
+        )),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn replay_exits_like_send_when_the_server_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = recording(dir.path(), &[("bob", "hi", 0)]);
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let done = run(&["replay", &path, "--url", &url], None);
+    done.assert_code(3);
+    assert!(
+        done.stderr.contains("connection refused"),
+        "{}",
+        done.stderr
+    );
+    assert_no_panic(&done.stderr);
+}

@@ -9,6 +9,7 @@ pub mod input;
 pub mod join;
 pub mod record;
 pub mod render;
+pub mod replay;
 pub mod send;
 
 use std::time::Duration;
