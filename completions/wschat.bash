@@ -22,6 +22,9 @@ _wschat() {
             wschat,completions)
                 cmd="wschat__subcmd__completions"
                 ;;
+            wschat,doctor)
+                cmd="wschat__subcmd__doctor"
+                ;;
             wschat,help)
                 cmd="wschat__subcmd__help"
                 ;;
@@ -45,6 +48,9 @@ _wschat() {
                 ;;
             wschat__subcmd__help,completions)
                 cmd="wschat__subcmd__help__subcmd__completions"
+                ;;
+            wschat__subcmd__help,doctor)
+                cmd="wschat__subcmd__help__subcmd__doctor"
                 ;;
             wschat__subcmd__help,help)
                 cmd="wschat__subcmd__help__subcmd__help"
@@ -71,7 +77,7 @@ _wschat() {
 
     case "${cmd}" in
         wschat)
-            opts="-h -V --color --help --version serve join send history bench replay completions help"
+            opts="-h -V --color --help --version serve join send history bench replay doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -168,8 +174,42 @@ _wschat() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        wschat__subcmd__doctor)
+            opts="-h --json --timeout --pings --token --ca --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pings)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         wschat__subcmd__help)
-            opts="serve join send history bench replay completions help"
+            opts="serve join send history bench replay doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -197,6 +237,20 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

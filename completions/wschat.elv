@@ -29,6 +29,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
             cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
+            cand doctor 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -144,6 +145,16 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'wschat;doctor'= {
+            cand --timeout 'Longest wait of each step'
+            cand --pings 'Round trips to time'
+            cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
+            cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --json 'Print one JSON object with every step instead of lines'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'wschat;completions'= {
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand -h 'Print help'
@@ -156,6 +167,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
             cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
+            cand doctor 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -170,6 +182,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
         &'wschat;help;bench'= {
         }
         &'wschat;help;replay'= {
+        }
+        &'wschat;help;doctor'= {
         }
         &'wschat;help;completions'= {
         }

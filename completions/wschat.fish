@@ -35,6 +35,7 @@ complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messag
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "doctor" -d 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
@@ -143,15 +144,25 @@ complete -c wschat -n "__fish_wschat_using_subcommand replay" -l color -d 'When 
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand replay" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l timeout -d 'Longest wait of each step' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l pings -d 'Round trips to time' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l json -d 'Print one JSON object with every step instead of lines'
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "doctor" -d 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -66,6 +66,10 @@ pub enum Command {
     /// recorded gaps; exit once every one is acknowledged.
     #[command(after_help = exit::TABLE)]
     Replay(ReplayArgs),
+    /// Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close)
+    /// and say what to try when a step fails.
+    #[command(after_help = exit::TABLE)]
+    Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     Completions {
         #[arg(value_enum)]
@@ -487,6 +491,7 @@ pub enum Mode {
     History(HistoryConfig),
     Bench(BenchConfig),
     Replay(crate::client::replay::ReplayConfig),
+    Doctor(crate::client::doctor::DoctorConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -657,6 +662,7 @@ impl Cli {
             }
             Command::Bench(a) => Mode::Bench(a.into_config()?),
             Command::Replay(a) => Mode::Replay(a.into_config()?),
+            Command::Doctor(a) => Mode::Doctor(a.into_config()?),
             Command::Completions { shell } => Mode::Completions(shell),
         })
     }
@@ -712,6 +718,48 @@ impl ReplayArgs {
             room: self.room,
             speed: self.speed,
             ack_timeout: self.timeout,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The endpoint (ws://, wss://; http:// and host:port also work).
+    #[arg(default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Print one JSON object with every step instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait of each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Round trips to time.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub pings: u64,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust the CA in this PEM file for wss:// (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl DoctorArgs {
+    fn into_config(self) -> Result<crate::client::doctor::DoctorConfig, clap::Error> {
+        if self.timeout.is_zero() {
+            return Err(usage("--timeout must be more than 0"));
+        }
+        Ok(crate::client::doctor::DoctorConfig {
+            url: connect::parse_url(&self.url).map_err(usage)?,
+            json: self.json,
+            timeout: self.timeout,
+            token: self.token,
+            tls: match &self.ca {
+                Some(ca) => Some(tls::client_config(ca).map_err(|e| usage(format!("{e:#}")))?),
+                None => None,
+            },
+            // At most 100 (clap checks).
+            pings: usize::try_from(self.pings).unwrap_or(5),
         })
     }
 }

@@ -529,3 +529,138 @@ fn replay_exits_like_send_when_the_server_is_not_there() {
     );
     assert_no_panic(&done.stderr);
 }
+
+// ---- doctor ---------------------------------------------------------------------------------
+
+/// The step names and statuses of doctor's lines: `("ok", "tcp")`.
+fn steps(stdout: &[String]) -> Vec<(String, String)> {
+    stdout
+        .iter()
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            (
+                words.next().unwrap_or_default().to_owned(),
+                words.next().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_passes_every_step_against_a_wschat_server() {
+    let server = Server::start(&[]);
+    let done = run(&["doctor", &server.url], None);
+    done.assert_code(0);
+    let names: Vec<(String, String)> = ["resolve", "tcp", "upgrade", "server", "ping", "close"]
+        .iter()
+        .map(|s| ("ok".to_owned(), (*s).to_owned()))
+        .collect();
+    assert_eq!(steps(&done.stdout), names, "{:#?}", done.stdout);
+    assert!(
+        done.stdout[2].contains("subprotocol wschat.v1"),
+        "{}",
+        done.stdout[2]
+    );
+    assert!(
+        done.stdout[3].contains("a wschat server, protocol version 1"),
+        "{}",
+        done.stdout[3]
+    );
+    assert!(
+        done.stdout[4].contains("5 round trips: min "),
+        "{}",
+        done.stdout[4]
+    );
+    assert!(done.stdout[5].contains("(code 1000)"), "{}", done.stdout[5]);
+    assert_eq!(done.stderr_lines(), Vec::<&str>::new());
+}
+
+#[test]
+fn doctor_json_is_one_object_with_every_step() {
+    let server = Server::start(&["--raw"]);
+    let done = run(&["doctor", &server.url, "--json", "--pings", "3"], None);
+    done.assert_code(0);
+    assert_eq!(done.stdout.len(), 1, "{:#?}", done.stdout);
+    let report: Value = serde_json::from_str(&done.stdout[0]).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["exit"], 0);
+    let steps = report["steps"].as_array().unwrap();
+    let server_step = steps.iter().find(|s| s["step"] == "server").unwrap();
+    assert_eq!(server_step["kind"], "relay", "{server_step}");
+    let ping = steps.iter().find(|s| s["step"] == "ping").unwrap();
+    assert_eq!(ping["pings"], 3);
+    assert!(ping["min_ms"].as_f64().unwrap() <= ping["max_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn doctor_says_what_to_try_and_exits_with_the_failing_steps_code() {
+    // Refused: 3.
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let done = run(&["doctor", &url], None);
+    done.assert_code(3);
+    assert_eq!(
+        steps(&done.stdout)[1],
+        ("FAIL".to_owned(), "tcp".to_owned())
+    );
+    assert!(
+        done.stdout[1].contains("connection refused — try: is 'wschat serve' running"),
+        "{:#?}",
+        done.stdout
+    );
+    assert_eq!(done.stderr_lines().len(), 1, "{}", done.stderr);
+    // A token refused: 4; with it, all passes.
+    let server = Server::start(&["--token", "s3cret"]);
+    let done = run(&["doctor", &server.url], None);
+    done.assert_code(4);
+    let last = done.stdout.last().unwrap();
+    assert!(last.starts_with("FAIL  upgrade  HTTP 401"), "{last}");
+    assert!(last.contains("pass --token"), "{last}");
+    run(&["doctor", &server.url, "--token", "s3cret"], None).assert_code(0);
+}
+
+#[test]
+fn doctor_checks_tls_and_suggests_ca_for_a_private_one() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    let mut proc = Proc::spawn(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--tls-cert",
+            &path("cert.pem"),
+            "--tls-key",
+            &path("key.pem"),
+        ],
+        Stdin::Null,
+    );
+    let line = proc.next_line();
+    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+
+    let done = run(&["doctor", &url, "--ca", &path("ca.pem")], None);
+    done.assert_code(0);
+    let tls = done
+        .stdout
+        .iter()
+        .find(|l| l.starts_with("ok    tls"))
+        .unwrap();
+    assert!(tls.contains("TLSv1.3"), "{tls}");
+    assert!(tls.contains("for 127.0.0.1, localhost"), "{tls}");
+    assert!(tls.contains("expires "), "{tls}");
+
+    let done = run(&["doctor", &url], None);
+    done.assert_code(3);
+    let tls = done.stdout.last().unwrap();
+    assert!(tls.starts_with("FAIL  tls"), "{tls}");
+    assert!(tls.contains("--ca FILE"), "{tls}");
+}

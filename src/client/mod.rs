@@ -2,6 +2,7 @@
 //! layer and one renderer.
 
 pub mod connect;
+pub mod doctor;
 pub mod exec;
 pub mod history;
 pub mod hooks;
