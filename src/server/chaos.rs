@@ -154,7 +154,8 @@ pub enum Fault {
 }
 
 /// One connection's faults: a draw once a second.
-pub struct Faults(Option<(fastrand::Rng, f64, f64, Interval)>);
+/// Boxed: a connection without chaos carries one pointer.
+pub struct Faults(Option<Box<(fastrand::Rng, f64, f64, Interval)>>);
 
 impl Faults {
     pub fn new(chaos: Option<&Chaos>) -> Faults {
@@ -164,16 +165,17 @@ impl Faults {
                 .map(|c| {
                     let second = Duration::from_secs(1);
                     let tick = tokio::time::interval_at(Instant::now() + second, second);
-                    (c.rng(), c.spec.drop, c.spec.close, tick)
+                    Box::new((c.rng(), c.spec.drop, c.spec.close, tick))
                 }),
         )
     }
 
     /// The next fault; never, without `drop` or `close`.
     pub async fn next(&mut self) -> Fault {
-        let Some((rng, drop, close, tick)) = &mut self.0 else {
+        let Some(faults) = &mut self.0 else {
             return std::future::pending().await;
         };
+        let (rng, drop, close, tick) = &mut **faults;
         loop {
             tick.tick().await;
             if rng.f64() < *drop {
