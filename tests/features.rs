@@ -664,3 +664,79 @@ fn doctor_checks_tls_and_suggests_ca_for_a_private_one() {
     assert!(tls.starts_with("FAIL  tls"), "{tls}");
     assert!(tls.contains("--ca FILE"), "{tls}");
 }
+
+#[test]
+fn join_exec_output_is_bounded_in_bytes_and_lines() {
+    let server = Server::start(&[]);
+    let script = r#"case "$WSCHAT_TEXT" in flood) yes;; many) seq 1 100;; *) echo "after $WSCHAT_TEXT";; esac"#;
+    let mut bot = join(&server.url, "bot", &["--exec", script]);
+    let mut carol = ws_member(&server.url, "carol");
+    for text in ["flood", "many", "x"] {
+        send_text(&mut carol, text);
+    }
+    // An endless command is killed once it printed 16 KiB; 20 lines of it are sent.
+    for _ in 0..20 {
+        assert_eq!(next_chat(&mut carol)["message"], "y");
+    }
+    for n in 1..=20 {
+        assert_eq!(next_chat(&mut carol)["message"], n.to_string());
+    }
+    assert_eq!(next_chat(&mut carol)["message"], "after x");
+    let stderr = bot.stderr_so_far();
+    assert!(
+        stderr.contains("printed more than 16384 bytes; killed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("printed 100 lines; sending the first 20"),
+        "{stderr}"
+    );
+    assert!(bot.is_running());
+}
+
+#[test]
+fn join_until_and_exec_work_with_a_plain_relay() {
+    let server = Server::start(&["--raw"]);
+    // A relay registers a client before its handshake is answered: `connected` is enough.
+    let mut alice = join(&server.url, "alice", &["--until", "^done$"]);
+    let _bot = join(&server.url, "bot", &["--exec", "tr a-z A-Z"]);
+    let mut carol = ws_connect(&server.url, "");
+    send(&server.url, "bob", Some("hi"), &[]).assert_code(0);
+    loop {
+        match next_frame(&mut carol) {
+            tungstenite::Message::Text(t) if t.as_str() == "bot says: HI" => break,
+            _ => {}
+        }
+    }
+    send(&server.url, "bob", Some("done"), &[]).assert_code(0);
+    let done = alice.finish(GUARD);
+    done.assert_code(0);
+    assert_eq!(
+        done.stdout.last().unwrap(),
+        "[alice] received: bob says: done"
+    );
+}
+
+#[test]
+fn join_record_to_a_file_it_cannot_open_fails_before_connecting() {
+    let url = format!("ws://127.0.0.1:{}", closed_port());
+    let done = run(
+        &[
+            "join",
+            "alice",
+            "--url",
+            &url,
+            "--record",
+            "/nonexistent/dir/chat.ndjson",
+        ],
+        None,
+    );
+    // 1 (an I/O error), not 3: nothing was tried on the network.
+    done.assert_code(1);
+    let lines = done.stderr_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("wschat: error: cannot open --record /nonexistent/dir/chat.ndjson:"),
+        "{lines:?}"
+    );
+}

@@ -88,9 +88,11 @@ impl Hooks {
             // Our own line, echoed by the relay.
             return Ok(());
         }
+        // A wschat client's line through a relay: its text is what follows `NAME says: `.
+        let (from, said) = text.split_once(" says: ").unwrap_or(("", text));
         self.check(text);
+        self.check(said);
         if let Some(exec) = &mut self.exec {
-            let (from, said) = text.split_once(" says: ").unwrap_or(("", text));
             exec.submit(exec::Job {
                 from: from.to_owned(),
                 room: String::new(),

@@ -295,6 +295,7 @@ fn is_terminal(frame: Option<&CloseFrame>) -> bool {
 
 pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
     let mut signals = Signals::new()?;
+    let hooks = Hooks::start(&config.hooks)?;
     let mut target = config.target.clone();
     // The first connection must work: a wrong URL or a name taken fails at once.
     let mut connection = tokio::select! {
@@ -317,7 +318,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         renaming: None,
         lost_at: None,
         received: 0,
-        hooks: Hooks::start(&config.hooks)?,
+        hooks,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut attempt = 0u32;
