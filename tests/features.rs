@@ -191,12 +191,18 @@ fn join_exec_does_not_answer_its_own_messages() {
 #[test]
 fn join_exec_with_jobs_runs_commands_at_once_and_sends_in_order() {
     let server = Server::start(&[]);
-    // The first command waits until the second has run: only possible when both run at once.
+    // The first command reads a FIFO that only the second one writes: it can finish only
+    // when both run at once, and it finishes after the second one.
     let dir = tempfile::tempdir().unwrap();
-    let flag = dir.path().join("second-ran");
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
     let script = format!(
-        r#"if [ "$WSCHAT_TEXT" = first ]; then while [ ! -e {0} ]; do sleep 0.01; done; else touch {0}; fi; echo "did $WSCHAT_TEXT""#,
-        flag.display()
+        r#"if [ "$WSCHAT_TEXT" = first ]; then cat {0} > /dev/null; else echo go > {0}; fi; echo "did $WSCHAT_TEXT""#,
+        fifo.display()
     );
     let _bot = join(&server.url, "bot", &["--exec", &script, "--jobs", "2"]);
     let mut carol = ws_member(&server.url, "carol");
