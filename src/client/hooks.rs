@@ -103,6 +103,14 @@ impl Hooks {
         Ok(())
     }
 
+    /// A binary frame from a plain relay: recorded as `join --json` shows it.
+    pub fn relay_binary(&mut self, len: usize) -> anyhow::Result<()> {
+        match &mut self.record {
+            Some(record) => record.write(&json!({"type": "raw", "binary": true, "bytes": len})),
+            None => Ok(()),
+        }
+    }
+
     fn check(&mut self, text: &str) {
         if self.until.as_ref().is_some_and(|re| re.is_match(text)) {
             self.matched = true;

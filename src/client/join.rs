@@ -161,6 +161,7 @@ impl Session {
             (_, Message::Binary(bytes)) => {
                 let line = self.renderer.relay_binary(bytes.len());
                 self.print(line)?;
+                self.hooks.relay_binary(bytes.len())?;
                 Ok(1)
             }
             _ => Ok(0),
