@@ -747,3 +747,17 @@ fn join_record_to_a_file_it_cannot_open_fails_before_connecting() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn join_exec_takes_any_text_even_a_nul() {
+    let server = Server::start(&[]);
+    let _bot = join(
+        &server.url,
+        "bot",
+        &["--exec", "od -An -c | tr -s ' ' | head -1"],
+    );
+    let mut carol = ws_member(&server.url, "carol");
+    send_text(&mut carol, r#"{"type":"chat","content":"a\u0000b"}"#);
+    // stdin has the text exactly, NUL included.
+    assert_eq!(next_chat(&mut carol)["message"], " a \\0 b \\n");
+}

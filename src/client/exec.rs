@@ -91,10 +91,11 @@ async fn run(config: &ExecConfig, job: Job) -> Vec<String> {
     command
         .arg("-c")
         .arg(&config.command)
-        .env("WSCHAT_FROM", &job.from)
-        .env("WSCHAT_ROOM", &job.room)
+        .env("WSCHAT_FROM", job.from.replace('\0', "\u{fffd}"))
+        .env("WSCHAT_ROOM", job.room.replace('\0', "\u{fffd}"))
         .env("WSCHAT_ID", job.id.to_string())
-        .env("WSCHAT_TEXT", &job.text)
+        // An environment variable cannot hold NUL; stdin has the text exactly.
+        .env("WSCHAT_TEXT", job.text.replace('\0', "\u{fffd}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
