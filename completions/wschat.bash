@@ -22,6 +22,9 @@ _wschat() {
             wschat,completions)
                 cmd="wschat__subcmd__completions"
                 ;;
+            wschat,doctor)
+                cmd="wschat__subcmd__doctor"
+                ;;
             wschat,help)
                 cmd="wschat__subcmd__help"
                 ;;
@@ -30,6 +33,9 @@ _wschat() {
                 ;;
             wschat,join)
                 cmd="wschat__subcmd__join"
+                ;;
+            wschat,replay)
+                cmd="wschat__subcmd__replay"
                 ;;
             wschat,send)
                 cmd="wschat__subcmd__send"
@@ -43,6 +49,9 @@ _wschat() {
             wschat__subcmd__help,completions)
                 cmd="wschat__subcmd__help__subcmd__completions"
                 ;;
+            wschat__subcmd__help,doctor)
+                cmd="wschat__subcmd__help__subcmd__doctor"
+                ;;
             wschat__subcmd__help,help)
                 cmd="wschat__subcmd__help__subcmd__help"
                 ;;
@@ -51,6 +60,9 @@ _wschat() {
                 ;;
             wschat__subcmd__help,join)
                 cmd="wschat__subcmd__help__subcmd__join"
+                ;;
+            wschat__subcmd__help,replay)
+                cmd="wschat__subcmd__help__subcmd__replay"
                 ;;
             wschat__subcmd__help,send)
                 cmd="wschat__subcmd__help__subcmd__send"
@@ -65,7 +77,7 @@ _wschat() {
 
     case "${cmd}" in
         wschat)
-            opts="-h -V --color --help --version serve join send history bench completions help"
+            opts="-h -V --color --help --version serve join send history bench replay doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -162,8 +174,42 @@ _wschat() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        wschat__subcmd__doctor)
+            opts="-h --json --timeout --pings --token --ca --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pings)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         wschat__subcmd__help)
-            opts="serve join send history bench completions help"
+            opts="serve join send history bench replay doctor completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -191,6 +237,20 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -233,6 +293,20 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__help__subcmd__join)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__help__subcmd__replay)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -321,7 +395,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__join)
-            opts="-h --url --room --json --connect-timeout --token --ca --count --for --no-reconnect --color --help"
+            opts="-h --url --room --json --connect-timeout --token --ca --count --for --no-reconnect --until --exec --jobs --exec-timeout --record --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -352,6 +426,72 @@ _wschat() {
                     return 0
                     ;;
                 --for)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exec-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --record)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --color)
+                    COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        wschat__subcmd__replay)
+            opts="-h --url --room --speed --connect-timeout --token --ca --timeout --color --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --speed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -417,7 +557,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__serve)
-            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --outbox-bytes --grace --drain-delay --history --keep --keep-bytes --db --redis --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --public-url --tls-cert --tls-key --log-format --color --help"
+            opts="-p -h --host --port --echo --raw --max-message-bytes --outbox --outbox-bytes --grace --drain-delay --history --keep --keep-bytes --db --redis --rate --burst --flood-timeout --max-clients --max-per-ip --ping-interval --handshake-timeout --token --token-file --allow-origin --public-url --tls-cert --tls-key --log-format --chaos --chaos-seed --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -529,6 +669,14 @@ _wschat() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --chaos)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chaos-seed)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --color)

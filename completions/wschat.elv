@@ -28,6 +28,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+            cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
+            cand doctor 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -59,6 +61,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --tls-cert 'Serve wss:// and https:// with this PEM certificate (chain)'
             cand --tls-key 'The PEM private key of --tls-cert'
             cand --log-format 'Log format on stderr'
+            cand --chaos 'Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection without a close frame with probability P per second), close=P (the same with close 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N (send messages in N-byte fragments). Stored messages are never lost'
+            cand --chaos-seed 'Seed for --chaos''s random choices, to repeat a run'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --echo 'Send each message back to its sender too'
             cand --raw 'Plain relay: frames (text or binary) go out exactly as they came in; no JSON envelopes, no notices'
@@ -73,6 +77,11 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
             cand --count 'Exit 0 after receiving this many chat messages'
             cand --for 'Exit 0 after this long (e.g. 30s, 5m)'
+            cand --until 'Exit 0 once a chat message received matches this regular expression (its text; with --json too). With --for, exit 7 when none did in time'
+            cand --exec 'For each chat message from others, run CMD with `sh -c`: the text on its stdin and in WSCHAT_TEXT, with WSCHAT_FROM, WSCHAT_ROOM and WSCHAT_ID; each line it prints is sent to the room. One at a time, in order; a failure is reported on stderr'
+            cand --jobs 'Commands --exec runs at once (their lines are still sent in the messages'' order)'
+            cand --exec-timeout 'Kill an --exec command (and what it started) after this long'
+            cand --record 'Append every received event to FILE as NDJSON with its arrival time (for `wschat replay`)'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --json 'Print one JSON object per line instead of text'
             cand --no-reconnect 'Exit (code 5) when the connection is lost instead of reconnecting'
@@ -124,6 +133,28 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'wschat;replay'= {
+            cand --url 'Server URL (ws://, wss://; http:// and host:port also work)'
+            cand --room 'Send every message to this room (default: the room each was recorded in)'
+            cand --speed 'Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the one before is acknowledged'
+            cand --connect-timeout 'Give up connecting after this long'
+            cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
+            cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
+            cand --timeout 'Fail (exit 7) when the server has not acknowledged a message within this long'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
+        &'wschat;doctor'= {
+            cand --timeout 'Longest wait of each step'
+            cand --pings 'Round trips to time'
+            cand --token 'Token for a server started with --token (sent as Authorization: Bearer)'
+            cand --ca 'Trust the CA in this PEM file for wss:// (instead of the system''s roots)'
+            cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
+            cand --json 'Print one JSON object with every step instead of lines'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'wschat;completions'= {
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand -h 'Print help'
@@ -135,6 +166,8 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand send 'Send messages and exit once the server has acknowledged them'
             cand history 'Print a room''s history (from a running server) and exit'
             cand bench 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+            cand replay 'Send the chat messages a `join --record` kept, under their senders'' names, with the recorded gaps; exit once every one is acknowledged'
+            cand doctor 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
             cand completions 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -147,6 +180,10 @@ set edit:completion:arg-completer[wschat] = {|@words|
         &'wschat;help;history'= {
         }
         &'wschat;help;bench'= {
+        }
+        &'wschat;help;replay'= {
+        }
+        &'wschat;help;doctor'= {
         }
         &'wschat;help;completions'= {
         }

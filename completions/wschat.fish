@@ -34,6 +34,8 @@ complete -c wschat -n "__fish_wschat_needs_command" -f -a "join" -d 'Join a room
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
+complete -c wschat -n "__fish_wschat_needs_command" -f -a "doctor" -d 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
 complete -c wschat -n "__fish_wschat_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l host -d 'Address to listen on (0.0.0.0 for every interface)' -r
@@ -63,6 +65,8 @@ complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-cert -d 'Ser
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l tls-key -d 'The PEM private key of --tls-cert' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l log-format -d 'Log format on stderr' -r -f -a "text\t''
 json\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l chaos -d 'Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection without a close frame with probability P per second), close=P (the same with close 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N (send messages in N-byte fragments). Stored messages are never lost' -r
+complete -c wschat -n "__fish_wschat_using_subcommand serve" -l chaos-seed -d 'Seed for --chaos\'s random choices, to repeat a run' -r
 complete -c wschat -n "__fish_wschat_using_subcommand serve" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -76,6 +80,11 @@ complete -c wschat -n "__fish_wschat_using_subcommand join" -l token -d 'Token f
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l count -d 'Exit 0 after receiving this many chat messages' -r
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l for -d 'Exit 0 after this long (e.g. 30s, 5m)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l until -d 'Exit 0 once a chat message received matches this regular expression (its text; with --json too). With --for, exit 7 when none did in time' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l exec -d 'For each chat message from others, run CMD with `sh -c`: the text on its stdin and in WSCHAT_TEXT, with WSCHAT_FROM, WSCHAT_ROOM and WSCHAT_ID; each line it prints is sent to the room. One at a time, in order; a failure is reported on stderr' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l jobs -d 'Commands --exec runs at once (their lines are still sent in the messages\' order)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l exec-timeout -d 'Kill an --exec command (and what it started) after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand join" -l record -d 'Append every received event to FILE as NDJSON with its arrival time (for `wschat replay`)' -r -F
 complete -c wschat -n "__fish_wschat_using_subcommand join" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -124,14 +133,36 @@ never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l quiet-receivers -d 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l json -d 'Print one JSON object with every figure instead of the table'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l room -d 'Send every message to this room (default: the room each was recorded in)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l speed -d 'Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the one before is acknowledged' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l connect-timeout -d 'Give up connecting after this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l timeout -d 'Fail (exit 7) when the server has not acknowledged a message within this long' -r
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand replay" -s h -l help -d 'Print help'
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l timeout -d 'Longest wait of each step' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l pings -d 'Round trips to time' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l ca -d 'Trust the CA in this PEM file for wss:// (instead of the system\'s roots)' -r -F
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -l json -d 'Print one JSON object with every step instead of lines'
+complete -c wschat -n "__fish_wschat_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
-complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "serve" -d 'Run a chat server (HTTP and WebSocket on one port)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "join" -d 'Join a room: print what arrives, send each line typed or piped in'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "send" -d 'Send messages and exit once the server has acknowledged them'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "history" -d 'Print a room\'s history (from a running server) and exit'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "bench" -d 'Measure a WebSocket broadcast server: deliveries/s, losses and latency; or hold idle connections'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "replay" -d 'Send the chat messages a `join --record` kept, under their senders\' names, with the recorded gaps; exit once every one is acknowledged'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "doctor" -d 'Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close) and say what to try when a step fails'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, powershell, elvish)'
+complete -c wschat -n "__fish_wschat_using_subcommand help; and not __fish_seen_subcommand_from serve join send history bench replay doctor completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -17,6 +17,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<Exit> {
         Mode::Send(config) => client::send::run(config).await,
         Mode::History(config) => client::history::run(config).await,
         Mode::Bench(config) => bench::run(config).await,
+        Mode::Replay(config) => client::replay::run(config).await,
+        Mode::Doctor(config) => client::doctor::run(config).await,
         Mode::Completions(shell) => {
             generated::completions(shell, &mut std::io::stdout());
             Ok(Exit::Success)

@@ -112,6 +112,14 @@ pub enum Command {
     /// connections.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Send the chat messages a `join --record` kept, under their senders' names, with the
+    /// recorded gaps; exit once every one is acknowledged.
+    #[command(after_help = exit::TABLE)]
+    Replay(ReplayArgs),
+    /// Check an endpoint step by step (DNS, TCP, TLS, upgrade, server, round trips, close)
+    /// and say what to try when a step fails.
+    #[command(after_help = exit::TABLE)]
+    Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -242,6 +250,19 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Misbehave on purpose, to test clients: comma-separated drop=P (cut each connection
+    /// without a close frame with probability P per second), close=P (the same with close
+    /// 1001), delay=MIN-MAX (hold each outgoing frame that long, order kept), fragment=N
+    /// (send messages in N-byte fragments). Stored messages are never lost.
+    #[arg(long, value_name = "SPEC", value_parser = parse_chaos)]
+    pub chaos: Option<crate::server::chaos::ChaosSpec>,
+    /// Seed for --chaos's random choices, to repeat a run.
+    #[arg(long, value_name = "N", requires = "chaos")]
+    pub chaos_seed: Option<u64>,
+}
+
+fn parse_chaos(text: &str) -> Result<crate::server::chaos::ChaosSpec, String> {
+    crate::server::chaos::ChaosSpec::parse(text)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,6 +314,8 @@ pub struct JoinArgs {
     /// Exit (code 5) when the connection is lost instead of reconnecting.
     #[arg(long)]
     pub no_reconnect: bool,
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 #[derive(Debug, Args)]
@@ -541,6 +564,8 @@ pub enum Mode {
     Send(SendConfig),
     History(HistoryConfig),
     Bench(BenchConfig),
+    Replay(crate::client::replay::ReplayConfig),
+    Doctor(crate::client::doctor::DoctorConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -651,6 +676,8 @@ impl Command {
             Command::Send(_) => "send",
             Command::History(_) => "history",
             Command::Bench(_) => "bench",
+            Command::Replay(_) => "replay",
+            Command::Doctor(_) => "doctor",
             Command::Completions { .. } => "completions",
         }
     }
@@ -720,6 +747,9 @@ impl Cli {
                         ),
                         _ => None,
                     },
+                    chaos: a.chaos.map(|spec| {
+                        std::sync::Arc::new(crate::server::chaos::Chaos::new(spec, a.chaos_seed))
+                    }),
                 },
                 log_format: a.log_format,
                 host: a.host,
@@ -747,6 +777,7 @@ impl Cli {
                     duration: a.duration,
                     reconnect: !a.no_reconnect,
                     json: a.client.json,
+                    hooks: a.hooks.into_config()?,
                 })
             }
             Command::Send(a) => {
@@ -778,7 +809,154 @@ impl Cli {
                 })
             }
             Command::Bench(a) => Mode::Bench(a.into_config()?),
+            Command::Replay(a) => Mode::Replay(a.into_config()?),
+            Command::Doctor(a) => Mode::Doctor(a.into_config()?),
             Command::Completions { shell } => Mode::Completions(shell),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A file written by `wschat join --record`.
+    pub file: PathBuf,
+    /// Server URL (ws://, wss://; http:// and host:port also work).
+    #[arg(long, default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Send every message to this room (default: the room each was recorded in).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// Divide the recorded gaps by X (2: twice as fast); 0 sends each message as soon as the
+    /// one before is acknowledged.
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub speed: f64,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust the CA in this PEM file for wss:// (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Fail (exit 7) when the server has not acknowledged a message within this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl ReplayArgs {
+    fn into_config(self) -> Result<crate::client::replay::ReplayConfig, clap::Error> {
+        if !(self.speed.is_finite() && (self.speed == 0.0 || self.speed >= 0.001)) {
+            return Err(usage("--speed must be 0 (no gaps) or at least 0.001"));
+        }
+        let client = ClientArgs {
+            url: self.url,
+            room: self
+                .room
+                .clone()
+                .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_owned()),
+            json: false,
+            connect_timeout: self.connect_timeout,
+            token: self.token,
+            ca: self.ca,
+        };
+        Ok(crate::client::replay::ReplayConfig {
+            file: self.file,
+            target: client.target("replay", true)?,
+            room: self.room,
+            speed: self.speed,
+            ack_timeout: self.timeout,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The endpoint (ws://, wss://; http:// and host:port also work).
+    #[arg(default_value = "ws://localhost:8080", env = "WSCHAT_URL")]
+    pub url: String,
+    /// Print one JSON object with every step instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait of each step.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Round trips to time.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub pings: u64,
+    /// Token for a server started with --token (sent as Authorization: Bearer).
+    #[arg(long, env = "WSCHAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust the CA in this PEM file for wss:// (instead of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl DoctorArgs {
+    fn into_config(self) -> Result<crate::client::doctor::DoctorConfig, clap::Error> {
+        if self.timeout.is_zero() {
+            return Err(usage("--timeout must be more than 0"));
+        }
+        Ok(crate::client::doctor::DoctorConfig {
+            url: connect::parse_url(&self.url).map_err(usage)?,
+            json: self.json,
+            timeout: self.timeout,
+            token: self.token,
+            tls: match &self.ca {
+                Some(ca) => Some(tls::client_config(ca).map_err(|e| usage(format!("{e:#}")))?),
+                None => None,
+            },
+            // At most 100 (clap checks).
+            pings: usize::try_from(self.pings).unwrap_or(5),
+        })
+    }
+}
+
+/// What `join` does with what it receives, besides printing it.
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Exit 0 once a chat message received matches this regular expression (its text; with
+    /// --json too). With --for, exit 7 when none did in time.
+    #[arg(long, value_name = "REGEX", conflicts_with = "count")]
+    pub until: Option<String>,
+    /// For each chat message from others, run CMD with `sh -c`: the text on its stdin and in
+    /// WSCHAT_TEXT, with WSCHAT_FROM, WSCHAT_ROOM and WSCHAT_ID; each line it prints is sent
+    /// to the room. One at a time, in order; a failure is reported on stderr.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Commands --exec runs at once (their lines are still sent in the messages' order).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "exec", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
+    /// Kill an --exec command (and what it started) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", requires = "exec", value_parser = parse_duration)]
+    pub exec_timeout: Duration,
+    /// Append every received event to FILE as NDJSON with its arrival time (for `wschat
+    /// replay`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+impl HookArgs {
+    fn into_config(self) -> Result<crate::client::hooks::HooksConfig, clap::Error> {
+        use crate::client::{exec::ExecConfig, hooks};
+        if self.exec.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(usage("--exec needs a command"));
+        }
+        if self.exec_timeout.is_zero() {
+            return Err(usage("--exec-timeout must be more than 0"));
+        }
+        Ok(hooks::HooksConfig {
+            until: match self.until.as_deref() {
+                Some(text) => Some(hooks::parse_until(text).map_err(usage)?),
+                None => None,
+            },
+            exec: self.exec.map(|command| ExecConfig {
+                command,
+                // At most 64 (clap checks).
+                jobs: usize::try_from(self.jobs).unwrap_or(1),
+                timeout: self.exec_timeout,
+            }),
+            record: self.record,
         })
     }
 }

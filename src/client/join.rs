@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
+use super::hooks::{self, Hooks, HooksConfig};
 use super::input::{self, Input, Printer};
 use super::render::{self, Renderer};
 use super::send::Pacer;
@@ -29,6 +30,8 @@ pub struct JoinConfig {
     pub reconnect: bool,
     /// NDJSON output.
     pub json: bool,
+    /// `--until`, `--exec`, `--record`.
+    pub hooks: HooksConfig,
 }
 
 const HELP: &str = "commands: /join ROOM, /rooms, /who, /msg NAME TEXT, /me ACTION, \
@@ -137,6 +140,7 @@ struct Session {
     /// The last replay, for `/history`.
     earlier: Vec<String>,
     received: u64,
+    hooks: Hooks,
 }
 
 /// How one connection ended.
@@ -208,11 +212,13 @@ impl Session {
             (_, Message::Text(text)) => {
                 let line = self.renderer.relay_text(&text);
                 self.print(line)?;
+                self.hooks.relay_text(&text, &self.name)?;
                 Ok(1)
             }
             (_, Message::Binary(bytes)) => {
                 let line = self.renderer.relay_binary(bytes.len());
                 self.print(line)?;
+                self.hooks.relay_binary(bytes.len())?;
                 Ok(1)
             }
             _ => Ok(0),
@@ -246,7 +252,10 @@ impl Session {
                             self.print(line)?;
                         }
                     }
-                    return Ok(0);
+                    return self
+                        .hooks
+                        .event(&event, &value, false, &self.name)
+                        .map(|()| 0);
                 }
             }
             Event::Chat(chat) if chat.id > 0 => {
@@ -325,6 +334,7 @@ impl Session {
         if let Some(line) = self.renderer.event(&event, &value) {
             self.print(line)?;
         }
+        self.hooks.event(&event, &value, counts > 0, &self.name)?;
         Ok(counts)
     }
 
@@ -432,6 +442,7 @@ fn is_terminal(frame: Option<&CloseFrame>) -> bool {
 
 pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
     let mut signals = Signals::new()?;
+    let hooks = Hooks::start(&config.hooks)?;
     let mut target = config.target.clone();
     // The first connection must work: a wrong URL or a name taken fails at once.
     let mut connection = tokio::select! {
@@ -463,6 +474,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         replay: Vec::new(),
         earlier: Vec::new(),
         received: 0,
+        hooks,
     };
     let deadline = config.duration.map(|d| Instant::now() + d);
     let mut attempt = 0u32;
@@ -527,7 +539,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
             let pause = backoff(attempt);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = sleep_until(deadline) => return Ok(Exit::Success),
+                () = sleep_until(deadline) => return config.time_up(),
                 exit = signals.recv() => return Ok(exit),
             }
             target.room = session.room.clone().or(target.room);
@@ -541,7 +553,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                     Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
                     Err(e) => session.status(&format!("still reconnecting: {e:#}"))?,
                 },
-                () = sleep_until(deadline) => return Ok(Exit::Success),
+                () = sleep_until(deadline) => return config.time_up(),
                 exit = signals.recv() => return Ok(exit),
             }
         };
@@ -620,7 +632,7 @@ async fn converse(
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
                     session.received += session.receive(message)?;
-                    if config.count.is_some_and(|n| session.received >= n) {
+                    if config.count.is_some_and(|n| session.received >= n) || session.hooks.finished() {
                         return Ok(Ending::Done(Exit::Success));
                     }
                 }
@@ -656,7 +668,13 @@ async fn converse(
                 Some(Input::End) | None => terminal.finished = true,
                 Some(Input::Interrupt) => return Ok(Ending::Done(Exit::Interrupted)),
             },
-            () = sleep_until(deadline) => return Ok(Ending::Done(Exit::Success)),
+            Some(line) = session.hooks.reply() => {
+                let frame = hooks::say(session.kind == ServerKind::Wschat, &session.name, &line);
+                if let Err(e) = sink.send(frame).await {
+                    return Ok(Ending::Lost { error: connection_lost(&session.url, Some(e)), retry: true });
+                }
+            }
+            () = sleep_until(deadline) => return config.time_up().map(Ending::Done),
             exit = signals.recv() => return Ok(Ending::Done(exit)),
         }
     }

@@ -2,10 +2,15 @@
 //! layer and one renderer.
 
 pub mod connect;
+pub mod doctor;
+pub mod exec;
 pub mod history;
+pub mod hooks;
 pub mod input;
 pub mod join;
+pub mod record;
 pub mod render;
+pub mod replay;
 pub mod send;
 
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and pass their own trigger while `main` passes SIGINT/SIGTERM.
 
 mod access;
+pub mod chaos;
 mod conn;
 mod http;
 mod limits;
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub access: Access,
     /// Serve `wss://` and `https://` with this certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Misbehave on purpose (`--chaos`).
+    pub chaos: Option<Arc<chaos::Chaos>>,
 }
 
 /// What a running server is given besides its settings: what was built from them.
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             access: Access::default(),
             tls: None,
+            chaos: None,
         }
     }
 }
@@ -145,6 +149,13 @@ pub async fn run(
     hurry: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store = parts.store;
+    if let Some(chaos) = &config.chaos {
+        tracing::warn!(
+            "CHAOS MODE: this server misbehaves on purpose ({}; --chaos-seed {} repeats it); do not use it for real chat",
+            chaos.spec,
+            chaos.seed
+        );
+    }
     let shared = Arc::new(Shared {
         hub: parts.hub,
         cluster: parts.cluster,

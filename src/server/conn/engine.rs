@@ -123,6 +123,8 @@ pub(super) struct Writer {
     /// the outbox closed.
     pub(super) stopped: bool,
     pub(super) failed: bool,
+    /// Delays and fragments what goes out (`--chaos`).
+    pub(super) shaper: Option<Box<crate::server::chaos::Shaper>>,
 }
 
 impl Writer {
@@ -185,7 +187,7 @@ impl Writer {
                 Poll::Ready(ready) => ready?,
                 Poll::Pending => return Ok(()),
             }
-            match outbox.poll_recv(cx) {
+            match crate::server::chaos::poll_recv(&mut self.shaper, outbox, cx) {
                 Poll::Ready(Some(frame)) => {
                     ws.start_send_unpin(frame)?;
                     self.unflushed = true;
@@ -209,7 +211,7 @@ impl Writer {
         Ok(())
     }
 
-    fn stop(&mut self, outbox: &mut outbox::Receiver) {
+    pub(super) fn stop(&mut self, outbox: &mut outbox::Receiver) {
         self.stopped = true;
         outbox.close();
     }
@@ -228,7 +230,9 @@ impl Writer {
         if !self.stopped {
             let mut ok = true;
             while ok {
-                let Ok(frame) = outbox.try_recv() else { break };
+                let Some(frame) = crate::server::chaos::try_recv(&mut self.shaper, outbox) else {
+                    break;
+                };
                 ok = ws.feed(frame).await.is_ok();
             }
             if let Some(frame) = close.filter(|_| ok) {

@@ -43,6 +43,8 @@ enum Ending {
     ClosedByServer(u16, &'static str),
     CloseTimedOut,
     WriteFailed(String),
+    /// Cut on purpose (`--chaos drop=P`).
+    Chaos,
 }
 
 impl std::fmt::Display for Ending {
@@ -53,6 +55,7 @@ impl std::fmt::Display for Ending {
             Ending::ClosedByServer(code, why) => write!(f, "closed by server ({code}: {why})"),
             Ending::CloseTimedOut => write!(f, "client did not answer the close frame"),
             Ending::WriteFailed(e) => write!(f, "write failed ({e})"),
+            Ending::Chaos => write!(f, "cut on purpose (--chaos)"),
         }
     }
 }
@@ -75,7 +78,9 @@ pub(super) async fn run<S>(
         unflushed: false,
         stopped: false,
         failed: false,
+        shaper: crate::server::chaos::Shaper::new(shared.config.chaos.as_deref()),
     };
+    let mut faults = crate::server::chaos::Faults::new(shared.config.chaos.as_deref());
     let reader = Reader::new();
     let mut closer = Closer {
         closing: false,
@@ -113,6 +118,17 @@ pub(super) async fn run<S>(
             () = &mut stopping, if !closer.is_closing() => {
                 closer.close(close::GOING_AWAY, "server shutting down");
             }
+            fault = faults.next(), if !closer.is_closing() => match fault {
+                crate::server::chaos::Fault::Close => closer.close(close::GOING_AWAY, "chaos: closed on purpose"),
+                crate::server::chaos::Fault::Drop => {
+                    // No close frame, nothing more written: the socket is just dropped.
+                    writer.stop(&mut registration.outbox);
+                    writer.failed = true;
+                    closer.frame = None;
+                    closer.ending = Some(Ending::Chaos);
+                    break;
+                }
+            },
             code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
                 // Counted once, whether the hub or the outbox said so first.
