@@ -8,6 +8,7 @@ pub mod history;
 pub mod hooks;
 pub mod input;
 pub mod join;
+pub mod pace;
 pub mod record;
 pub mod render;
 pub mod replay;

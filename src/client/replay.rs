@@ -3,9 +3,9 @@
 //! scaled by `--speed`. Exits 0 once every message is acknowledged; exit codes as `send`'s.
 //!
 //! Messages go out one at a time, each after the one before it was acknowledged, so the room
-//! gets them in the recorded order whoever sent them. Each sender keeps within the server's
-//! default rate (20 messages a second after a burst of 40), so `--speed 0` is as fast as
-//! a server with default limits takes them.
+//! gets them in the recorded order whoever sent them. Each sender keeps within the limits the
+//! server states in the handshake (`client::pace`), so `--speed 0` is as fast as the server
+//! takes them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,14 +17,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
+use super::pace::Pacer;
 use super::{close, connection_lost, decode_event, server_closed, Sink, Stream};
 use crate::exit::{exit_for, fail, Exit};
 use crate::protocol::{self, Event};
 use crate::signals::Signals;
-
-/// A wschat server's default `--rate` and `--burst`: the pace each sender keeps.
-const RATE: f64 = 20.0;
-const BURST: u64 = 40;
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -115,8 +112,8 @@ struct Peer {
     stream: Stream,
     kind: ServerKind,
     url: String,
-    sent: u64,
-    since: Instant,
+    /// Keeps to the limits the server states (none for a server that states none).
+    pacer: Option<Pacer>,
 }
 
 pub async fn run(config: ReplayConfig) -> anyhow::Result<Exit> {
@@ -160,14 +157,13 @@ async fn play(config: &ReplayConfig, messages: &[Recorded]) -> anyhow::Result<Ex
                     stream,
                     kind: connection.kind,
                     url: target.url.to_string(),
-                    sent: 0,
-                    since: Instant::now(),
+                    pacer: Pacer::new(connection.limits, Instant::now()),
                 })
             }
         };
-        if peer.sent >= BURST {
-            let after = Duration::from_secs_f64((peer.sent - BURST + 1) as f64 / RATE);
-            tokio::time::sleep_until(peer.since + after).await;
+        if let Some(pacer) = &mut peer.pacer {
+            tokio::time::sleep_until(pacer.ready_at(Instant::now())).await;
+            pacer.take(Instant::now());
         }
         drain(peer)?;
         let reference = index as u64 + 1;
@@ -188,7 +184,6 @@ async fn play(config: &ReplayConfig, messages: &[Recorded]) -> anyhow::Result<Ex
             Ok(sent) => sent.map_err(|e| connection_lost(&peer.url, Some(e)))?,
             Err(_) => return Err(stalled(peer, config.ack_timeout)),
         }
-        peer.sent += 1;
         if peer.kind == ServerKind::Wschat {
             match tokio::time::timeout(
                 config.ack_timeout,

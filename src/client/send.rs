@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::{self, ServerKind, Target};
+use super::pace::Pacer;
 use super::render::Renderer;
 use super::{
     close, connection_lost, decode_event, print_line, server_closed_because, Sink, Stream,
@@ -235,62 +236,6 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Exit> {
 /// long a piped batch will take, without holding an endless input in memory.
 const READ_AHEAD_BYTES: usize = 16 << 20;
 
-/// The share of the server's rate `send` uses: a little under it, so that jitter on the way
-/// never makes the server see a sender over its limit for long.
-const PACE_MARGIN: f64 = 0.95;
-
-/// Keeps a sender within the server's limits: the same token bucket as the server's (a full
-/// burst at once, then `rate` per second), a little slower.
-#[derive(Debug)]
-pub(super) struct Pacer {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
-}
-
-impl Pacer {
-    /// `None` when the server states no limit.
-    pub(super) fn new(limits: Option<Limits>, now: Instant) -> Option<Pacer> {
-        let limits = limits.filter(|l| l.rate > 0.0)?;
-        let burst = f64::from(limits.burst.max(1));
-        Some(Pacer {
-            rate: limits.rate * PACE_MARGIN,
-            burst,
-            tokens: burst,
-            updated: now,
-        })
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.updated = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-    }
-
-    /// When the next message may go: `now` when a token is there.
-    pub(super) fn ready_at(&mut self, now: Instant) -> Instant {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            now
-        } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-        }
-    }
-
-    /// Takes the token for one message (call once `ready_at` has come).
-    pub(super) fn take(&mut self, now: Instant) {
-        self.refill(now);
-        self.tokens -= 1.0;
-    }
-
-    /// How long `messages` more take at this pace, from now.
-    fn time_for(&self, messages: usize) -> Duration {
-        let waiting = (messages as f64 - self.tokens.max(0.0)).max(0.0);
-        Duration::from_secs_f64(waiting / self.rate)
-    }
-}
-
 /// On a terminal, says that `send` is keeping to the server's pace, and how long it will take.
 struct PaceReport {
     bar: ProgressBar,
@@ -327,7 +272,7 @@ impl PaceReport {
             self.shown = true;
             self.bar.set_prefix(format!(
                 "sending at {}/s (the server's limit)",
-                show_rate(pacer.rate / PACE_MARGIN)
+                show_rate(pacer.server_rate())
             ));
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
         }
@@ -441,42 +386,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pacer_allows_a_burst_then_a_little_under_the_rate() {
-        let start = Instant::now();
-        let limits = Limits {
-            rate: 10.0,
-            burst: 3,
-            max_message_bytes: 1024,
-        };
-        let mut pacer = Pacer::new(Some(limits), start).unwrap();
-        for _ in 0..3 {
-            assert_eq!(pacer.ready_at(start), start);
-            pacer.take(start);
-        }
-        let next = pacer.ready_at(start);
-        let gap = next - start;
-        assert!(
-            gap > Duration::from_millis(100) && gap < Duration::from_millis(110),
-            "{gap:?}"
-        );
-        pacer.take(next);
-        assert!(pacer.time_for(10) > Duration::from_secs(1));
-        assert!(Pacer::new(None, start).is_none());
-        assert!(Pacer::new(
-            Some(Limits {
-                rate: 0.0,
-                ..limits
-            }),
-            start
-        )
-        .is_none());
     }
 }
