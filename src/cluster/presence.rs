@@ -87,6 +87,7 @@ impl Cluster {
         for (room, _) in &presence {
             *rooms.entry(room.clone()).or_default() += 1;
         }
+        let mut taken_for_dead = false;
         if previous.is_none() {
             // Redis lost its data (or this heartbeat had expired): count this instance again.
             let mut pipe = redis::pipe();
@@ -95,11 +96,9 @@ impl Cluster {
                 pipe.sadd(ROOMS_KEY, room).ignore();
             }
             let reaped_key = format!("wschat:reaped:{}", self.id);
-            pipe.get(&reaped_key).del(&reaped_key).ignore();
+            pipe.get(&reaped_key);
             let (reaped,): (Option<String>,) = bounded(pipe.query_async(&mut connection)).await?;
-            if reaped.is_some() {
-                self.back(&presence, &rooms);
-            }
+            taken_for_dead = reaped.is_some();
         }
         let mut lost = HashSet::new();
         for (key, granted) in names {
@@ -133,6 +132,14 @@ impl Cluster {
                 lock(&self.held).gone.extend(gone);
                 return Err(e);
             }
+        }
+        if taken_for_dead {
+            // Once they are listed again: whoever hears a member is back finds it in `who`.
+            // The mark goes only then, so that a heartbeat that fails before this one tries
+            // again.
+            self.back(&presence, &rooms);
+            let reaped_key = format!("wschat:reaped:{}", self.id);
+            bounded(connection.del::<_, ()>(reaped_key)).await?;
         }
         for (i, (room, name)) in gone.iter().enumerate() {
             if let Err(e) = self.forget(room, name).await {
