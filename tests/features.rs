@@ -627,32 +627,9 @@ fn doctor_says_what_to_try_and_exits_with_the_failing_steps_code() {
 
 #[test]
 fn doctor_checks_tls_and_suggests_ca_for_a_private_one() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
-    let mut proc = Proc::spawn(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--tls-cert",
-            &path("cert.pem"),
-            "--tls-key",
-            &path("key.pem"),
-        ],
-        Stdin::Null,
-    );
-    let line = proc.next_line();
-    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+    let server = common::tls::TlsServer::start();
+    let path = |name: &str| server.path(name);
+    let url = server.url.clone();
 
     let done = run(&["doctor", &url, "--ca", &path("ca.pem")], None);
     done.assert_code(0);

@@ -525,33 +525,9 @@ fn metrics_and_health_for_operators() {
 
 #[test]
 fn tls_serves_wss_to_clients_that_trust_its_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
-
-    let mut proc = Proc::spawn(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--tls-cert",
-            &path("cert.pem"),
-            "--tls-key",
-            &path("key.pem"),
-        ],
-        Stdin::Null,
-    );
-    let line = proc.next_line();
-    let url = line.strip_prefix("listening on ").unwrap().to_owned();
+    let server = common::tls::TlsServer::start();
+    let path = |name: &str| server.path(name);
+    let url = server.url.clone();
     assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
     let mut alice = join(&url, "alice", &["--ca", &path("ca.pem"), "--count", "1"]);
     send(&url, "bob", Some("over tls"), &["--ca", &path("ca.pem")]).assert_code(0);

@@ -8,13 +8,15 @@
 //! - [`process`]: `wschat` (and any other program) as a child process; `serve`, `join`, `send`;
 //! - [`ws`]: raw WebSocket clients;
 //! - [`http`]: plain HTTP, `/metrics` and the server's memory;
-//! - [`redis`]: a real `redis-server` on a free port.
+//! - [`redis`]: a real `redis-server` on a free port;
+//! - [`tls`]: a `serve` with TLS, under a CA made for the test.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod http;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod ws;
 
 pub use http::*;
