@@ -220,6 +220,20 @@ fn browser_test(name: &str) -> Option<(PathBuf, TempDir)> {
     Some((web, tmp))
 }
 
+/// Waits for the node script to exit; returns how, and what it wrote on stderr.
+fn node_ended(
+    mut node: Guard,
+    stderr: &Receiver<String>,
+    deadline: Instant,
+) -> (ExitStatus, Vec<String>) {
+    let status = node.0.wait().expect("wait for node");
+    let mut errors = Vec::new();
+    while let Some(line) = next_line(stderr, deadline, "the node script's stderr to end") {
+        errors.push(line);
+    }
+    (status, errors)
+}
+
 fn say(stdin: &mut ChildStdin, line: &str) {
     writeln!(stdin, "{line}").expect("write to the node script");
     stdin.flush().expect("flush to the node script");
@@ -252,7 +266,7 @@ fn web_page_in_headless_chromium() {
     let mut to_node = node.stdin.take().expect("piped stdin");
     let from_node = lines(node.stdout.take().expect("piped stdout"));
     let node_errors = lines(node.stderr.take().expect("piped stderr"));
-    let mut node = Guard(node);
+    let node = Guard(node);
 
     let (mut stopped, mut restarted, mut passed) = (false, false, false);
     while let Some(line) = next_line(&from_node, deadline, "the node script") {
@@ -280,11 +294,7 @@ fn web_page_in_headless_chromium() {
             _ => {}
         }
     }
-    let status = node.0.wait().expect("wait for node");
-    let mut errors = Vec::new();
-    while let Some(line) = next_line(&node_errors, deadline, "the node script's stderr to end") {
-        errors.push(line);
-    }
+    let (status, errors) = node_ended(node, &node_errors, deadline);
     let log = std::fs::read_to_string(&server_log).unwrap_or_default();
     assert!(
         status.success() && passed,
@@ -357,7 +367,7 @@ fn page_opened_from_a_file_works_with_allow_origin_null() {
         .unwrap_or_else(|e| panic!("cannot start node ({e}): {INSTALL}"));
     let from_node = lines(node.stdout.take().expect("piped stdout"));
     let node_errors = lines(node.stderr.take().expect("piped stderr"));
-    let mut node = Guard(node);
+    let node = Guard(node);
 
     let mut passed = false;
     while let Some(line) = next_line(&from_node, deadline, "the node script") {
@@ -379,11 +389,7 @@ fn page_opened_from_a_file_works_with_allow_origin_null() {
             _ => {}
         }
     }
-    let status = node.0.wait().expect("wait for node");
-    let mut errors = Vec::new();
-    while let Some(line) = next_line(&node_errors, deadline, "the node script's stderr to end") {
-        errors.push(line);
-    }
+    let (status, errors) = node_ended(node, &node_errors, deadline);
     let server_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success() && passed,
@@ -427,7 +433,7 @@ fn page_resumes_across_an_in_memory_restart() {
     let mut to_node = node.stdin.take().expect("piped stdin");
     let from_node = lines(node.stdout.take().expect("piped stdout"));
     let node_errors = lines(node.stderr.take().expect("piped stderr"));
-    let mut node = Guard(node);
+    let node = Guard(node);
 
     let mut passed = false;
     while let Some(line) = next_line(&from_node, deadline, "the node script") {
@@ -447,11 +453,7 @@ fn page_resumes_across_an_in_memory_restart() {
             _ => {}
         }
     }
-    let status = node.0.wait().expect("wait for node");
-    let mut errors = Vec::new();
-    while let Some(line) = next_line(&node_errors, deadline, "the node script's stderr to end") {
-        errors.push(line);
-    }
+    let (status, errors) = node_ended(node, &node_errors, deadline);
     let server_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success() && passed,

@@ -262,12 +262,7 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
         }
         WsError::Http(response) => {
             let status = response.status();
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .and_then(|b| b.lines().next().map(str::to_owned))
-                .filter(|l| !l.trim().is_empty());
+            let body = first_body_line(&response);
             let mut message = format!(
                 "{url} refused the WebSocket handshake: HTTP {} {}",
                 status.as_u16(),
@@ -290,6 +285,18 @@ fn describe(url: &Url, error: WsError) -> anyhow::Error {
             format!("cannot connect to {url}: the WebSocket handshake failed: {other}"),
         ),
     }
+}
+
+/// The first line of an HTTP refusal's body (what the server says about it), if any.
+pub fn first_body_line(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Option<String> {
+    response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .and_then(|b| b.lines().next().map(str::to_owned))
+        .filter(|l| !l.trim().is_empty())
 }
 
 #[cfg(test)]

@@ -597,12 +597,7 @@ async fn upgrade(
         )))) if subprotocol => return Ok(None),
         Ok(Err(WsError::Http(response))) => {
             let status = response.status();
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .and_then(|b| b.lines().next().map(str::to_owned))
-                .unwrap_or_default();
+            let body = super::connect::first_body_line(&response).unwrap_or_default();
             let hint = match status.as_u16() {
                 401 => "the server wants a token: pass --token",
                 403 => "refused by its origin or access rules: see the server's log",
