@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -63,6 +63,8 @@ const MAX_PROBE_BYTES: usize = 4 << 20;
 #[derive(Default)]
 struct Health {
     failing: Mutex<Option<String>>,
+    /// Whether `failing` holds a cause: read for every message, without the lock.
+    is_failing: AtomicBool,
     /// Bytes of the batch that failed: a write that large must work again before messages
     /// are taken (a small one may fit where a batch does not, on a disk almost full).
     needed: AtomicUsize,
@@ -83,12 +85,34 @@ impl Health {
         if failing.is_none() {
             tracing::error!("cannot store history: {cause}; refusing messages until it can");
         }
+        self.still_failing(&mut failing, cause);
+    }
+
+    /// Records the latest cause while writes fail.
+    fn still_failing(&self, failing: &mut Option<String>, cause: &str) {
         *failing = Some(cause.to_owned());
+        self.is_failing.store(true, Ordering::Release);
     }
 
     fn succeeded(&self) {
-        if self.lock().take().is_some() {
+        if !self.is_failing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut failing = self.lock();
+        self.is_failing.store(false, Ordering::Release);
+        if failing.take().is_some() {
             tracing::info!("history is stored again; taking messages");
+        }
+    }
+
+    /// Why messages cannot be stored, while they cannot.
+    fn check(&self) -> Result<(), String> {
+        if !self.is_failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match &*self.lock() {
+            Some(cause) => Err(cause.clone()),
+            None => Ok(()),
         }
     }
 }
@@ -506,10 +530,7 @@ impl Store for SqliteStore {
     }
 
     fn health(&self) -> Result<(), String> {
-        match &*self.health.lock() {
-            Some(cause) => Err(cause.clone()),
-            None => Ok(()),
-        }
+        self.health.check()
     }
 
     fn close(&self) {
@@ -544,7 +565,7 @@ impl Writer {
     /// tries a small one every [`PROBE_EVERY`] to find out when they work again.
     fn run(self, mut conn: Connection, writes: mpsc::Receiver<Write>) {
         loop {
-            let first = if self.health.lock().is_some() {
+            let first = if self.health.check().is_err() {
                 match writes.recv_timeout(PROBE_EVERY) {
                     Ok(write) => write,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -625,7 +646,9 @@ impl Writer {
             .and_then(|_| commit(conn, &[], &self.given_out));
         match result {
             Ok(()) => self.health.succeeded(),
-            Err(e) => *self.health.lock() = Some(e.to_string()),
+            Err(e) => self
+                .health
+                .still_failing(&mut self.health.lock(), &e.to_string()),
         }
     }
 }
