@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
-use wschat::hub::{Hub, HubConfig, JoinRequest, MemberId, Outbox, Post};
+use wschat::hub::{Hub, HubConfig, JoinRequest, Link, MemberId, Post};
 use wschat::outbox;
 use wschat::store::{Keep, MemoryStore};
 
@@ -43,7 +43,7 @@ fn room(members: usize) -> Room {
             quiet,
             ..JoinRequest::default()
         };
-        let (id, _) = hub.join(request, Outbox { frames, evict }).expect("join");
+        let (id, _) = hub.join(request, Link { frames, evict }).expect("join");
         evictions.push(evicted);
         (id, rx)
     };

@@ -38,7 +38,7 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
 /// any size, when it is empty).
 pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
+        state: Mutex::new(Queue {
             frames: VecDeque::new(),
             bytes: 0,
             taken: 0,
@@ -65,12 +65,12 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
 struct Shared {
     /// Held only to push, to take the whole queue, or to count senders: never across an
     /// `.await`, and never while a frame is written.
-    state: Mutex<State>,
+    state: Mutex<Queue>,
     capacity: usize,
     max_bytes: usize,
 }
 
-struct State {
+struct Queue {
     frames: VecDeque<Message>,
     /// Payload bytes of `frames`.
     bytes: usize,
@@ -88,7 +88,7 @@ struct State {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
         // Nothing panics while the lock is held but an allocation failure, which aborts; a
         // poisoned state would still be consistent.
         crate::sync::lock(&self.state)

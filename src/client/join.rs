@@ -144,7 +144,7 @@ struct Session {
 }
 
 /// How one connection ended.
-enum Ending {
+enum SessionEnd {
     /// The client is done, with this exit code.
     Done(Exit),
     /// The connection was lost or closed by the server; this is the error if it is not retried.
@@ -501,7 +501,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
         )
         .await;
         let (error, retry) = match ending {
-            Ok(Ending::Done(exit)) => {
+            Ok(SessionEnd::Done(exit)) => {
                 close(&mut sink, &mut stream).await;
                 return Ok(exit);
             }
@@ -510,7 +510,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                 return Ok(Exit::Success);
             }
             Err(e) => return Err(e),
-            Ok(Ending::Lost { error, retry }) => (error, retry),
+            Ok(SessionEnd::Lost { error, retry }) => (error, retry),
         };
         let reconnecting = config.reconnect && retry;
         if reconnecting {
@@ -585,7 +585,7 @@ async fn converse(
     signals: &mut Signals,
     sink: &mut Sink,
     stream: &mut Stream,
-) -> anyhow::Result<Ending> {
+) -> anyhow::Result<SessionEnd> {
     // The client pings too, so a silently dead connection (a NAT that forgot it, a peer gone
     // without a reset) is noticed: nothing heard for three intervals means it is lost.
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -601,13 +601,13 @@ async fn converse(
             () = sleep_until(input_at), if !input_ready && !terminal.finished => {}
             _ = ping.tick() => {
                 if last_heard.elapsed() > PING_INTERVAL * 3 {
-                    return Ok(Ending::Lost {
+                    return Ok(SessionEnd::Lost {
                         error: connection_lost(&session.url, Some("no answer to pings")),
                         retry: true,
                     });
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return Ok(Ending::Lost {
+                    return Ok(SessionEnd::Lost {
                         error: connection_lost(&session.url, None::<String>),
                         retry: true,
                     });
@@ -627,20 +627,20 @@ async fn converse(
                         frame.as_ref(),
                         session.refusal.take().as_deref(),
                     );
-                    return Ok(Ending::Lost { retry, error });
+                    return Ok(SessionEnd::Lost { retry, error });
                 }
                 Some(Ok(message)) => {
                     last_heard = Instant::now();
                     session.received += session.receive(message)?;
                     if config.count.is_some_and(|n| session.received >= n) || session.hooks.finished() {
-                        return Ok(Ending::Done(Exit::Success));
+                        return Ok(SessionEnd::Done(Exit::Success));
                     }
                 }
-                Some(Err(e)) => return Ok(Ending::Lost {
+                Some(Err(e)) => return Ok(SessionEnd::Lost {
                     error: connection_lost(&session.url, Some(e)),
                     retry: true,
                 }),
-                None => return Ok(Ending::Lost {
+                None => return Ok(SessionEnd::Lost {
                     error: connection_lost(&session.url, None::<String>),
                     retry: true,
                 }),
@@ -652,10 +652,10 @@ async fn converse(
                     }
                     match session.typed(sink, &line).await {
                         Ok(true) => {}
-                        Ok(false) => return Ok(Ending::Done(Exit::Success)),
+                        Ok(false) => return Ok(SessionEnd::Done(Exit::Success)),
                         // The connection broke while sending: reconnect like any other loss.
                         Err(error) if exit_for(&error) == Exit::ServerGone => {
-                            return Ok(Ending::Lost { error, retry: true });
+                            return Ok(SessionEnd::Lost { error, retry: true });
                         }
                         Err(error) => return Err(error),
                     }
@@ -663,19 +663,19 @@ async fn converse(
                 // Ctrl-D at a prompt leaves; the end of piped input does not (a background
                 // job in a script has no stdin, and should keep listening).
                 Some(Input::End) | None if terminal.interactive => {
-                    return Ok(Ending::Done(Exit::Success));
+                    return Ok(SessionEnd::Done(Exit::Success));
                 }
                 Some(Input::End) | None => terminal.finished = true,
-                Some(Input::Interrupt) => return Ok(Ending::Done(Exit::Interrupted)),
+                Some(Input::Interrupt) => return Ok(SessionEnd::Done(Exit::Interrupted)),
             },
             Some(line) = session.hooks.reply() => {
                 let frame = hooks::say(session.kind == ServerKind::Wschat, &session.name, &line);
                 if let Err(e) = sink.send(frame).await {
-                    return Ok(Ending::Lost { error: connection_lost(&session.url, Some(e)), retry: true });
+                    return Ok(SessionEnd::Lost { error: connection_lost(&session.url, Some(e)), retry: true });
                 }
             }
-            () = sleep_until(deadline) => return config.time_up().map(Ending::Done),
-            exit = signals.recv() => return Ok(Ending::Done(exit)),
+            () = sleep_until(deadline) => return config.time_up().map(SessionEnd::Done),
+            exit = signals.recv() => return Ok(SessionEnd::Done(exit)),
         }
     }
 }

@@ -20,7 +20,7 @@ pub(super) struct Pending {
 
 /// How a round trip of posts went wrong.
 #[derive(Default)]
-pub(super) struct Failure {
+pub(super) struct PostFailure {
     /// Posts stored, from the first: the rest were not.
     pub(super) stored: usize,
     /// What went wrong; `None` if nothing did.
@@ -32,28 +32,28 @@ pub(super) struct Failure {
     pub(super) reachable: bool,
 }
 
-impl Failure {
-    pub(super) fn unreachable(error: Option<redis::RedisError>) -> Failure {
+impl PostFailure {
+    pub(super) fn unreachable(error: Option<redis::RedisError>) -> PostFailure {
         let error = match error {
             Some(e) => anyhow::Error::from(e),
             None => anyhow::anyhow!("no answer within {COMMAND_TIMEOUT:?}"),
         };
-        Failure {
+        PostFailure {
             error: Some(error),
-            ..Failure::default()
+            ..PostFailure::default()
         }
     }
 
     /// Reads a pipeline's error: the replies that are errors say which posts were not stored.
-    pub(super) fn from_redis(error: redis::RedisError) -> Failure {
+    pub(super) fn from_redis(error: redis::RedisError) -> PostFailure {
         let first = error
             .clone()
             .into_server_errors()
             .and_then(|errors| errors.iter().min_by_key(|(i, _)| *i).cloned());
         let Some((stored, first)) = first else {
-            return Failure::unreachable(Some(error)); // the connection, not a reply
+            return PostFailure::unreachable(Some(error)); // the connection, not a reply
         };
-        Failure {
+        PostFailure {
             stored,
             refused: is_refusal(&first),
             reachable: true,
@@ -150,9 +150,9 @@ impl Cluster {
                     }
                 };
                 let failure = match result {
-                    Ok(()) => Failure {
+                    Ok(()) => PostFailure {
                         stored: flight.len(),
-                        ..Failure::default()
+                        ..PostFailure::default()
                     },
                     Err(failure) => failure,
                 };
@@ -271,7 +271,7 @@ impl Cluster {
     /// Posts `batch` in one pipeline, chained (see [`LOG_ID`]): on failure, the posts stored
     /// are a prefix of the batch. Retrying is safe: each post carries a dedupe key, so one
     /// stored before a failure (even one whose answer was lost) is not stored twice.
-    pub(super) async fn publish_batch(&self, batch: &[Pending]) -> Result<(), Failure> {
+    pub(super) async fn publish_batch(&self, batch: &[Pending]) -> Result<(), PostFailure> {
         let keys: Vec<String> = batch.iter().map(|p| self.dedupe_key(p)).collect();
         let invocations: Vec<redis::ScriptInvocation<'_>> = batch
             .iter()
@@ -296,15 +296,15 @@ impl Cluster {
             // and try again at once.
             for script in [&self.post, &self.private, &self.notice] {
                 if let Err(e) = timed(script.load_async::<_>(&mut connection)).await {
-                    return Err(Failure::unreachable(e));
+                    return Err(PostFailure::unreachable(e));
                 }
             }
             result = timed(pipe.query_async::<()>(&mut connection)).await;
         }
         match result {
             Ok(()) => Ok(()),
-            Err(Some(e)) => Err(Failure::from_redis(e)),
-            Err(None) => Err(Failure::unreachable(None)),
+            Err(Some(e)) => Err(PostFailure::from_redis(e)),
+            Err(None) => Err(PostFailure::unreachable(None)),
         }
     }
 

@@ -53,7 +53,7 @@ impl MemberId {
 }
 
 /// How the hub reaches a member: its frame queue, and a one-shot to ask its connection to close.
-pub struct Outbox {
+pub struct Link {
     pub frames: outbox::Sender,
     pub evict: oneshot::Sender<u16>,
 }
@@ -211,7 +211,7 @@ impl Hub {
     /// Adds a member to a room. A visible member gets a welcome, then the room's recent
     /// history (or, resuming, what it missed) and a `synced` marker, all queued before any
     /// later message can reach it; the room gets a join notice and a presence count.
-    pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<(MemberId, String), JoinError> {
+    pub fn join(&self, req: JoinRequest, link: Link) -> Result<(MemberId, String), JoinError> {
         protocol::validate_room(&req.room).map_err(JoinError::InvalidRoom)?;
         let id = MemberId(self.next_member.fetch_add(1, Ordering::Relaxed));
         let generated = req.name.is_none();
@@ -241,8 +241,8 @@ impl Hub {
         let member = Member {
             name: name.clone(),
             quiet: req.quiet,
-            frames: outbox.frames,
-            evict: Some(outbox.evict),
+            frames: link.frames,
+            evict: Some(link.evict),
         };
         let replay = Replay {
             since: req.since,

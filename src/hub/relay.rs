@@ -119,7 +119,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::Message;
 
     use super::*;
-    use crate::hub::{Hub, HubConfig, JoinRequest, Outbox, Post};
+    use crate::hub::{Hub, HubConfig, JoinRequest, Link, Post};
     use crate::outbox;
     use crate::protocol::{Event, Notice};
     use crate::store::{Keep, MemoryStore, Store};
@@ -164,7 +164,7 @@ mod tests {
             name: Some(name.into()),
             ..JoinRequest::default()
         };
-        let (id, _) = hub.join(request, Outbox { frames: tx, evict }).unwrap();
+        let (id, _) = hub.join(request, Link { frames: tx, evict }).unwrap();
         while rx.try_recv().is_ok() {}
         (id, rx)
     }

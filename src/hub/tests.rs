@@ -58,7 +58,7 @@ fn try_join_bounded(
 ) -> Result<TestMember, JoinError> {
     let (tx, rx) = outbox::bounded(frames, bytes);
     let (etx, erx) = oneshot::channel();
-    let outbox = Outbox {
+    let outbox = Link {
         frames: tx,
         evict: etx,
     };

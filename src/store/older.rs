@@ -13,12 +13,12 @@ const MAX_MESSAGES: usize = 100_000;
 pub(super) struct Older {
     /// Bytes the messages may take across all rooms (beyond what one read ahead brings).
     max_bytes: usize,
-    kept: Mutex<Kept>,
+    kept: Mutex<ReadAhead>,
 }
 
 #[derive(Default)]
-struct Kept {
-    rooms: HashMap<String, Room>,
+struct ReadAhead {
+    rooms: HashMap<String, RoomRead>,
     /// Rooms by the clock of their last read ahead, least recent first.
     by_age: BTreeMap<u64, String>,
     clock: u64,
@@ -27,13 +27,13 @@ struct Kept {
 }
 
 #[derive(Default)]
-struct Room {
+struct RoomRead {
     messages: BTreeMap<u64, ChatEvent>,
     /// The clock of its last read ahead.
     added: u64,
 }
 
-impl Kept {
+impl ReadAhead {
     /// Forgets the room read ahead least recently.
     fn drop_oldest_room(&mut self) -> bool {
         let Some((_, name)) = self.by_age.pop_first() else {
@@ -51,7 +51,7 @@ impl Kept {
         &mut self,
         room: &str,
         keep: std::ops::RangeInclusive<u64>,
-        over: impl Fn(&Kept) -> bool,
+        over: impl Fn(&ReadAhead) -> bool,
     ) {
         while over(self) {
             let Some(kept) = self.rooms.get_mut(room) else {
@@ -76,11 +76,11 @@ impl Older {
     pub fn new(max_bytes: usize) -> Older {
         Older {
             max_bytes,
-            kept: Mutex::new(Kept::default()),
+            kept: Mutex::new(ReadAhead::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadAhead> {
         // Every mutation completes before anything that could panic: a poisoned lock still
         // guards consistent data.
         crate::sync::lock(&self.kept)
@@ -112,7 +112,7 @@ impl Older {
                 kept.bytes -= cost(&replaced);
             }
         }
-        let over = |k: &Kept| k.count > MAX_MESSAGES || k.bytes > self.max_bytes;
+        let over = |k: &ReadAhead| k.count > MAX_MESSAGES || k.bytes > self.max_bytes;
         // This room, read ahead last, is the last of `by_age`.
         while over(kept) && kept.by_age.len() > 1 {
             kept.drop_oldest_room();

@@ -55,11 +55,6 @@ impl RedisStore {
         lock(&self.loaded).insert(room.to_owned());
     }
 
-    /// Forgets which rooms were loaded, so they are read again (after Redis lost its data).
-    pub fn unload_all(&self) {
-        lock(&self.loaded).clear();
-    }
-
     /// The oldest id in `room`'s window, if it holds any message.
     pub fn oldest(&self, room: &str) -> Option<u64> {
         self.window.oldest(room)

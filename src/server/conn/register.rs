@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::Params;
 use crate::cluster::Cluster;
-use crate::hub::{JoinError, JoinRequest, MemberId, Outbox};
+use crate::hub::{JoinError, JoinRequest, Link, MemberId};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::protocol::{self, close, Event};
@@ -72,7 +72,7 @@ impl Registration {
             history: params.history.filter(|_| !raw),
             epoch: params.epoch.clone().filter(|_| !raw),
         };
-        let outbox = Outbox {
+        let outbox = Link {
             frames: registration.frames.clone(),
             evict,
         };
