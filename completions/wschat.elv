@@ -123,6 +123,7 @@ set edit:completion:arg-completer[wschat] = {|@words|
             cand --room 'With --members: the room they join'
             cand --name-prefix 'With --members: member i is named PREFIX<i> (bench processes sharing a room need different prefixes)'
             cand --server-pid 'With --members: the server process whose CPU and memory are read from /proc (by default the local process listening on the URL''s port, when it can be found)'
+            cand --first-source 'Bind connections to a loopback server to source addresses from this one on (127.x.y.z), 10,000 per address; by default 127.0.0.1, .2, ... past 10,000 connections. Bench processes running side by side need their own: a bound port is unique per address'
             cand --color 'When to colour output: auto colours a terminal unless NO_COLOR is set'
             cand --quiet-receivers 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
             cand --json 'Print one JSON object with every figure instead of the table'

@@ -123,6 +123,7 @@ complete -c wschat -n "__fish_wschat_using_subcommand bench" -l join-rate -d 'Wi
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l room -d 'With --members: the room they join' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l name-prefix -d 'With --members: member i is named PREFIX<i> (bench processes sharing a room need different prefixes)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l server-pid -d 'With --members: the server process whose CPU and memory are read from /proc (by default the local process listening on the URL\'s port, when it can be found)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l first-source -d 'Bind connections to a loopback server to source addresses from this one on (127.x.y.z), 10,000 per address; by default 127.0.0.1, .2, ... past 10,000 connections. Bench processes running side by side need their own: a bound port is unique per address' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"

@@ -357,6 +357,12 @@ pub struct BenchArgs {
     /// default the local process listening on the URL's port, when it can be found).
     #[arg(long, value_name = "PID", requires = "members")]
     pub server_pid: Option<u32>,
+    /// Bind connections to a loopback server to source addresses from this one on
+    /// (127.x.y.z), 10,000 per address; by default 127.0.0.1, .2, ... past 10,000 connections.
+    /// Bench processes running side by side need their own: a bound port is unique per
+    /// address.
+    #[arg(long, value_name = "IP", value_parser = loopback_address)]
+    pub first_source: Option<std::net::Ipv4Addr>,
     /// With --members: send nothing; wait up to --duration for a message starting with
     /// 'wsb-final:<unix nanos>' from another client (e.g. wschat send), to time it.
     #[arg(long, requires = "members")]
@@ -444,7 +450,18 @@ impl BenchArgs {
             connect_timeout: self.connect_timeout,
             json: self.json,
             authorization,
+            first_source: self.first_source,
         })
+    }
+}
+
+/// An IPv4 loopback address (127.0.0.0/8), for --first-source.
+fn loopback_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    match text.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => Ok(ip),
+        _ => Err(format!(
+            "'{text}' is not a loopback IPv4 address (127.x.y.z)"
+        )),
     }
 }
 

@@ -155,6 +155,7 @@ pub async fn run(config: &BenchConfig, members: &MembersConfig) -> anyhow::Resul
             MEMBER_READ_BUFFER,
             config.connect_timeout,
             config.authorization.clone(),
+            config.first_source,
         )
         .await?,
     );

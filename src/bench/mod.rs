@@ -47,6 +47,8 @@ pub struct BenchConfig {
     pub json: bool,
     /// Sent with every handshake, for a server started with `--token`.
     pub authorization: Option<HeaderValue>,
+    /// The first loopback source address to bind connections to (`--first-source`).
+    pub first_source: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
