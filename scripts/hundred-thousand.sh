@@ -14,7 +14,7 @@
 #   MEMBERS=20000 INSTANCES=2 scripts/hundred-thousand.sh
 #
 # Environment: MEMBERS (100000), INSTANCES (6), JOIN_RATE (max: per worker, joins/s),
-# JOIN_TIMEOUT (300 s for all members to join), MESSAGE_WAIT (60 s for the message to reach
+# JOIN_TIMEOUT (600 s for all members to join), MESSAGE_WAIT (60 s for the message to reach
 # them all after that), OUT (target/hundred-thousand: logs and each worker's JSON), BIN
 # (target/release/wschat, built if missing). Everything listens on and connects to
 # 127.0.0.1 only, and the run ends by itself within JOIN_TIMEOUT + MESSAGE_WAIT + a minute.
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-100000}
 INSTANCES=${INSTANCES:-6}
 JOIN_RATE=${JOIN_RATE:-max}
-JOIN_TIMEOUT=${JOIN_TIMEOUT:-300}
+JOIN_TIMEOUT=${JOIN_TIMEOUT:-600}
 MESSAGE_WAIT=${MESSAGE_WAIT:-60}
 OUT=${OUT:-target/hundred-thousand}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/wschat}
