@@ -621,7 +621,8 @@ fn print_table(r: &MembersReport) -> std::io::Result<()> {
             ));
         }
         None => lines.push(
-            "  server        not measured: no local server process found (give --server-pid)"
+            "  server        not measured: no process listening on the URL's port could be read \
+             from /proc, or --server-pid names none"
                 .to_owned(),
         ),
     }
