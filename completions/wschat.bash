@@ -95,7 +95,7 @@ _wschat() {
             return 0
             ;;
         wschat__subcmd__bench)
-            opts="-h --url --receivers --publishers --rate --duration --size --rooms --quiet-receivers --drain --connect-timeout --json --token --idle --color --help"
+            opts="-h --url --receivers --publishers --rate --duration --size --rooms --quiet-receivers --drain --connect-timeout --json --token --idle --members --join-rate --room --name-prefix --server-pid --first-source --await-message --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -142,6 +142,30 @@ _wschat() {
                     return 0
                     ;;
                 --idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --members)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --join-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server-pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --first-source)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -127,11 +127,18 @@ complete -c wschat -n "__fish_wschat_using_subcommand bench" -l drain -d 'After 
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l connect-timeout -d 'Give up when one connection\'s handshake takes longer than this' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l token -d 'Token for a server started with --token (sent as Authorization: Bearer)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l idle -d 'Instead of a load: open N connections that send nothing and hold them for --duration (or until Ctrl-C), printing how many are open' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l members -d 'Instead of a load: N announced (named) members join one room and read everything; then one message must reach them all. Reports join time, the server\'s CPU per join and memory per member, and the members the server closed' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l join-rate -d 'With --members: joins per second, or \'max\' (as fast as the server welcomes them, 128 handshakes in flight)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l room -d 'With --members: the room they join' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l name-prefix -d 'With --members: member i is named PREFIX<i> (bench processes sharing a room need different prefixes)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l server-pid -d 'With --members: the server process whose CPU and memory are read from /proc (by default the local process listening on the URL\'s port, when it can be found)' -r
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l first-source -d 'Bind connections to a loopback server to source addresses from this one on (127.x.y.z), 10,000 per address; by default 127.0.0.1, .2, ... past 10,000 connections. Bench processes running side by side need their own: a bound port is unique per address' -r
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l color -d 'When to colour output: auto colours a terminal unless NO_COLOR is set' -r -f -a "auto\t''
 always\t''
 never\t''"
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l quiet-receivers -d 'Receivers join quietly (`?quiet=1`): a wschat server announces each visible member to the whole room, which for thousands of receivers floods them before the run starts'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -l json -d 'Print one JSON object with every figure instead of the table'
+complete -c wschat -n "__fish_wschat_using_subcommand bench" -l await-message -d 'With --members: send nothing; wait up to --duration for a message starting with \'wsb-final:<unix nanos>\' from another client (e.g. wschat send), to time it'
 complete -c wschat -n "__fish_wschat_using_subcommand bench" -s h -l help -d 'Print help'
 complete -c wschat -n "__fish_wschat_using_subcommand replay" -l url -d 'Server URL (ws://, wss://; http:// and host:port also work)' -r
 complete -c wschat -n "__fish_wschat_using_subcommand replay" -l room -d 'Send every message to this room (default: the room each was recorded in)' -r

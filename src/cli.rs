@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-use crate::bench::{BenchConfig, BenchMode, LoadConfig, Rate};
+use crate::bench::{BenchConfig, BenchMode, LoadConfig, MembersConfig, Rate};
 use crate::client::connect::{self, Target};
 use crate::client::history::HistoryConfig;
 use crate::client::join::JoinConfig;
@@ -356,6 +356,13 @@ Examples:
   wschat bench --url ws://127.0.0.1:8080 --receivers 1000 --publishers 4 --rate max --duration 10s
   wschat bench --url ws://127.0.0.1:8080 --receivers 1000 --rate 50 --json
   wschat bench --url ws://127.0.0.1:8080 --idle 10000 --duration 60s  # server's VmRSS per conn
+  wschat bench --url ws://127.0.0.1:8080 --members 10000 --join-rate max  # announced members
+
+--members N: N named members join one room and read everything; the report gives the time to
+join, the server's CPU per join and memory per member (from /proc, for a local server), the
+members the server closed (by close code) and how long one message sent after the last join
+took to reach them all. Several bench processes share a room with --name-prefix and
+--await-message: each waits for a 'wsb-final:<unix nanos>' message sent by another client.
 
 Works against any server that relays text to the other clients (wschat in JSON or --raw mode,
 a plain relay): each message carries a token that receivers find in whatever frame arrives.
@@ -411,6 +418,51 @@ pub struct BenchArgs {
     /// (or until Ctrl-C), printing how many are open.
     #[arg(long, value_name = "N", conflicts_with_all = ["receivers", "publishers", "rate", "size", "rooms", "drain", "quiet_receivers"])]
     pub idle: Option<u64>,
+    /// Instead of a load: N announced (named) members join one room and read everything;
+    /// then one message must reach them all. Reports join time, the server's CPU per join
+    /// and memory per member, and the members the server closed.
+    #[arg(long, value_name = "N", conflicts_with_all = ["idle", "receivers", "publishers", "rate", "size", "rooms", "quiet_receivers"])]
+    pub members: Option<u64>,
+    /// With --members: joins per second, or 'max' (as fast as the server welcomes them,
+    /// 128 handshakes in flight).
+    #[arg(
+        long,
+        value_name = "R|max",
+        default_value = "max",
+        requires = "members"
+    )]
+    pub join_rate: Rate,
+    /// With --members: the room they join.
+    #[arg(
+        long,
+        value_name = "ROOM",
+        default_value = "bench-members",
+        requires = "members"
+    )]
+    pub room: String,
+    /// With --members: member i is named PREFIX<i> (bench processes sharing a room need
+    /// different prefixes).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "member",
+        requires = "members"
+    )]
+    pub name_prefix: String,
+    /// With --members: the server process whose CPU and memory are read from /proc (by
+    /// default the local process listening on the URL's port, when it can be found).
+    #[arg(long, value_name = "PID", requires = "members")]
+    pub server_pid: Option<u32>,
+    /// Bind connections to a loopback server to source addresses from this one on
+    /// (127.x.y.z), 10,000 per address; by default 127.0.0.1, .2, ... past 10,000 connections.
+    /// Bench processes running side by side need their own: a bound port is unique per
+    /// address.
+    #[arg(long, value_name = "IP", value_parser = loopback_address)]
+    pub first_source: Option<std::net::Ipv4Addr>,
+    /// With --members: send nothing; wait up to --duration for a message starting with
+    /// 'wsb-final:<unix nanos>' from another client (e.g. wschat send), to time it.
+    #[arg(long, requires = "members")]
+    pub await_message: bool,
 }
 
 /// Largest --receivers, --publishers or --idle accepted.
@@ -440,11 +492,26 @@ impl BenchArgs {
         if self.duration.is_zero() {
             return Err(usage("--duration must be more than 0"));
         }
-        let mode = match self.idle {
-            Some(n) => BenchMode::Idle {
+        let mode = match (self.idle, self.members) {
+            (Some(n), _) => BenchMode::Idle {
                 connections: count(n, "--idle")?,
             },
-            None => {
+            (None, Some(n)) => {
+                let members = count(n, "--members")?;
+                protocol::validate_room(&self.room).map_err(|e| usage(format!("--room: {e}")))?;
+                // The longest name it will use is the last member's.
+                protocol::validate_name(&format!("{}{}", self.name_prefix, members - 1))
+                    .map_err(|e| usage(format!("--name-prefix: {e}")))?;
+                BenchMode::Members(MembersConfig {
+                    members,
+                    join_rate: self.join_rate,
+                    room: self.room,
+                    name_prefix: self.name_prefix,
+                    server_pid: self.server_pid,
+                    await_message: self.await_message,
+                })
+            }
+            (None, None) => {
                 let receivers = count(self.receivers, "--receivers")?;
                 let publishers = count(self.publishers, "--publishers")?;
                 let rooms = count(self.rooms, "--rooms")?;
@@ -480,7 +547,18 @@ impl BenchArgs {
             connect_timeout: self.connect_timeout,
             json: self.json,
             authorization,
+            first_source: self.first_source,
         })
+    }
+}
+
+/// An IPv4 loopback address (127.0.0.0/8), for --first-source.
+fn loopback_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    match text.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => Ok(ip),
+        _ => Err(format!(
+            "'{text}' is not a loopback IPv4 address (127.x.y.z)"
+        )),
     }
 }
 
@@ -1024,6 +1102,16 @@ mod tests {
             &["wschat", "bench", "--duration", "0s"],
             &["wschat", "bench", "--rooms", "2"],
             &["wschat", "bench", "--url", "wss://h/"],
+            &["wschat", "bench", "--members", "0"],
+            &["wschat", "bench", "--members", "5", "--room", "two words"],
+            &[
+                "wschat",
+                "bench",
+                "--members",
+                "5",
+                "--name-prefix",
+                "bad name",
+            ],
         ] {
             let err = Cli::try_parse_from(args).unwrap().into_mode().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ValueValidation, "{args:?}");
@@ -1068,5 +1156,31 @@ mod tests {
             panic!()
         };
         assert!(matches!(c.mode, BenchMode::Idle { connections: 1000 }));
+        let cli = Cli::try_parse_from([
+            "wschat",
+            "bench",
+            "--members",
+            "300",
+            "--join-rate",
+            "50",
+            "--name-prefix",
+            "w2-",
+        ])
+        .unwrap();
+        let Mode::Bench(c) = cli.into_mode().unwrap() else {
+            panic!("not bench");
+        };
+        let BenchMode::Members(m) = c.mode else {
+            panic!("not members");
+        };
+        assert_eq!(m.members, 300);
+        assert_eq!(m.join_rate, Rate::PerSecond(50.0));
+        assert_eq!(m.name_prefix, "w2-");
+        assert!(!m.await_message);
+        // Members-only flags need --members; --members is not a load.
+        assert!(Cli::try_parse_from(["wschat", "bench", "--join-rate", "5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["wschat", "bench", "--members", "5", "--receivers", "3"]).is_err()
+        );
     }
 }

@@ -235,3 +235,76 @@ fn bench_against_an_unlimited_server_mentions_no_limit() {
     assert_eq!(r["server_rate_limit"], 0.0, "{r}");
     assert_eq!(r["rate_limited"], false, "{r}");
 }
+
+#[test]
+fn announced_members_are_all_kept_and_all_hear_the_message() {
+    // More than 100 members: the room's presence is coalesced into summaries.
+    let (_server, url) = serve(&[]);
+    let (output, r) = bench(&["--url", &url, "--members", "150", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(r["mode"], "members", "{r}");
+    assert_eq!(r["server"], "wschat", "{r}");
+    assert_eq!(r["joined"], 150, "{r}");
+    assert_eq!(r["closed"], 0, "{r}");
+    assert_eq!(r["close_codes"], serde_json::json!({}), "{r}");
+    assert_eq!(r["message_sent"], true, "{r}");
+    assert_eq!(r["message_reached"], 150, "{r}");
+    assert!(r["message_all_ms"].is_number(), "{r}");
+    // Join notices are not mistaken for the message, nor presence events for notices.
+    assert!(r["notices"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["presence_events"].as_u64().unwrap() > 0, "{r}");
+    // A local server is found and measured.
+    assert!(r["server_pid"].is_number(), "{r}");
+    assert!(r["kib_per_member"].is_number(), "{r}");
+}
+
+#[test]
+fn members_can_await_a_message_sent_by_someone_else() {
+    let (_server, url) = serve(&[]);
+    let bench = Command::new(BIN)
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--members",
+            "120",
+            "--await-message",
+        ])
+        .args(["--duration", "20s", "--name-prefix", "w1-", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wschat bench");
+    let mut bench = Killed(bench);
+    // Wait for the members to have joined: the bench says so on stderr.
+    let stderr = bench.0.stderr.take().expect("piped stderr");
+    let mut line = String::new();
+    BufReader::new(stderr)
+        .read_line(&mut line)
+        .expect("read the joined line");
+    assert!(line.starts_with("joined: 120 of 120"), "{line:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let sent = Command::new(BIN)
+        .args(["send", "sender", &format!("wsb-final:{now}")])
+        .args(["--url", &url, "--room", "bench-members"])
+        .output()
+        .expect("run wschat send");
+    assert!(sent.status.success(), "{sent:?}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(bench.0.stdout.as_mut().expect("piped stdout"), &mut stdout)
+        .expect("read the report");
+    let status = bench.0.wait().expect("wait for the bench");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
+    assert!(status.success(), "{r}");
+    assert_eq!(r["message_sent"], false, "{r}");
+    assert_eq!(r["message_reached"], 120, "{r}");
+    assert_eq!(r["closed"], 0, "{r}");
+}

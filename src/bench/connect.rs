@@ -20,8 +20,12 @@ use crate::protocol;
 pub type Socket = WebSocketStream<TcpStream>;
 
 /// Connections per source address. Binding before connecting takes a port from the source
-/// address's ephemeral range (about 28,000 by default on Linux) whatever the destination.
-const CONNECTIONS_PER_SOURCE: usize = 20_000;
+/// address's ephemeral range (about 28,000 by default on Linux) whatever the destination. Linux
+/// hands out half of that range first (even ports to connect, odd ones to bind) and searches
+/// the other half slowly: past about 14,000 connections from one address each new one costs a
+/// long scan in the kernel (measured: joins fell from thousands to under 200 per second at
+/// about 14,000 connections), so each source address takes at most 10,000.
+const CONNECTIONS_PER_SOURCE: usize = 10_000;
 /// File descriptors the bench needs besides its connections.
 const SPARE_FILES: u64 = 64;
 
@@ -56,6 +60,7 @@ impl Dialer {
         read_buffer: usize,
         timeout: Duration,
         authorization: Option<HeaderValue>,
+        first_source: Option<Ipv4Addr>,
     ) -> anyhow::Result<Dialer> {
         if url.scheme() != "ws" {
             return Err(fail(
@@ -76,7 +81,7 @@ impl Dialer {
             .or(addresses.first())
             .copied()
             .ok_or_else(|| fail(Exit::CannotConnect, format!("{host} has no address")))?;
-        let sources = plan_sources(address.ip(), connections);
+        let sources = plan_sources(address.ip(), connections, first_source);
         let config = WebSocketConfig::default()
             .read_buffer_size(read_buffer)
             .max_message_size(Some(16 << 20))
@@ -95,6 +100,11 @@ impl Dialer {
     /// What the server said it allows each connection, once a handshake said so.
     pub fn limits(&self) -> Option<protocol::Limits> {
         self.limits.get().copied()
+    }
+
+    /// The server's address, as resolved.
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     /// How many source addresses connections are spread over (1: the kernel's choice).
@@ -233,15 +243,24 @@ impl Dialer {
 }
 
 /// Source addresses for `connections` to a loopback address: as many as it takes to stay
-/// within [`CONNECTIONS_PER_SOURCE`] each. Empty (the kernel's choice) when one is enough or
-/// the server is not on 127.0.0.0/8.
-fn plan_sources(server: IpAddr, connections: usize) -> Vec<Ipv4Addr> {
+/// within [`CONNECTIONS_PER_SOURCE`] each, from 127.0.0.1 or from `first` on (bench processes
+/// running side by side each take their own, as a bound port is unique per source address).
+/// Empty (the kernel's choice) when one is enough and no `first` is given, or the server is
+/// not on 127.0.0.0/8.
+fn plan_sources(server: IpAddr, connections: usize, first: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
     match server {
-        IpAddr::V4(ip) if ip.is_loopback() && connections > CONNECTIONS_PER_SOURCE => {
-            let count = connections.div_ceil(CONNECTIONS_PER_SOURCE).min(254);
-            // At most 254, so it fits in the last octet.
-            (1..=count)
-                .map(|i| Ipv4Addr::new(127, 0, 0, u8::try_from(i).unwrap_or(1)))
+        IpAddr::V4(ip)
+            if ip.is_loopback() && (connections > CONNECTIONS_PER_SOURCE || first.is_some()) =>
+        {
+            let count = connections.div_ceil(CONNECTIONS_PER_SOURCE).clamp(1, 254);
+            let start = u32::from(first.unwrap_or(Ipv4Addr::new(127, 0, 0, 1)));
+            (0..count)
+                .map_while(|i| {
+                    let address = Ipv4Addr::from(start.checked_add(u32::try_from(i).ok()?)?);
+                    // 127.255.255.255 is loopback's broadcast address.
+                    (address.is_loopback() && address.octets()[1..] != [255, 255, 255])
+                        .then_some(address)
+                })
                 .collect()
         }
         _ => Vec::new(),
@@ -303,25 +322,37 @@ mod tests {
     #[test]
     fn many_loopback_connections_spread_over_source_addresses() {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert!(plan_sources(loopback, 10).is_empty());
-        assert!(plan_sources(loopback, CONNECTIONS_PER_SOURCE).is_empty());
+        assert!(plan_sources(loopback, 10, None).is_empty());
+        assert!(plan_sources(loopback, CONNECTIONS_PER_SOURCE, None).is_empty());
         assert_eq!(
-            plan_sources(loopback, 50_000),
+            plan_sources(loopback, 10, Some(Ipv4Addr::new(127, 0, 0, 9))),
+            vec![Ipv4Addr::new(127, 0, 0, 9)]
+        );
+        assert_eq!(
+            plan_sources(loopback, 15_000, Some(Ipv4Addr::new(127, 0, 0, 255))),
+            vec![Ipv4Addr::new(127, 0, 0, 255), Ipv4Addr::new(127, 0, 1, 0)]
+        );
+        assert_eq!(
+            plan_sources(loopback, 15_000, Some(Ipv4Addr::new(127, 255, 255, 254))),
+            vec![Ipv4Addr::new(127, 255, 255, 254)]
+        );
+        assert_eq!(
+            plan_sources(loopback, 25_000, None),
             vec![
                 Ipv4Addr::new(127, 0, 0, 1),
                 Ipv4Addr::new(127, 0, 0, 2),
                 Ipv4Addr::new(127, 0, 0, 3)
             ]
         );
-        assert_eq!(plan_sources(loopback, usize::MAX).len(), 254);
-        assert!(plan_sources(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50_000).is_empty());
-        assert!(plan_sources("::1".parse().unwrap(), 50_000).is_empty());
+        assert_eq!(plan_sources(loopback, usize::MAX, None).len(), 254);
+        assert!(plan_sources(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 50_000, None).is_empty());
+        assert!(plan_sources("::1".parse().unwrap(), 50_000, None).is_empty());
     }
 
     #[tokio::test]
     async fn only_ws_urls_are_accepted() {
         let url = Url::parse("wss://127.0.0.1:9/").unwrap();
-        let err = Dialer::new(&url, 1, 1024, Duration::from_secs(1), None)
+        let err = Dialer::new(&url, 1, 1024, Duration::from_secs(1), None, None)
             .await
             .err()
             .unwrap();

@@ -36,6 +36,7 @@ pub async fn run(config: &BenchConfig, connections: usize) -> anyhow::Result<Exi
             IDLE_READ_BUFFER,
             config.connect_timeout,
             config.authorization.clone(),
+            config.first_source,
         )
         .await?,
     );

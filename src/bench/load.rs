@@ -45,6 +45,7 @@ pub async fn run(config: &BenchConfig, load: &LoadConfig) -> anyhow::Result<Exit
             RECEIVER_READ_BUFFER,
             config.connect_timeout,
             config.authorization.clone(),
+            config.first_source,
         )
         .await?,
     );

@@ -1,7 +1,9 @@
 //! `wschat bench`: measures any WebSocket broadcast server (wschat in JSON or raw mode, or a
 //! plain relay) by the deliveries it makes per second, how many it loses, duplicates or
 //! reorders, and how long each takes from send to receipt; or, with `--idle`, holds many
-//! quiet connections so the server's memory per connection can be read.
+//! quiet connections so the server's memory per connection can be read; or, with `--members`,
+//! has announced members join one room and measures what the joins cost and whether a message
+//! after them reaches everyone.
 //!
 //! Receivers find the publishers' tokens inside whatever text frame arrives, so the bench needs
 //! nothing from the server but that it relays text to the other clients of a room.
@@ -10,6 +12,8 @@ mod connect;
 mod fleet;
 mod idle;
 mod load;
+mod members;
+mod procfs;
 mod progress;
 mod publisher;
 mod receiver;
@@ -43,6 +47,8 @@ pub struct BenchConfig {
     pub json: bool,
     /// Sent with every handshake, for a server started with `--token`.
     pub authorization: Option<HeaderValue>,
+    /// The first loopback source address to bind connections to (`--first-source`).
+    pub first_source: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +57,23 @@ pub enum BenchMode {
     Load(LoadConfig),
     /// Open and hold this many connections, with no traffic.
     Idle { connections: usize },
+    /// Announced members join one room, then one message must reach them all.
+    Members(MembersConfig),
+}
+
+/// The shape of a `--members` run.
+#[derive(Debug, Clone)]
+pub struct MembersConfig {
+    pub members: usize,
+    /// Joins per second, or as fast as the server welcomes them.
+    pub join_rate: Rate,
+    pub room: String,
+    /// Member `i` is named `<prefix><i>`: bench processes sharing a room need their own.
+    pub name_prefix: String,
+    /// The server process to read CPU and memory from; found from the URL's port otherwise.
+    pub server_pid: Option<u32>,
+    /// Send nothing: wait (up to the duration) for a message with a final token from elsewhere.
+    pub await_message: bool,
 }
 
 /// The shape of a load run.
@@ -110,6 +133,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Exit> {
     match &config.mode {
         BenchMode::Load(load) => load::run(&config, load).await,
         BenchMode::Idle { connections } => idle::run(&config, *connections).await,
+        BenchMode::Members(members) => members::run(&config, members).await,
     }
 }
 

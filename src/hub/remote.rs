@@ -3,7 +3,7 @@
 
 use super::relay::{Delivery, NoticeEntry, Origin};
 use super::room::presence;
-use super::{Hub, State};
+use super::{Hub, State, COALESCE_ABOVE};
 use crate::metrics::Metrics;
 use crate::protocol::{close, AckEvent, ChatEvent, Event};
 
@@ -185,6 +185,13 @@ impl Hub {
         }
         room.others = others;
         if room.members.is_empty() {
+            return;
+        }
+        if room.count() > COALESCE_ABOVE {
+            // A large room hears the new count in its next summary: while instances fill it,
+            // the count changes with nearly every join, and a frame to every member each time
+            // would cost N² frames.
+            room.comings.recount = true;
             return;
         }
         let (_, slow) = room.fan_out(&presence(room_name, room.count()), None);

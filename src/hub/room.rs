@@ -41,6 +41,9 @@ pub(super) struct Comings {
     joins: usize,
     left: Vec<String>,
     leaves: usize,
+    /// The count changed without a join or leave told here (another instance's members were
+    /// counted again).
+    pub(super) recount: bool,
 }
 
 impl Comings {
@@ -57,7 +60,7 @@ impl Comings {
     }
 
     fn is_empty(&self) -> bool {
-        self.joins == 0 && self.leaves == 0
+        self.joins == 0 && self.leaves == 0 && !self.recount
     }
 }
 

@@ -600,3 +600,35 @@ fn who_is_paged_and_counts_quiet_members() {
     let welcome = events(&mut b).remove(0);
     assert!(matches!(welcome, Event::System(s) if s.count == Some(252)));
 }
+
+#[test]
+fn a_large_room_hears_a_new_count_from_other_instances_in_its_next_summary() {
+    let hub = hub(HubConfig {
+        echo: false,
+        history: 0,
+        ..HubConfig::default()
+    });
+    let mut members: Vec<TestMember> = (0..=COALESCE_ABOVE)
+        .map(|i| join(&hub, "big", Some(&format!("m{i}")), false, 1 << 16))
+        .collect();
+    hub.flush_presence();
+    for m in &mut members {
+        events(m);
+    }
+    let census = |others| {
+        hub.deliver(relay::Delivery::Census {
+            room: "big".into(),
+            others,
+        })
+    };
+    census(10);
+    census(20);
+    assert!(events(&mut members[0]).is_empty(), "no frame per recount");
+    hub.flush_presence();
+    let summary = events(&mut members[0]);
+    let [Event::Presence(p)] = &summary[..] else {
+        panic!("{summary:?}")
+    };
+    assert_eq!(p.count, COALESCE_ABOVE + 1 + 20);
+    assert_eq!(p.joins, 0);
+}
