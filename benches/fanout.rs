@@ -35,7 +35,9 @@ fn room(members: usize) -> Room {
     let mut outboxes = Vec::with_capacity(members);
     let mut evictions = Vec::with_capacity(members + 1);
     let mut join = |name: String, quiet: bool| {
-        let (frames, rx) = outbox::channel(1024);
+        // Room for every join notice the first members get: none may be evicted while the
+        // room fills, or the benchmark would measure a smaller room than it says.
+        let (frames, rx) = outbox::channel(8 * members + 64);
         let (evict, evicted) = oneshot::channel();
         let request = JoinRequest {
             room: "lobby".into(),
@@ -51,6 +53,7 @@ fn room(members: usize) -> Room {
         outboxes.push(join(format!("member{i}"), false).1);
     }
     let (sender, _own) = join("sender".into(), true);
+    assert_eq!(hub.members("lobby"), members + 1, "every member is in the room");
     let mut room = Room {
         hub,
         sender,
