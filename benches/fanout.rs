@@ -53,7 +53,11 @@ fn room(members: usize) -> Room {
         outboxes.push(join(format!("member{i}"), false).1);
     }
     let (sender, _own) = join("sender".into(), true);
-    assert_eq!(hub.members("lobby"), members + 1, "every member is in the room");
+    assert_eq!(
+        hub.members("lobby"),
+        members + 1,
+        "every member is in the room"
+    );
     let mut room = Room {
         hub,
         sender,
