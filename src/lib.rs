@@ -4,7 +4,7 @@
 //!
 //! - `main`, `cli`, `app`: parse arguments, pick a mode, map errors to exit codes;
 //! - `server`, `client`, `bench`: sockets, HTTP, handshakes, reconnects, rendering;
-//! - `cluster`: several instances through Redis, seen by the hub only as its `Relay`;
+//! - `cluster`: several instances through Redis, seen only as the hub's `Relay` and `Directory`;
 //! - `hub`: rooms, members, names, presence, replay, fan-out; no sockets, no I/O;
 //! - `store`: history in memory, SQLite or Redis, behind one trait; `metrics`;
 //! - `outbox`, `protocol`: bounded queues of encoded frames; wire types, limits, close codes.

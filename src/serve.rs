@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::StoreChoice;
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::exit::Exit;
+use crate::hub::directory::Directory;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::server::{self, Parts, ServerConfig};
@@ -127,7 +128,7 @@ pub async fn run(
         hub,
         store,
         metrics,
-        cluster: cluster.clone(),
+        directory: cluster.clone().map(|c| c as Arc<dyn Directory>),
         draining,
     };
     server::run(listener, config, parts, now, hurry).await?;

@@ -2,13 +2,13 @@
 //! answer with a command (`--exec`), append it to a file (`--record`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::exec::{self, ExecConfig};
-use super::join::JoinConfig;
 use super::record::Recorder;
 use crate::exit::{fail, Exit};
 use crate::protocol::Event;
@@ -141,10 +141,11 @@ pub fn say(wschat: bool, name: &str, text: &str) -> Message {
     }
 }
 
-impl JoinConfig {
-    /// How `join` ends when `--for` runs out: done, or timed out when it waited for a match.
-    pub fn time_up(&self) -> anyhow::Result<Exit> {
-        match (&self.hooks.until, self.duration) {
+impl HooksConfig {
+    /// How `join` ends when `--for` (`duration`) runs out: done, or timed out when it waited
+    /// for a match.
+    pub fn time_up(&self, duration: Option<Duration>) -> anyhow::Result<Exit> {
+        match (&self.until, duration) {
             (Some(re), Some(duration)) => Err(fail(
                 Exit::Timeout,
                 format!(

@@ -539,7 +539,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
             let pause = backoff(attempt);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = sleep_until(deadline) => return config.time_up(),
+                () = sleep_until(deadline) => return config.hooks.time_up(config.duration),
                 exit = signals.recv() => return Ok(exit),
             }
             target.room = session.room.clone().or(target.room);
@@ -553,7 +553,7 @@ pub async fn run(config: JoinConfig) -> anyhow::Result<Exit> {
                     Err(e) if exit_for(&e) == Exit::HandshakeRejected => return Err(e),
                     Err(e) => session.status(&format!("still reconnecting: {e:#}"))?,
                 },
-                () = sleep_until(deadline) => return config.time_up(),
+                () = sleep_until(deadline) => return config.hooks.time_up(config.duration),
                 exit = signals.recv() => return Ok(exit),
             }
         };
@@ -674,7 +674,7 @@ async fn converse(
                     return Ok(SessionEnd::Lost { error: connection_lost(&session.url, Some(e)), retry: true });
                 }
             }
-            () = sleep_until(deadline) => return config.time_up().map(SessionEnd::Done),
+            () = sleep_until(deadline) => return config.hooks.time_up(config.duration).map(SessionEnd::Done),
             exit = signals.recv() => return Ok(SessionEnd::Done(exit)),
         }
     }

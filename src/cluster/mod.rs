@@ -41,6 +41,7 @@
 
 mod calls;
 mod codec;
+mod directory;
 mod history;
 mod keys;
 mod presence;

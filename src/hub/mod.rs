@@ -9,8 +9,10 @@
 //! - [`room`]: one room's members, its fan-out, presence and `who`;
 //! - [`replay`]: the history a member gets on entering a room;
 //! - [`remote`]: what other instances send through the relay's log;
-//! - [`relay`]: the trait by which the hub shares its rooms with other instances.
+//! - [`relay`]: the trait by which the hub shares its rooms with other instances;
+//! - [`directory`]: the trait by which the server asks them about names, presence and history.
 
+pub mod directory;
 pub mod relay;
 mod remote;
 mod replay;

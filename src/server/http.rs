@@ -90,8 +90,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 storage_failing: shared.store.health().is_err(),
             };
             let mut body = shared.metrics.render(&snapshot);
-            if let Some(cluster) = &shared.cluster {
-                body.push_str(&cluster.render_metrics());
+            if let Some(directory) = &shared.directory {
+                body.push_str(&directory.render_metrics());
             }
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
@@ -108,10 +108,9 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) ->
                 // Messages are refused until it can store them again: send clients elsewhere.
                 let body = format!("history cannot be stored: {why}\n");
                 text(StatusCode::SERVICE_UNAVAILABLE, body)
-            } else if let Some(cluster) = &shared.cluster {
-                // Still 200: this instance serves its clients while Redis is away.
-                let redis = if cluster.is_up() { "up" } else { "down" };
-                text(StatusCode::OK, format!("ok\nredis: {redis}\n"))
+            } else if let Some(directory) = &shared.directory {
+                // Still 200: this instance serves its clients while the others are away.
+                text(StatusCode::OK, format!("ok\n{}\n", directory.health()))
             } else {
                 text(StatusCode::OK, "ok\n")
             }

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Cluster;
+use crate::hub::directory::Directory;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -74,7 +74,7 @@ pub struct Parts {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// One of several instances sharing rooms through Redis (`--redis`).
-    pub cluster: Option<Arc<Cluster>>,
+    pub directory: Option<Arc<dyn Directory>>,
     /// Cancelled by the caller when the server is about to stop: `GET /healthz` answers 503
     /// from then on, while everything else is served as before.
     pub draining: CancellationToken,
@@ -127,7 +127,7 @@ impl Shared {
 struct Shared {
     config: ServerConfig,
     hub: Arc<Hub>,
-    cluster: Option<Arc<Cluster>>,
+    directory: Option<Arc<dyn Directory>>,
     draining: CancellationToken,
     /// Cancelled when the server starts shutting down.
     stopping: CancellationToken,
@@ -158,7 +158,7 @@ pub async fn run(
     }
     let shared = Arc::new(Shared {
         hub: parts.hub,
-        cluster: parts.cluster,
+        directory: parts.directory,
         draining: parts.draining,
         capacity: Capacity::new(config.max_clients, config.max_per_ip),
         config,

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::register::Seat;
-use crate::cluster::Cluster;
+use crate::hub::directory::Directory;
 use crate::hub::{ChatError, JoinError, MemberId, Post};
 use crate::metrics::Metrics;
 use crate::protocol::{self, DecodeError, Event, Inbound, WhoEvent};
@@ -89,27 +89,27 @@ pub(crate) async fn handle_shared_text(
     text: &str,
 ) -> Option<Message> {
     let hub = &shared.hub;
-    let cluster = seat.cluster.clone();
+    let directory = seat.directory.clone();
     let error = |e: JoinError| Some(Event::error(e.code(), e.to_string(), None).to_frame());
     match protocol::decode(text) {
         Ok(Inbound::SetName { name }) if !seat.quiet && name != seat.name => {
             if let Err(why) = protocol::validate_name(&name) {
                 return error(JoinError::InvalidName(why));
             }
-            if !cluster.claim_name(&name).await {
+            if !directory.claim_name(&name).await {
                 return error(JoinError::NameTaken(name));
             }
-            cluster.enter(&seat.room, &name).await;
+            directory.enter(&seat.room, &name).await;
             match hub.rename(id, &name) {
                 Ok(()) => {
                     let old = std::mem::replace(&mut seat.name, name);
-                    cluster.exit(&seat.room, &old).await;
-                    cluster.release_name(&old).await;
+                    directory.exit(&seat.room, &old).await;
+                    directory.release_name(&old).await;
                     None
                 }
                 Err(e) => {
-                    cluster.exit(&seat.room, &name).await;
-                    cluster.release_name(&name).await;
+                    directory.exit(&seat.room, &name).await;
+                    directory.release_name(&name).await;
                     error(e)
                 }
             }
@@ -118,22 +118,22 @@ pub(crate) async fn handle_shared_text(
             if let Err(why) = protocol::validate_room(&room) {
                 return error(JoinError::InvalidRoom(why));
             }
-            cluster.prepare_room(&room, None, 0).await;
+            directory.prepare_room(&room, None, 0).await;
             if !seat.quiet {
-                cluster.census(&room).await;
-                cluster.enter(&room, &seat.name).await;
+                directory.census(&room).await;
+                directory.enter(&room, &seat.name).await;
             }
             match hub.move_to(id, &room) {
                 Ok(()) => {
                     let old = std::mem::replace(&mut seat.room, room);
                     if !seat.quiet {
-                        cluster.exit(&old, &seat.name).await;
+                        directory.exit(&old, &seat.name).await;
                     }
                     None
                 }
                 Err(e) => {
                     if !seat.quiet {
-                        cluster.exit(&room, &seat.name).await;
+                        directory.exit(&room, &seat.name).await;
                     }
                     error(e)
                 }
@@ -143,10 +143,10 @@ pub(crate) async fn handle_shared_text(
             // A member who looks may have noticed an instance gone: its members' leave is
             // announced (through the log), and the room counted again (a changed count reaches
             // the room as a presence event, before this answer).
-            cluster.reap_room(&seat.room).await;
-            cluster.census(&seat.room).await;
+            directory.reap_room(&seat.room).await;
+            directory.census(&seat.room).await;
             let here = hub.who(id, after.as_deref());
-            let Some(members) = cluster.who(&seat.room).await else {
+            let Some(members) = directory.who(&seat.room).await else {
                 // Redis is away: this instance's members only.
                 return Some(Event::Who(here).to_frame());
             };
@@ -163,12 +163,12 @@ pub(crate) async fn handle_shared_text(
                 .to_frame(),
             )
         }
-        Ok(Inbound::Rooms) => Some(rooms(shared, &cluster).await),
+        Ok(Inbound::Rooms) => Some(rooms(shared, &*directory).await),
         Ok(Inbound::Chat {
             to: Some(to),
             reference,
             ..
-        }) if !hub.has_name(&to) => match cluster.is_held(&to).await {
+        }) if !hub.has_name(&to) => match directory.is_held(&to).await {
             // The hub sends it through the log to the instance that has the member.
             Ok(true) => handle_text(shared, id, text),
             Ok(false) => Some(
@@ -197,8 +197,8 @@ pub(crate) async fn handle_shared_text(
 
 /// Every room with members on some instance, with its count of all instances; this instance's
 /// rooms only while Redis is away.
-async fn rooms(shared: &Shared, cluster: &Cluster) -> Message {
-    let Some(mut rooms) = cluster.rooms().await else {
+async fn rooms(shared: &Shared, directory: &dyn Directory) -> Message {
+    let Some(mut rooms) = directory.rooms().await else {
         return shared.hub.rooms();
     };
     for (room, here) in shared.hub.local_rooms() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::Params;
-use crate::cluster::Cluster;
+use crate::hub::directory::Directory;
 use crate::hub::{JoinError, JoinRequest, Link, MemberId};
 use crate::metrics::Metrics;
 use crate::outbox;
@@ -140,7 +140,7 @@ impl Registration {
 
 /// What one connection holds in Redis: its room (presence) and name, unless quiet.
 pub(crate) struct Seat {
-    pub(super) cluster: Arc<Cluster>,
+    pub(super) directory: Arc<dyn Directory>,
     pub(super) room: String,
     pub(super) name: String,
     pub(super) quiet: bool,
@@ -152,8 +152,8 @@ impl Seat {
         if self.quiet {
             return;
         }
-        self.cluster.exit(&self.room, &self.name).await;
-        self.cluster.release_name(&self.name).await;
+        self.directory.exit(&self.room, &self.name).await;
+        self.directory.release_name(&self.name).await;
     }
 }
 
@@ -175,7 +175,7 @@ pub(crate) async fn register(
         let limit = limit.min(shared.config.outbox_frames);
         prepare_history(shared, &params.room, params.since, limit).await;
     }
-    let Some(cluster) = shared.cluster.clone() else {
+    let Some(directory) = shared.directory.clone() else {
         return Registration::new(shared, params, authorized, peer);
     };
     let raw = shared.config.raw;
@@ -192,28 +192,28 @@ pub(crate) async fn register(
     }
     let quiet = params.quiet || raw;
     let limit = shared.config.outbox_frames;
-    cluster
+    directory
         .prepare_room(&params.room, params.since.filter(|_| !raw), limit)
         .await;
     let mut params = params.clone();
     let name = if quiet {
         params.name.clone().unwrap_or_default()
     } else {
-        match claim(&cluster, params.name.as_deref()).await {
+        match claim(&*directory, params.name.as_deref()).await {
             Ok(name) => name,
             Err(e) => return Registration::refused(shared, &e, peer),
         }
     };
     // The other instances' members, counted before the hub hears of this one: they are in
     // its welcome and in the acks of what it sends (`send --min-recipients`), quiet or not.
-    cluster.census(&params.room).await;
+    directory.census(&params.room).await;
     if !quiet {
         params.name = Some(name.clone());
         // Before the hub: once the member sees its welcome, `who` anywhere lists it.
-        cluster.enter(&params.room, &name).await;
+        directory.enter(&params.room, &name).await;
     }
     let seat = Seat {
-        cluster,
+        directory,
         room: params.room.clone(),
         name,
         quiet,
@@ -228,9 +228,9 @@ pub(crate) async fn register(
 }
 
 /// Claims `name` (or a new guest name) across instances.
-async fn claim(cluster: &Cluster, name: Option<&str>) -> Result<String, JoinError> {
+async fn claim(directory: &dyn Directory, name: Option<&str>) -> Result<String, JoinError> {
     if let Some(name) = name {
-        return if cluster.claim_name(name).await {
+        return if directory.claim_name(name).await {
             Ok(name.to_owned())
         } else {
             Err(JoinError::NameTaken(name.to_owned()))
@@ -240,7 +240,7 @@ async fn claim(cluster: &Cluster, name: Option<&str>) -> Result<String, JoinErro
     let mut guest = String::new();
     for _ in 0..8 {
         guest = format!("guest-{:06x}", fastrand::u32(..0x100_0000));
-        if cluster.claim_name(&guest).await {
+        if directory.claim_name(&guest).await {
             return Ok(guest);
         }
     }
