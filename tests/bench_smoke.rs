@@ -1,42 +1,19 @@
 //! `wschat bench` against a real `wschat serve`: a short scenario must report every message
 //! delivered exactly once, in order. A smoke test of the tool, not a timed test of the server.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+mod common;
+
+use common::{Proc, Server, Stdin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wschat");
 
-/// A child process killed when the test ends, whichever way it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `wschat serve --port 0 [extra]` and returns it with the URL it printed first.
-fn serve(extra: &[&str]) -> (Killed, String) {
-    let child = Command::new(BIN)
-        // The bench measures delivery, not the per-connection rate limit.
-        .args(["serve", "--port", "0", "--rate", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wschat serve");
-    let mut server = Killed(child);
-    let stdout = server.0.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+/// Starts `wschat serve --port 0 --rate 0 [extra]`; returns it with its URL.
+fn serve(extra: &[&str]) -> (Server, String) {
+    // The bench measures delivery, not the per-connection rate limit.
+    let server = Server::start(&[&["--rate", "0"], extra].concat());
+    let url = server.url.clone();
     (server, url)
 }
 
@@ -179,22 +156,8 @@ fn bench_presents_a_token_to_a_server_that_wants_one() {
 
 #[test]
 fn bench_against_a_rate_limited_server_says_the_limit_shaped_the_figures_and_how_to_lift_it() {
-    let child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--rate", "20", "--burst", "5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wschat serve");
-    let mut server = Killed(child);
-    let mut line = String::new();
-    BufReader::new(server.0.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let server = Server::start(&["--rate", "20", "--burst", "5"]);
+    let url = server.url.clone();
     let args = [
         "--url",
         &url,
@@ -265,29 +228,24 @@ fn announced_members_are_all_kept_and_all_hear_the_message() {
 #[test]
 fn members_can_await_a_message_sent_by_someone_else() {
     let (_server, url) = serve(&[]);
-    let bench = Command::new(BIN)
-        .args([
+    let mut bench = Proc::spawn(
+        &[
             "bench",
             "--url",
             &url,
             "--members",
             "120",
             "--await-message",
-        ])
-        .args(["--duration", "20s", "--name-prefix", "w1-", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run wschat bench");
-    let mut bench = Killed(bench);
+            "--duration",
+            "20s",
+            "--name-prefix",
+            "w1-",
+            "--json",
+        ],
+        Stdin::Null,
+    );
     // Wait for the members to have joined: the bench says so on stderr.
-    let stderr = bench.0.stderr.take().expect("piped stderr");
-    let mut line = String::new();
-    BufReader::new(stderr)
-        .read_line(&mut line)
-        .expect("read the joined line");
-    assert!(line.starts_with("joined: 120 of 120"), "{line:?}");
+    bench.wait_for_stderr("joined: 120 of 120");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -298,12 +256,10 @@ fn members_can_await_a_message_sent_by_someone_else() {
         .output()
         .expect("run wschat send");
     assert!(sent.status.success(), "{sent:?}");
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(bench.0.stdout.as_mut().expect("piped stdout"), &mut stdout)
-        .expect("read the report");
-    let status = bench.0.wait().expect("wait for the bench");
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
-    assert!(status.success(), "{r}");
+    let done = bench.finish(common::GUARD * 3);
+    let r: serde_json::Value =
+        serde_json::from_str(done.stdout.join("\n").trim()).unwrap_or_default();
+    assert!(done.status.success(), "{r}");
     assert_eq!(r["message_sent"], false, "{r}");
     assert_eq!(r["message_reached"], 120, "{r}");
     assert_eq!(r["closed"], 0, "{r}");

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,8 @@ pub struct Proc {
     lines: Receiver<String>,
     /// Every stdout line taken from `lines` so far.
     seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
+    /// Everything written to stderr so far, and a signal when more comes.
+    stderr: Arc<(Mutex<String>, Condvar)>,
     stderr_thread: Option<JoinHandle<()>>,
     started: Instant,
 }
@@ -135,7 +136,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", bin()));
         let lines = line_pump(child.stdout.take().expect("stdout is piped"));
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let stderr_thread = {
             let stderr = stderr.clone();
             let mut pipe = child.stderr.take().expect("stderr is piped");
@@ -144,10 +145,13 @@ impl Proc {
                 loop {
                     match pipe.read(&mut chunk) {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => stderr
-                            .lock()
-                            .unwrap()
-                            .push_str(&String::from_utf8_lossy(&chunk[..n])),
+                        Ok(n) => {
+                            let (text, more) = &*stderr;
+                            text.lock()
+                                .unwrap()
+                                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                            more.notify_all();
+                        }
                     }
                 }
             })
@@ -169,7 +173,23 @@ impl Proc {
     }
 
     pub fn stderr_so_far(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `GUARD`) until stderr holds `needle`.
+    pub fn wait_for_stderr(&self, needle: &str) {
+        let (text, more) = &*self.stderr;
+        let deadline = Instant::now() + GUARD;
+        let mut seen = text.lock().unwrap();
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: no {needle:?} on stderr: {seen}",
+                self.what
+            );
+            seen = more.wait_timeout(seen, left).unwrap().0;
+        }
     }
 
     /// The next stdout line; panics (with what was printed so far) if none comes in time.
