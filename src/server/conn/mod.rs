@@ -60,6 +60,58 @@ impl std::fmt::Display for Ending {
     }
 }
 
+/// The hub (a full outbox, a name lost to another instance) or the outbox (a frame refused)
+/// says this client must go: it is closed with `code`, counted once whoever said it first.
+fn evicted(closer: &mut Closer, code: u16, metrics: &Metrics) {
+    if closer.is_closing() {
+        return;
+    }
+    if code == close::NAME_REJECTED {
+        // Its name went to a member of another instance who had it first.
+        closer.close(code, "name held by another member");
+    } else {
+        Metrics::inc(&metrics.slow_disconnects);
+        closer.close(code, "too slow: outbox full");
+    }
+}
+
+/// How a connection ended when a write to it failed.
+fn write_failed(e: WsError) -> Ending {
+    match e {
+        // The client closed or hung up first.
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(
+            ProtocolError::SendAfterClosing | ProtocolError::ResetWithoutClosingHandshake,
+        ) => Ending::ClientClosed,
+        WsError::Io(e) if is_hang_up(&e) => Ending::ClientVanished(e.to_string()),
+        e => Ending::WriteFailed(e.to_string()),
+    }
+}
+
+/// A frame from the client could not be read: the close it gets, if any, and the ending.
+fn read_failed(closer: &mut Closer, e: WsError, metrics: &Metrics, peer: SocketAddr) {
+    match e {
+        WsError::Capacity(_) => {
+            Metrics::inc(&metrics.oversize_disconnects);
+            closer.close(close::TOO_BIG, "message too big");
+        }
+        WsError::Utf8(_) => {
+            Metrics::inc(&metrics.invalid_utf8_disconnects);
+            closer.close(close::INVALID_PAYLOAD, "invalid UTF-8");
+        }
+        // A peer that hung up without a close frame: nobody to tell.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {}
+        WsError::Protocol(_) => closer.close(1002, "protocol error"),
+        _ => {}
+    }
+    if closer.ending.is_none() {
+        closer.ending = Some(Ending::ClientVanished(e.to_string()));
+    } else {
+        tracing::debug!(%peer, "read error: {e}");
+    }
+}
+
 /// Runs a connection from the finished handshake to the closed socket.
 ///
 /// Everything it keeps for the connection's life is borrowed from the caller's task, so the
@@ -131,15 +183,8 @@ pub(super) async fn run<S>(
             },
             code = &mut registration.evicted, if evict_pending => {
                 evict_pending = false;
-                // Counted once, whether the hub or the outbox said so first.
-                if let (Ok(code), false) = (code, closer.is_closing()) {
-                    if code == close::NAME_REJECTED {
-                        // Its name went to a member of another instance who had it first.
-                        closer.close(code, "name held by another member");
-                    } else {
-                        Metrics::inc(&metrics.slow_disconnects);
-                        closer.close(code, "too slow: outbox full");
-                    }
+                if let Ok(code) = code {
+                    evicted(&mut closer, code, metrics);
                 }
             }
             // One timer for both: the end of a pause in reading, and the close deadline.
@@ -175,29 +220,14 @@ pub(super) async fn run<S>(
                     // Whoever found it full (the hub, or the store acknowledging a message),
                     // the client missed a frame: it is closed and can resume.
                     Io::Overflowed => {
-                        if !closer.is_closing() {
-                            Metrics::inc(&metrics.slow_disconnects);
-                            closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
-                        }
+                        evicted(&mut closer, close::SLOW_CONSUMER, metrics);
                         continue;
                     }
                     // Nothing more can reach this client: it leaves the room now (below), so
                     // it never stays a member that receives nothing.
                     Io::WriteFailed(e) => {
                         Metrics::inc(&metrics.write_failures);
-                        closer.ending = Some(match e {
-                            // The client closed or hung up first.
-                            WsError::ConnectionClosed
-                            | WsError::AlreadyClosed
-                            | WsError::Protocol(
-                                ProtocolError::SendAfterClosing
-                                | ProtocolError::ResetWithoutClosingHandshake,
-                            ) => Ending::ClientClosed,
-                            WsError::Io(e) if is_hang_up(&e) => {
-                                Ending::ClientVanished(e.to_string())
-                            }
-                            e => Ending::WriteFailed(e.to_string()),
-                        });
+                        closer.ending = Some(write_failed(e));
                         break;
                     }
                 };
@@ -218,25 +248,7 @@ pub(super) async fn run<S>(
                     // tungstenite answers pings itself; a pong only proves the peer is alive.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Err(e)) => {
-                        match e {
-                            WsError::Capacity(_) => {
-                                Metrics::inc(&metrics.oversize_disconnects);
-                                closer.close(close::TOO_BIG, "message too big");
-                            }
-                            WsError::Utf8(_) => {
-                                Metrics::inc(&metrics.invalid_utf8_disconnects);
-                                closer.close(close::INVALID_PAYLOAD, "invalid UTF-8");
-                            }
-                            // A peer that hung up without a close frame: nobody to tell.
-                            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {}
-                            WsError::Protocol(_) => closer.close(1002, "protocol error"),
-                            _ => {}
-                        }
-                        if closer.ending.is_none() {
-                            closer.ending = Some(Ending::ClientVanished(e.to_string()));
-                        } else {
-                            tracing::debug!(%peer, "read error: {e}");
-                        }
+                        read_failed(&mut closer, e, metrics, peer);
                         // The stream is unusable after an error: do not wait for a reply.
                         break;
                     }
@@ -290,8 +302,7 @@ pub(super) async fn run<S>(
                 if let Some(reply) = reply {
                     Metrics::inc(&metrics.replies);
                     if registration.frames.try_send(reply).is_err() {
-                        Metrics::inc(&metrics.slow_disconnects);
-                        closer.close(close::SLOW_CONSUMER, "too slow: outbox full");
+                        evicted(&mut closer, close::SLOW_CONSUMER, metrics);
                     }
                 }
             }
