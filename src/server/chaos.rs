@@ -170,19 +170,23 @@ impl Faults {
         )
     }
 
-    /// The next fault; never, without `drop` or `close`.
-    pub async fn next(&mut self) -> Fault {
+    /// The next fault; never, without `drop` or `close`. A poll function, not an `async fn`:
+    /// every connection's task holds the future that waits for it, chaos or not, and this one
+    /// is a pointer.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Fault> {
         let Some(faults) = &mut self.0 else {
-            return std::future::pending().await;
+            return std::task::Poll::Pending;
         };
         let (rng, drop, close, tick) = &mut **faults;
         loop {
-            tick.tick().await;
+            if tick.poll_tick(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
             if rng.f64() < *drop {
-                return Fault::Drop;
+                return std::task::Poll::Ready(Fault::Drop);
             }
             if rng.f64() < *close {
-                return Fault::Close;
+                return std::task::Poll::Ready(Fault::Close);
             }
         }
     }

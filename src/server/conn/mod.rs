@@ -170,7 +170,7 @@ pub(super) async fn run<S>(
             () = &mut stopping, if !closer.is_closing() => {
                 closer.close(close::GOING_AWAY, "server shutting down");
             }
-            fault = faults.next(), if !closer.is_closing() => match fault {
+            fault = poll_fn(|cx| faults.poll_next(cx)), if !closer.is_closing() => match fault {
                 crate::server::chaos::Fault::Close => closer.close(close::GOING_AWAY, "chaos: closed on purpose"),
                 crate::server::chaos::Fault::Drop => {
                     // No close frame, nothing more written: the socket is just dropped.
