@@ -389,36 +389,16 @@ impl Hub {
             .clone();
         let room = state.rooms.get_mut(&room_name).ok_or(ChatError::Gone)?;
         let sender = room.members.get(&from).ok_or(ChatError::Gone)?;
-        let username = sender.name.clone();
         let sender_frames = sender.frames.clone();
-        if let Some(to) = post.to {
-            return self.private(
-                state,
-                from,
-                &room_name,
-                username,
-                &to,
-                post.content,
-                post.action,
-                post.reference,
-            );
+        let reference = post.reference;
+        let message = posted(room_name, sender.name.clone(), post);
+        if message.private {
+            return self.private(state, from, message, reference);
         }
         if let Some(relay) = &self.relay {
-            let message = ChatEvent {
-                id: 0,
-                room: room_name,
-                username,
-                message: post.content.into(),
-                timestamp: protocol::timestamp(),
-                to: None,
-                private: false,
-                action: post.action,
-                history: false,
-                replayed: Default::default(),
-            };
             let origin = Origin {
                 member: from,
-                reference: post.reference,
+                reference,
                 delivered_locally: false,
             };
             match relay.publish(message.clone(), origin) {
@@ -427,7 +407,7 @@ impl Hub {
                     let refusal = Event::error(
                         "unavailable",
                         "the server cannot take more messages right now; try again",
-                        post.reference,
+                        reference,
                     );
                     let _ = sender_frames.try_send(refusal.to_frame());
                 }
@@ -447,30 +427,18 @@ impl Hub {
             // Not broadcast: nobody may see as sent what a restart would lose.
             Metrics::inc(&self.metrics.unavailable);
             let why = format!("not sent: history cannot be stored ({why}); try again later");
-            let refusal = Event::error("unavailable", why, post.reference);
+            let refusal = Event::error("unavailable", why, reference);
             let _ = sender_frames.try_send(refusal.to_frame());
             return Ok(());
         }
         room.last_id += 1;
         let id = room.last_id;
-        let event = ChatEvent {
-            id,
-            room: room_name,
-            username,
-            message: post.content.into(),
-            timestamp: protocol::timestamp(),
-            to: None,
-            private: false,
-            action: post.action,
-            history: false,
-            replayed: Default::default(),
-        };
+        let event = ChatEvent { id, ..message };
         let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
         let (delivered, slow) = room.fan_out(&frame, skip);
         Metrics::add(&self.metrics.deliveries, delivered as u64);
-        let on_durable = post
-            .reference
+        let on_durable = reference
             .map(|reference| self.answer_when_stored(sender_frames, reference, id, delivered));
         self.store.append(event, on_durable);
         self.evict_all(state, slow);
@@ -511,30 +479,15 @@ impl Hub {
 
     /// Delivers a private message to the member called `to`, and a copy to the sender; with a
     /// relay, a target that is not a member here is reached through the log.
-    #[allow(clippy::too_many_arguments)]
     fn private(
         &self,
         state: &mut State,
         from: MemberId,
-        room: &str,
-        username: String,
-        to: &str,
-        content: String,
-        action: bool,
+        message: ChatEvent,
         reference: Option<u64>,
     ) -> Result<(), ChatError> {
-        let message = ChatEvent {
-            id: 0,
-            room: room.to_owned(),
-            username,
-            message: content.into(),
-            timestamp: protocol::timestamp(),
-            to: Some(to.to_owned()),
-            private: true,
-            action,
-            history: false,
-            replayed: Default::default(),
-        };
+        let to = message.to.clone().unwrap_or_default();
+        let to = to.as_str();
         let frame = Event::Chat(message.clone()).to_frame();
         let Some(target) = state.member_named(to) else {
             let Some(relay) = &self.relay else {
@@ -706,6 +659,23 @@ impl Hub {
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
         (state.rooms_by_member.len(), state.rooms.len())
+    }
+}
+
+/// A message as `username` posted it in `room`: to the room, or privately to `post.to`. Its id
+/// is given when it is stored (private messages have none).
+fn posted(room: String, username: String, post: Post) -> ChatEvent {
+    ChatEvent {
+        id: 0,
+        room,
+        username,
+        message: post.content.into(),
+        timestamp: protocol::timestamp(),
+        private: post.to.is_some(),
+        to: post.to,
+        action: post.action,
+        history: false,
+        replayed: Default::default(),
     }
 }
 
