@@ -7,16 +7,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// Reads events until the next chat message; returns it.
-fn next_chat(ws: &mut Ws) -> Value {
-    loop {
-        let event = next_event(ws);
-        if event["type"] == "chat" {
-            return event;
-        }
-    }
-}
-
 #[test]
 fn a_message_that_grows_when_escaped_is_refused_and_does_not_mute_the_room() {
     let server = Server::start(&[]);

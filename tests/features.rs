@@ -6,16 +6,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// The next chat event `ws` receives (notices and acks skipped).
-fn next_chat(ws: &mut Ws) -> Value {
-    loop {
-        let event = next_non_system(ws);
-        if event["type"] == "chat" {
-            return event;
-        }
-    }
-}
-
 // ---- join --until ---------------------------------------------------------------------------
 
 #[test]

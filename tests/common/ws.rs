@@ -89,6 +89,16 @@ pub fn next_message(ws: &mut Ws) -> Value {
     }
 }
 
+/// The next chat event (notices, state events, acks and errors skipped).
+pub fn next_chat(ws: &mut Ws) -> Value {
+    loop {
+        let event = next_event(ws);
+        if event["type"] == "chat" {
+            return event;
+        }
+    }
+}
+
 /// Skips system notices (and state events) and returns the next event of another type.
 pub fn next_non_system(ws: &mut Ws) -> Value {
     loop {

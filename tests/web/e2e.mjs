@@ -4,47 +4,21 @@
 //   START_SERVER       -> it starts the server again on the same port and answers RESTARTED
 //   E2E_OK             -> every check passed
 // Anything else on stdout is a progress line. Exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
-import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import assert from "node:assert/strict";
+import { expectLine, giveUpAfter, launchBrowser, log } from "./harness.mjs";
 
 const PAGE_URL = process.env.WSCHAT_PAGE_URL;
 const SHOTS = process.env.WSCHAT_SCREENSHOTS;
-const CHROMIUM = process.env.WSCHAT_CHROMIUM || "/usr/bin/chromium";
 const OVERALL_MS = 60_000;
 if (!PAGE_URL) throw new Error("WSCHAT_PAGE_URL is not set (run this through `cargo test --test web`)");
 
-const overall = setTimeout(() => {
-  console.error(`e2e: not finished after ${OVERALL_MS / 1000} s; giving up`);
-  process.exit(3);
-}, OVERALL_MS);
-overall.unref();
+giveUpAfter("e2e", OVERALL_MS);
 
-const log = (line) => process.stdout.write(`${line}\n`);
-
-// Lines from the Rust side, one at a time.
-const incoming = [];
-const waiting = [];
-createInterface({ input: process.stdin }).on("line", (line) => {
-  const w = waiting.shift();
-  if (w) w(line.trim());
-  else incoming.push(line.trim());
-});
-async function expectLine(want) {
-  const got = incoming.length ? incoming.shift() : await new Promise((r) => waiting.push(r));
-  assert.equal(got, want, `expected the line ${want} from the test, got ${got}`);
-}
 
 const problems = [];
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchBrowser();
 
 async function openPage(name, options, refused = false) {
   const context = await browser.newContext(options);

@@ -5,29 +5,17 @@
 //                      for "hello, file page" from a `wschat join` the Rust side runs
 //   FILE_OK         -> every check passed
 // Exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
+import { giveUpAfter, launchBrowser, log } from "./harness.mjs";
 
 const FILE_URL = process.env.WSCHAT_FILE_URL;
-const CHROMIUM = process.env.WSCHAT_CHROMIUM || "/usr/bin/chromium";
 const OVERALL_MS = 45_000;
 if (!FILE_URL) throw new Error("WSCHAT_FILE_URL is not set (run this through `cargo test --test web`)");
 
-const overall = setTimeout(() => {
-  console.error(`file: not finished after ${OVERALL_MS / 1000} s; giving up`);
-  process.exit(3);
-}, OVERALL_MS);
-overall.unref();
+giveUpAfter("file", OVERALL_MS);
 
-const log = (line) => process.stdout.write(`${line}\n`);
 const problems = [];
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchBrowser();
 const page = await (await browser.newContext()).newPage();
 page.setDefaultTimeout(15_000);
 page.on("pageerror", (e) => problems.push(`uncaught ${e.message}`));

@@ -4,36 +4,16 @@
 //                 again on the same port, sends new-1..new-10 and answers SENT
 //   RESTART_OK -> the page shows every message once: old-1..5 and new-1..10
 // Exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { createInterface } from "node:readline";
+import { expectLine, giveUpAfter, launchBrowser, log } from "./harness.mjs";
 
 const PAGE_URL = process.env.WSCHAT_PAGE_URL;
-const CHROMIUM = process.env.WSCHAT_CHROMIUM || "/usr/bin/chromium";
 const OVERALL_MS = 60_000;
 if (!PAGE_URL) throw new Error("WSCHAT_PAGE_URL is not set (run this through `cargo test --test web`)");
 
-const overall = setTimeout(() => {
-  console.error(`restart: not finished after ${OVERALL_MS / 1000} s; giving up`);
-  process.exit(3);
-}, OVERALL_MS);
-overall.unref();
+giveUpAfter("restart", OVERALL_MS);
 
-const log = (line) => process.stdout.write(`${line}\n`);
-const waiting = [];
-createInterface({ input: process.stdin }).on("line", (line) => {
-  const i = waiting.findIndex((w) => w.line === line);
-  if (i >= 0) waiting.splice(i, 1)[0].resolve();
-});
-const expectLine = (line) => new Promise((resolve) => waiting.push({ line, resolve }));
-
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launchBrowser();
 const page = await (await browser.newContext()).newPage();
 page.setDefaultTimeout(20_000);
 const problems = [];
