@@ -12,8 +12,10 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
-    /// Frames queued for clients (one per recipient).
+    /// Chat messages sent to clients (one per recipient).
     pub deliveries: AtomicU64,
+    /// Of those, written straight to an idle client's socket by the fan-out.
+    pub deliveries_written: AtomicU64,
     pub acks: AtomicU64,
     pub replies: AtomicU64,
     pub slow_disconnects: AtomicU64,
@@ -57,7 +59,7 @@ impl Metrics {
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "connections_total",
                 "WebSocket connections accepted",
@@ -75,8 +77,13 @@ impl Metrics {
             ),
             (
                 "deliveries_total",
-                "Frames queued for clients, one per recipient",
+                "Chat messages sent to clients, one per recipient",
                 get(&self.deliveries),
+            ),
+            (
+                "deliveries_written_through_total",
+                "Of those, written straight to an idle client's socket (the rest were queued for its connection)",
+                get(&self.deliveries_written),
             ),
             (
                 "acks_total",

@@ -416,8 +416,7 @@ impl Hub {
                     // (it gets one, and reaches the other instances, once the log is back).
                     let frame = Event::Chat(message).to_frame();
                     let skip = (!self.config.echo).then_some(from);
-                    let (delivered, slow) = room.fan_out(&frame, skip);
-                    Metrics::add(&self.metrics.deliveries, delivered as u64);
+                    let (_, slow) = self.counted(room.fan_out(&frame, skip));
                     self.evict_all(state, slow);
                 }
             }
@@ -436,8 +435,7 @@ impl Hub {
         let event = ChatEvent { id, ..message };
         let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
-        let (delivered, slow) = room.fan_out(&frame, skip);
-        Metrics::add(&self.metrics.deliveries, delivered as u64);
+        let (delivered, slow) = self.counted(room.fan_out(&frame, skip));
         let on_durable = reference
             .map(|reference| self.answer_when_stored(sender_frames, reference, id, delivered));
         self.store.append(event, on_durable);
@@ -544,8 +542,7 @@ impl Hub {
             return 0;
         };
         let skip = (!self.config.echo).then_some(from);
-        let (delivered, slow) = room.fan_out(&frame, skip);
-        Metrics::add(&self.metrics.deliveries, delivered as u64);
+        let (delivered, slow) = self.counted(room.fan_out(&frame, skip));
         self.evict_all(state, slow);
         delivered
     }
@@ -644,7 +641,7 @@ impl Hub {
         let mut slow = Vec::new();
         for (name, room) in &mut state.rooms {
             if let Some(summary) = room.summary(name) {
-                slow.extend(room.fan_out(&summary, None).1);
+                slow.extend(room.fan_out(&summary, None).slow);
             }
         }
         self.evict_all(state, slow);
@@ -723,6 +720,14 @@ impl Hub {
             self.store.idle(&room_name);
         }
         Some((member, slow))
+    }
+
+    /// Counts a chat message's deliveries; returns how many there were, and the members found
+    /// slow.
+    fn counted(&self, reach: room::Reach) -> (usize, Vec<MemberId>) {
+        Metrics::add(&self.metrics.deliveries, reach.delivered as u64);
+        Metrics::add(&self.metrics.deliveries_written, reach.written as u64);
+        (reach.delivered, reach.slow)
     }
 
     /// Evicts slow members; announcing their departure may find more, so this runs to a

@@ -64,8 +64,7 @@ impl Hub {
         };
         let frame = Event::Chat(event).to_frame();
         let skip = (!self.config.echo).then_some(origin.member);
-        let (delivered, slow) = room.fan_out(&frame, skip);
-        Metrics::add(&self.metrics.deliveries, delivered as u64);
+        let (_, slow) = self.counted(room.fan_out(&frame, skip));
         self.evict_all(state, slow);
     }
 
@@ -92,9 +91,8 @@ impl Hub {
                 if !origin.is_some_and(|o| o.delivered_locally) {
                     let frame = Event::Chat(event.clone()).to_frame();
                     let skip = origin.filter(|_| !self.config.echo).map(|o| o.member);
-                    let (here, slow) = room.fan_out(&frame, skip);
+                    let (here, slow) = self.counted(room.fan_out(&frame, skip));
                     delivered += here;
-                    Metrics::add(&self.metrics.deliveries, here as u64);
                     self.evict_all(state, slow);
                 }
             }
@@ -194,7 +192,7 @@ impl Hub {
             room.comings.recount = true;
             return;
         }
-        let (_, slow) = room.fan_out(&presence(room_name, room.count()), None);
+        let slow = room.fan_out(&presence(room_name, room.count()), None).slow;
         self.evict_all(state, slow);
     }
 }

@@ -98,6 +98,17 @@ fn in_brief(names: &[String], count: usize, verb: &str) -> Option<String> {
     })
 }
 
+/// Whom a frame reached.
+#[derive(Debug, Default)]
+pub(super) struct Reach {
+    /// Members who got it (written, or queued for their connection).
+    pub(super) delivered: usize,
+    /// Of those, how many had it written straight to their socket.
+    pub(super) written: usize,
+    /// Members whose outbox was full: they are not keeping up.
+    pub(super) slow: Vec<MemberId>,
+}
+
 pub(super) struct Member {
     pub(super) name: String,
     pub(super) quiet: bool,
@@ -116,27 +127,25 @@ impl Room {
         self.names.len() + self.quiet + self.others
     }
 
-    /// Queues `frame` for every member but `skip`. Returns how many accepted it and the members
-    /// whose outbox was full.
-    pub(super) fn fan_out(
-        &self,
-        frame: &Message,
-        skip: Option<MemberId>,
-    ) -> (usize, Vec<MemberId>) {
-        let mut delivered = 0;
-        let mut slow = Vec::new();
+    /// Sends `frame` to every member but `skip`: written straight to the sockets of idle
+    /// members, queued for the others.
+    pub(super) fn fan_out(&self, frame: &Message, skip: Option<MemberId>) -> Reach {
+        let mut reach = Reach::default();
         for (&id, member) in &self.members {
             if Some(id) == skip {
                 continue;
             }
             match member.frames.try_send(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(outbox::TrySendError::Full(_)) => slow.push(id),
+                Ok(sent) => {
+                    reach.delivered += 1;
+                    reach.written += usize::from(sent == outbox::Sent::Written);
+                }
+                Err(outbox::TrySendError::Full(_)) => reach.slow.push(id),
                 // The connection is already ending; it removes itself.
                 Err(outbox::TrySendError::Closed(_)) => {}
             }
         }
-        (delivered, slow)
+        reach
     }
 
     /// Tells this instance's members of the room that someone joined, left or was renamed,
@@ -157,9 +166,9 @@ impl Room {
             a.timestamp.clone(),
             count,
         );
-        let (_, mut slow) = self.fan_out(&notice, skip);
+        let mut slow = self.fan_out(&notice, skip).slow;
         if a.notice != Notice::Rename {
-            slow.extend(self.fan_out(&presence(&a.room, count), skip).1);
+            slow.extend(self.fan_out(&presence(&a.room, count), skip).slow);
         }
         slow
     }

@@ -200,8 +200,10 @@ pub struct Shaper {
     /// Frames taken from the outbox, each with the time it may go out (never before the one
     /// ahead of it).
     held: VecDeque<(Instant, Message)>,
-    /// Fragments of the message being sent.
+    /// Frames due (fragments of a message, or whole ones), the first partly written.
     ready: VecDeque<Message>,
+    /// Bytes of the first of `ready` already written.
+    written: usize,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -216,6 +218,7 @@ impl Shaper {
             fragment: chaos.spec.fragment,
             held: VecDeque::new(),
             ready: VecDeque::new(),
+            written: 0,
             timer: None,
         }))
     }
@@ -233,12 +236,16 @@ impl Shaper {
         self.held.push_back((due, frame));
     }
 
-    fn release(&mut self, frame: Message) -> Option<Message> {
+    /// Makes `frame` ready to write: whole, or as fragments of `fragment` bytes.
+    fn release(&mut self, frame: Message) {
         let size = self.fragment.unwrap_or(usize::MAX);
         let (payload, opcode) = match frame {
             Message::Text(text) if text.len() > size => (Bytes::from(text), Data::Text),
             Message::Binary(data) if data.len() > size => (data, Data::Binary),
-            other => return Some(other),
+            other => {
+                self.ready.push_back(other);
+                return;
+            }
         };
         let mut start = 0;
         while start < payload.len() {
@@ -249,17 +256,17 @@ impl Shaper {
             self.ready.push_back(Message::Frame(frame));
             start = end;
         }
-        self.ready.pop_front()
     }
 
-    /// The next frame to write, when it is due.
-    pub fn poll_recv(
+    /// Whether there are frames due to write (see [`outbox::Receiver::poll_batch`]): taken
+    /// from the outbox, held until due, and fragmented.
+    pub fn poll_batch(
         &mut self,
         outbox: &mut outbox::Receiver,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Message>> {
-        if let Some(frame) = self.ready.pop_front() {
-            return Poll::Ready(Some(frame));
+    ) -> Poll<Option<()>> {
+        if !self.ready.is_empty() {
+            return Poll::Ready(Some(()));
         }
         let mut closed = false;
         while self.held.len() < HOLD_MAX {
@@ -283,10 +290,10 @@ impl Shaper {
             let due = *due;
             if due <= Instant::now() {
                 self.timer = None;
-                let Some((_, frame)) = self.held.pop_front() else {
-                    return Poll::Pending;
-                };
-                return Poll::Ready(self.release(frame));
+                if let Some((_, frame)) = self.held.pop_front() {
+                    self.release(frame);
+                }
+                return Poll::Ready(Some(()));
             }
             let timer = self
                 .timer
@@ -298,39 +305,21 @@ impl Shaper {
         }
     }
 
-    /// The next frame, due or not (the connection is closing: what is held goes out first).
-    pub fn try_recv(&mut self, outbox: &mut outbox::Receiver) -> Option<Message> {
-        if let Some(frame) = self.ready.pop_front() {
-            return Some(frame);
-        }
-        if let Some((_, frame)) = self.held.pop_front() {
-            return self.release(frame);
-        }
-        let frame = outbox.try_recv().ok()?;
-        self.release(frame)
+    /// The frames due, and how many bytes of the first are written.
+    pub fn batch(&self) -> (&VecDeque<Message>, usize) {
+        (&self.ready, self.written)
     }
-}
 
-/// [`Shaper::poll_recv`], or the outbox itself without one.
-pub fn poll_recv(
-    shaper: &mut Option<Box<Shaper>>,
-    outbox: &mut outbox::Receiver,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Message>> {
-    match shaper {
-        Some(shaper) => shaper.poll_recv(outbox, cx),
-        None => outbox.poll_recv(cx),
+    /// `n` more bytes of the frames due are written.
+    pub fn advance(&mut self, n: usize) {
+        let (done, written) = outbox::advance(&self.ready, self.written, n);
+        self.ready.drain(..done);
+        self.written = written;
     }
-}
 
-/// [`Shaper::try_recv`], or the outbox itself without one.
-pub fn try_recv(
-    shaper: &mut Option<Box<Shaper>>,
-    outbox: &mut outbox::Receiver,
-) -> Option<Message> {
-    match shaper {
-        Some(shaper) => shaper.try_recv(outbox),
-        None => outbox.try_recv().ok(),
+    /// Whether it holds nothing more to write.
+    pub fn is_idle(&self) -> bool {
+        self.ready.is_empty() && self.held.is_empty()
     }
 }
 
@@ -369,9 +358,8 @@ mod tests {
     fn fragments_cover_the_message_in_order() {
         let chaos = Chaos::new(ChaosSpec::parse("fragment=4").unwrap(), Some(1));
         let mut shaper = Shaper::new(Some(&chaos)).unwrap();
-        let first = shaper.release(Message::text("0123456789")).unwrap();
-        let mut frames = vec![first];
-        frames.extend(shaper.ready.drain(..));
+        shaper.release(Message::text("0123456789"));
+        let frames: Vec<_> = shaper.ready.drain(..).collect();
         let payloads: Vec<_> = frames
             .iter()
             .map(|m| match m {
@@ -393,9 +381,7 @@ mod tests {
             (true, OpCode::Data(Data::Continue), b"89".to_vec())
         );
         // Short messages and control frames go out whole.
-        assert_eq!(
-            shaper.release(Message::text("abc")),
-            Some(Message::text("abc"))
-        );
+        shaper.release(Message::text("abc"));
+        assert_eq!(shaper.ready.pop_front(), Some(Message::text("abc")));
     }
 }

@@ -16,13 +16,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::access::TokenCheck;
-use super::conn::{self, Params};
+use super::conn::{self, Params, ReadSide, Socket};
 use super::Shared;
 use crate::metrics::{Metrics, Snapshot};
 use crate::protocol;
@@ -37,15 +36,12 @@ const PAGE: &str = include_str!("page.html");
 const PAGE_CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:";
 
 /// Serves one TCP connection: HTTP requests until one upgrades or the server stops.
-pub(super) async fn serve<I>(shared: Arc<Shared>, stream: I, peer: SocketAddr)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub(super) async fn serve<I: Socket>(shared: Arc<Shared>, stream: I, peer: SocketAddr) {
     let service = {
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(route(shared, req, peer).await) }
+            async move { Ok::<_, Infallible>(route::<I>(shared, req, peer).await) }
         })
     };
     let connection = http1::Builder::new()
@@ -70,9 +66,14 @@ where
     }
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// Answers one request on a connection over `I`.
+async fn route<I: Socket>(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     if wants_upgrade(&req) {
-        return upgrade(shared, req, peer).await;
+        return upgrade::<I>(shared, req, peer).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
@@ -183,7 +184,7 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
     header_has_token(req, header::UPGRADE, "websocket")
 }
 
-async fn upgrade(
+async fn upgrade<I: Socket>(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
@@ -261,13 +262,9 @@ async fn upgrade(
         // costs in all. 512 bytes hold a few chat frames per read; a larger frame grows the
         // buffer to its length when it comes (read 512 bytes at a time).
         .read_buffer_size(512)
-        .write_buffer_size(16 * 1024)
-        // No cap of the library's own: a frame the server made must never be refused by its
-        // writer (an escaped chat line or a long list can be larger than any input). What is
-        // buffered is bounded anyway: the connection hands the socket a frame only once the
-        // previous ones are written out past `write_buffer_size`, and the outbox bounds the
-        // rest in frames and bytes.
-        .max_write_buffer_size(usize::MAX);
+        // tungstenite only reads: the connection writes every frame itself, and what
+        // tungstenite would write on its own goes nowhere (see `conn::socket`), unbuffered.
+        .write_buffer_size(0);
     let raw = shared.config.raw;
     let limits = shared.config.limits().header_value();
     // With --redis, the room's history and the name are made ready in Redis first.
@@ -278,15 +275,25 @@ async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                conn::run(&shared, &mut ws, &mut registration, peer).await;
-            }
+            // The socket itself, which hyper has under its upgrade: the connection writes
+            // frames to it without going through tungstenite (see `conn::socket`).
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<I>>() {
+                Ok(parts) => {
+                    let (read, write, socket) = parts.io.into_inner().split();
+                    let mut ws = WebSocketStream::from_raw_socket(
+                        ReadSide::new(parts.read_buf, read),
+                        Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    conn::run(&shared, &mut ws, write, socket, &mut registration, peer).await;
+                }
+                Err(_) => {
+                    // hyper hands back the type it was given; this would be a bug.
+                    tracing::error!(%peer, "upgrade failed: the connection is not the socket it was accepted as");
+                    registration.abandon(&shared);
+                }
+            },
             Err(e) => {
                 tracing::debug!(%peer, "upgrade failed: {e}");
                 registration.abandon(&shared);

@@ -1,15 +1,19 @@
-//! The connection's socket engine: one task reads and writes. The writer feeds the socket
-//! everything queued and flushes once; the reader reads only when the socket woke the task;
-//! the closer sends one close frame after what was queued and waits, bounded, for the answer.
+//! The connection's socket engine: one task reads and writes. The writer writes everything
+//! queued (what the hub did not write straight through) and flushes once; the reader reads
+//! only when the socket woke the task; the closer sends one close frame after what was queued
+//! and waits, bounded, for the answer.
 
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -26,8 +30,8 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// everything queued before it, then a bounded wait for the peer's answer.
 pub(super) struct Closer {
     pub(super) closing: bool,
-    /// The close frame asked for, until it is written.
-    pub(super) frame: Option<CloseFrame>,
+    /// The close frame asked for (or the answer to the client's), until it is queued.
+    pub(super) frame: Option<Message>,
     pub(super) deadline: Option<Instant>,
     pub(super) ending: Option<Ending>,
 }
@@ -36,10 +40,10 @@ impl Closer {
     pub(super) fn close(&mut self, code: u16, reason: &'static str) {
         if !self.closing {
             self.closing = true;
-            self.frame = Some(CloseFrame {
+            self.frame = Some(Message::Close(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
-            });
+            })));
             self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
             self.ending = Some(Ending::ClosedByServer(code, reason));
         }
@@ -53,7 +57,7 @@ impl Closer {
 /// What the socket had for the connection's loop.
 pub(super) enum Io {
     Read(Option<Result<Message, WsError>>),
-    WriteFailed(WsError),
+    WriteFailed(io::Error),
     /// A frame for this client found its outbox full: it is not keeping up.
     Overflowed,
 }
@@ -115,26 +119,41 @@ impl Reader {
     }
 }
 
-/// The sending side: the outbox, fed to the socket as frames come, one flush per batch.
-pub(super) struct Writer {
-    /// Frames handed to the WebSocket layer since the last flush.
-    pub(super) unflushed: bool,
-    /// The close frame is written, or a write failed: nothing more goes out, and the hub finds
-    /// the outbox closed.
+/// The sending side: writes what the outbox holds to the socket, as many frames to a write
+/// as are queued (header and shared payload each, vectored), and flushes once per batch.
+pub(super) struct Writer<W> {
+    wire: W,
+    /// Bytes written since the last flush (TLS keeps them until then).
+    unflushed: bool,
+    /// The close frame is queued: once the outbox is written out, nothing more goes.
+    closing: bool,
+    /// Everything is written, or a write failed: nothing more goes out, and the hub finds the
+    /// outbox closed.
     pub(super) stopped: bool,
     pub(super) failed: bool,
     /// Delays and fragments what goes out (`--chaos`).
     pub(super) shaper: Option<Box<crate::server::chaos::Shaper>>,
 }
 
-impl Writer {
-    /// Writes what it can, then reads one frame if given a reader. Pending until a frame is read or
-    /// a write fails; wakes when the outbox gets frames or the socket can take more.
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub(super) fn new(wire: W, shaper: Option<Box<crate::server::chaos::Shaper>>) -> Self {
+        Writer {
+            wire,
+            unflushed: false,
+            closing: false,
+            stopped: false,
+            failed: false,
+            shaper,
+        }
+    }
+
+    /// Writes what it can, then reads one frame if given a reader. Pending until a frame is
+    /// read or a write fails; wakes when the outbox gets frames or the socket can take more.
     pub(super) fn poll_io<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         outbox: &mut outbox::Receiver,
-        close: &mut Option<CloseFrame>,
+        close: &mut Option<Message>,
         reader: Option<&Reader>,
         cx: &mut Context<'_>,
     ) -> Poll<Io>
@@ -142,10 +161,8 @@ impl Writer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if !self.stopped {
-            if let Err(e) = self.write(ws, outbox, close, cx) {
-                self.stop(outbox);
-                self.unflushed = false;
-                self.failed = true;
+            if let Err(e) = self.write(outbox, close, cx) {
+                self.fail(outbox);
                 return Poll::Ready(Io::WriteFailed(e));
             }
             if outbox.take_overflow() {
@@ -160,88 +177,101 @@ impl Writer {
         Poll::Pending
     }
 
-    /// Feeds every queued frame to the socket, then the close frame if one was asked for, and
-    /// flushes once. Returns when it would wait (the outbox is empty, or the socket is full).
-    fn write<S>(
+    /// Writes every queued frame, then the close frame if one was asked for, and flushes.
+    /// Returns when it would wait (the outbox is empty, or the socket is full).
+    fn write(
         &mut self,
-        ws: &mut WebSocketStream<S>,
         outbox: &mut outbox::Receiver,
-        close: &mut Option<CloseFrame>,
+        close: &mut Option<Message>,
         cx: &mut Context<'_>,
-    ) -> Result<(), WsError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.unflushed {
-            match ws.poll_flush_unpin(cx) {
-                Poll::Ready(flushed) => flushed?,
-                Poll::Pending => return Ok(()),
-            }
-            self.unflushed = false;
-        }
-        if self.stopped {
-            return Ok(());
-        }
-        loop {
-            match ws.poll_ready_unpin(cx) {
-                Poll::Ready(ready) => ready?,
-                Poll::Pending => return Ok(()),
-            }
-            match crate::server::chaos::poll_recv(&mut self.shaper, outbox, cx) {
-                Poll::Ready(Some(frame)) => {
-                    ws.start_send_unpin(frame)?;
-                    self.unflushed = true;
-                }
-                // Nothing queued (or nobody left to queue anything).
-                Poll::Ready(None) | Poll::Pending => break,
-            }
-        }
+    ) -> io::Result<()> {
         if let Some(frame) = close.take() {
-            ws.start_send_unpin(Message::Close(Some(frame)))?;
+            self.queue_close(outbox, Some(frame));
+        }
+        let mut written_out = false;
+        loop {
+            let next = match &mut self.shaper {
+                Some(shaper) => shaper.poll_batch(outbox, cx),
+                None => outbox.poll_batch(cx),
+            };
+            if next.is_pending() || matches!(next, Poll::Ready(None)) {
+                written_out = self.shaper.as_ref().is_none_or(|s| s.is_idle());
+                break;
+            }
+            let (frames, written) = match &self.shaper {
+                Some(shaper) => shaper.batch(),
+                None => outbox.batch(),
+            };
+            let mut headers = [outbox::Header::EMPTY; outbox::MAX_FRAMES_PER_WRITE];
+            let mut slices = [IoSlice::new(&[]); 2 * outbox::MAX_FRAMES_PER_WRITE];
+            let count = outbox::gather(frames, written, &mut headers, &mut slices);
+            let n = match Pin::new(&mut self.wire).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Err(e),
+                // Woken when the socket can take more.
+                Poll::Pending => break,
+            };
             self.unflushed = true;
-            self.stop(outbox);
+            match &mut self.shaper {
+                Some(shaper) => shaper.advance(n),
+                None => outbox.advance(n),
+            }
         }
         if self.unflushed {
-            match ws.poll_flush_unpin(cx) {
+            match Pin::new(&mut self.wire).poll_flush(cx) {
                 Poll::Ready(flushed) => flushed?,
                 Poll::Pending => return Ok(()),
             }
             self.unflushed = false;
+        }
+        if self.closing && written_out {
+            self.stopped = true;
+            outbox.close();
         }
         Ok(())
     }
 
+    /// Queues the close frame (or none) after everything queued, and takes nothing more.
+    fn queue_close(&mut self, outbox: &mut outbox::Receiver, frame: Option<Message>) {
+        if !self.closing {
+            self.closing = true;
+            outbox.finish(frame);
+        }
+    }
+
+    /// Writes nothing more: what is queued is dropped.
     pub(super) fn stop(&mut self, outbox: &mut outbox::Receiver) {
         self.stopped = true;
         outbox.close();
     }
 
+    fn fail(&mut self, outbox: &mut outbox::Receiver) {
+        self.stop(outbox);
+        self.unflushed = false;
+        self.failed = true;
+    }
+
     /// After the connection's loop: writes what is still queued and the close frame asked for
-    /// (its code, even when it was asked for just before the loop ended), then closes the
-    /// WebSocket, which also sends the reply to a client's close frame.
-    pub(super) async fn finish<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        outbox: &mut outbox::Receiver,
-        close: Option<CloseFrame>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// (its code, even when it was asked for just before the loop ended), then shuts the
+    /// writing side (for TLS, its close notification).
+    pub(super) async fn finish(&mut self, outbox: &mut outbox::Receiver, close: Option<Message>) {
         if !self.stopped {
-            let mut ok = true;
-            while ok {
-                let Some(frame) = crate::server::chaos::try_recv(&mut self.shaper, outbox) else {
-                    break;
-                };
-                ok = ws.feed(frame).await.is_ok();
-            }
-            if let Some(frame) = close.filter(|_| ok) {
-                let _ = ws.feed(Message::Close(Some(frame))).await;
-            }
-            self.stop(outbox);
+            self.queue_close(outbox, close);
+            poll_fn(|cx| {
+                if self.write(outbox, &mut None, cx).is_err() {
+                    self.fail(outbox);
+                }
+                if self.stopped {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
         if !self.failed {
-            let _ = SinkExt::close(ws).await;
+            let _ = self.wire.shutdown().await;
         }
     }
 }

@@ -16,17 +16,23 @@ mod commands;
 mod engine;
 mod params;
 mod register;
+mod socket;
 
 pub(super) use params::Params;
 pub(super) use register::{register, Registration};
+pub(super) use socket::{ReadSide, Socket};
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -76,17 +82,28 @@ fn evicted(closer: &mut Closer, code: u16, metrics: &Metrics) {
 }
 
 /// How a connection ended when a write to it failed.
-fn write_failed(e: WsError) -> Ending {
-    match e {
-        // The client closed or hung up first.
-        WsError::ConnectionClosed
-        | WsError::AlreadyClosed
-        | WsError::Protocol(
-            ProtocolError::SendAfterClosing | ProtocolError::ResetWithoutClosingHandshake,
-        ) => Ending::ClientClosed,
-        WsError::Io(e) if is_hang_up(&e) => Ending::ClientVanished(e.to_string()),
-        e => Ending::WriteFailed(e.to_string()),
+fn write_failed(e: std::io::Error) -> Ending {
+    if is_hang_up(&e) {
+        // The client hung up first.
+        Ending::ClientVanished(e.to_string())
+    } else {
+        Ending::WriteFailed(e.to_string())
     }
+}
+
+/// The answer to a client's close frame: its code (a code no endpoint may send gets 1002),
+/// as RFC 6455 (section 5.5.1) asks.
+fn close_reply(frame: Option<CloseFrame>) -> Message {
+    Message::Close(frame.map(|frame| {
+        if frame.code.is_allowed() {
+            frame
+        } else {
+            CloseFrame {
+                code: CloseCode::Protocol,
+                reason: "Protocol violation".into(),
+            }
+        }
+    }))
 }
 
 /// A frame from the client could not be read: the close it gets, if any, and the ending.
@@ -112,26 +129,30 @@ fn read_failed(closer: &mut Closer, e: WsError, metrics: &Metrics, peer: SocketA
     }
 }
 
-/// Runs a connection from the finished handshake to the closed socket.
+/// Runs a connection from the finished handshake to the closed socket: `ws` reads, `wire`
+/// writes, and `socket`, when given, is where the hub may write frames straight through.
 ///
 /// Everything it keeps for the connection's life is borrowed from the caller's task, so the
 /// task holds each piece once: an idle connection costs the size of that task, and little else.
-pub(super) async fn run<S>(
+pub(super) async fn run<S, W>(
     shared: &Shared,
     ws: &mut WebSocketStream<S>,
+    wire: W,
+    socket: Option<Arc<TcpStream>>,
     registration: &mut Registration,
     peer: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let metrics = &shared.metrics;
     let member = registration.member;
-    let mut writer = Writer {
-        unflushed: false,
-        stopped: false,
-        failed: false,
-        shaper: crate::server::chaos::Shaper::new(shared.config.chaos.as_deref()),
-    };
+    let shaper = crate::server::chaos::Shaper::new(shared.config.chaos.as_deref());
+    // Frames shaped by --chaos go out in the shaper's own time, so none may overtake them.
+    if let Some(socket) = socket.filter(|_| shaper.is_none()) {
+        registration.outbox.attach(socket);
+    }
+    let mut writer = Writer::new(wire, shaper);
     let mut faults = crate::server::chaos::Faults::new(shared.config.chaos.as_deref());
     let reader = Reader::new();
     let mut closer = Closer {
@@ -233,7 +254,8 @@ pub(super) async fn run<S>(
                 };
                 last_heard = Instant::now();
                 let Some(id) = member.filter(|_| !closer.is_closing()) else {
-                    // Closing: wait for the peer's close frame, ignore anything else.
+                    // Closing: wait for the peer's close frame (which needs no answer: ours is
+                    // sent or on its way), ignore anything else.
                     match next {
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                         Some(Ok(_)) => continue,
@@ -241,12 +263,25 @@ pub(super) async fn run<S>(
                 };
                 let message = match next {
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
-                    Some(Ok(Message::Close(_))) | None => {
+                    Some(Ok(Message::Close(frame))) => {
+                        // Answered after everything queued before it (see `finish`).
+                        closer.frame = Some(close_reply(frame));
                         closer.ending = Some(Ending::ClientClosed);
                         break;
                     }
-                    // tungstenite answers pings itself; a pong only proves the peer is alive.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    None => {
+                        closer.ending = Some(Ending::ClientClosed);
+                        break;
+                    }
+                    // Answered in order with everything else this connection sends.
+                    Some(Ok(Message::Ping(data))) => {
+                        if registration.frames.try_send(Message::Pong(data)).is_err() {
+                            evicted(&mut closer, close::SLOW_CONSUMER, metrics);
+                        }
+                        continue;
+                    }
+                    // A pong only proves the peer is alive.
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Err(e)) => {
                         read_failed(&mut closer, e, metrics, peer);
                         // The stream is unusable after an error: do not wait for a reply.
@@ -315,7 +350,7 @@ pub(super) async fn run<S>(
     let ending = closer.ending.take().unwrap_or(Ending::ClientClosed);
     // Bounded: a client that stopped reading cannot hold the connection open. Boxed: it runs
     // once, and the connection's task need not be sized for it.
-    let finish = writer.finish(ws, &mut registration.outbox, closer.frame.take());
+    let finish = writer.finish(&mut registration.outbox, closer.frame.take());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(finish)).await;
     if let Some(seat) = registration.seat.take() {
         Box::pin(seat.release()).await;

@@ -16,6 +16,18 @@
 //! messages) fill it as surely as many small ones. The bytes are counted as if each frame were
 //! the connection's own, although frames shared with other outboxes (a broadcast, a replay of
 //! a stored message) cost it only their handle: the bound is what one connection can pin.
+//!
+//! An outbox may also hold its connection's socket ([`Receiver::attach`]). A frame sent while
+//! nothing is queued or being written is then written straight through, header and shared
+//! payload in one vectored non-blocking write, by whoever sends it: a delivery to an idle
+//! connection costs that one write, and its task is not woken. Only what the socket does not
+//! take at once is queued, and the connection's task writes the rest (see [`wire`]). The lock
+//! makes the two writers take turns: a sender writes only while the queue is empty and the
+//! receiver holds nothing taken, and the receiver writes only what it took.
+
+mod wire;
+
+pub use wire::{advance, gather, Header, MAX_FRAMES_PER_WRITE};
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -23,6 +35,7 @@ use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Buffers kept for reuse while a connection is busy are freed past this many frames once
@@ -47,6 +60,8 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
             senders: 1,
             open: true,
             waker: None,
+            socket: None,
+            written: 0,
         }),
         capacity: frames.max(1),
         max_bytes: bytes,
@@ -58,6 +73,7 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
         Receiver {
             shared,
             batch: VecDeque::new(),
+            written: 0,
         },
     )
 }
@@ -85,6 +101,10 @@ struct Queue {
     open: bool,
     /// The receiver's task, when it found the queue empty.
     waker: Option<Waker>,
+    /// The connection's socket, while frames may be written straight to it.
+    socket: Option<Arc<TcpStream>>,
+    /// Bytes of the front frame already written straight through; the rest is queued.
+    written: usize,
 }
 
 impl Shared {
@@ -124,6 +144,15 @@ pub enum TryRecvError {
     Closed,
 }
 
+/// What became of a frame that was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the socket whole, straight through.
+    Written,
+    /// Queued for the connection's task (all of it, or what the socket did not take).
+    Queued,
+}
+
 /// Queues frames for one connection. Clones share the outbox; the receiver sees the end once
 /// every clone is dropped.
 pub struct Sender {
@@ -131,13 +160,25 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Queues `frame` without waiting.
-    pub fn try_send(&self, frame: Message) -> Result<(), TrySendError> {
+    /// Writes `frame` straight to the socket when nothing is ahead of it, else queues it;
+    /// never waits.
+    pub fn try_send(&self, frame: Message) -> Result<Sent, TrySendError> {
+        let frame = wire::prepare(frame);
         let mut state = self.shared.lock();
         if !state.open {
             return Err(TrySendError::Closed(frame));
         }
         let held = state.frames.len() + state.taken;
+        if held == 0 {
+            if let Some(socket) = &state.socket {
+                let written = wire::write_now(socket, &frame);
+                if written == wire::wire_len(&frame) {
+                    return Ok(Sent::Written);
+                }
+                // The socket took part of it, or none: the rest goes to the task.
+                state.written = written;
+            }
+        }
         let size = frame.len();
         if held >= self.shared.capacity
             || (held > 0 && state.bytes + state.taken_bytes + size > self.shared.max_bytes)
@@ -163,7 +204,7 @@ impl Sender {
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(Sent::Queued)
     }
 
     /// How many frames the outbox holds at most.
@@ -221,9 +262,59 @@ pub struct Receiver {
     shared: Arc<Shared>,
     /// Frames taken from the queue in one go, handed out one by one.
     batch: VecDeque<Message>,
+    /// Bytes of the batch's front frame already on the wire.
+    written: usize,
 }
 
 impl Receiver {
+    /// From now on, frames sent while nothing is queued or taken are written straight to
+    /// `socket` by their sender. Whoever writes the rest (see [`Receiver::poll_batch`]) must
+    /// write only what it takes from here.
+    pub fn attach(&mut self, socket: Arc<TcpStream>) {
+        self.shared.lock().socket = Some(socket);
+    }
+
+    /// Whether there is a batch to write: the frames taken and not yet written whole, or
+    /// everything queued, taken now when the last batch is written. `Ready(None)` once the
+    /// queue is empty and every sender is gone; pending (and woken by the next frame) when
+    /// nothing is queued.
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        if !self.batch.is_empty() {
+            return Poll::Ready(Some(()));
+        }
+        match self.refill(Some(cx.waker())) {
+            Ok(()) => Poll::Ready(Some(())),
+            Err(TryRecvError::Closed) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+
+    /// The batch to write, and how many bytes of its first frame are already written.
+    pub fn batch(&self) -> (&VecDeque<Message>, usize) {
+        (&self.batch, self.written)
+    }
+
+    /// `n` more bytes of the batch are written: drops the frames now written whole.
+    pub fn advance(&mut self, n: usize) {
+        let (done, written) = wire::advance(&self.batch, self.written, n);
+        self.batch.drain(..done);
+        self.written = written;
+    }
+
+    /// Takes no more frames but `last` (a close frame), queued after everything already
+    /// queued: senders now find the outbox closed, and nothing more is written straight
+    /// through. What is queued is still there for [`Receiver::poll_batch`].
+    pub fn finish(&mut self, last: Option<Message>) {
+        let mut state = self.shared.lock();
+        state.open = false;
+        state.socket = None;
+        if let Some(last) = last {
+            let last = wire::prepare(last);
+            state.bytes += last.len();
+            state.frames.push_back(last);
+        }
+    }
+
     /// The next frame, taking everything queued at once when the last batch is used up.
     /// `Ready(None)` once the queue is empty and every sender is gone.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
@@ -262,15 +353,17 @@ impl Receiver {
     /// Takes no more frames: what is queued is dropped, and senders now find the outbox closed.
     pub fn close(&mut self) {
         self.batch = VecDeque::new();
-        let frames = {
+        self.written = 0;
+        let (frames, socket) = {
             let mut state = self.shared.lock();
             state.open = false;
             state.taken = 0;
             state.taken_bytes = 0;
             state.bytes = 0;
-            std::mem::take(&mut state.frames)
+            state.written = 0;
+            (std::mem::take(&mut state.frames), state.socket.take())
         };
-        drop(frames);
+        drop((frames, socket));
     }
 
     /// Frees the buffers an idle connection no longer needs (call now and then, not per frame).
@@ -285,9 +378,15 @@ impl Receiver {
     }
 
     fn take(&mut self, waker: Option<&Waker>) -> Result<Message, TryRecvError> {
-        if let Some(frame) = self.batch.pop_front() {
-            return Ok(frame);
+        if self.batch.is_empty() {
+            self.refill(waker)?;
         }
+        self.batch.pop_front().ok_or(TryRecvError::Empty)
+    }
+
+    /// Takes everything queued as the batch (which must be empty), or registers `waker` to be
+    /// woken by the next frame.
+    fn refill(&mut self, waker: Option<&Waker>) -> Result<(), TryRecvError> {
         if self.batch.capacity() > KEEP_FRAMES {
             self.batch = VecDeque::new();
         }
@@ -311,8 +410,8 @@ impl Receiver {
         std::mem::swap(&mut state.frames, &mut self.batch);
         state.taken = self.batch.len();
         state.taken_bytes = std::mem::take(&mut state.bytes);
-        drop(state);
-        self.batch.pop_front().ok_or(TryRecvError::Empty)
+        self.written = std::mem::take(&mut state.written);
+        Ok(())
     }
 }
 

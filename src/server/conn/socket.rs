@@ -1,0 +1,162 @@
+//! A connection's socket, split in two after the upgrade: tungstenite reads frames from one
+//! side, and the connection writes every frame itself to the other (see
+//! [`crate::outbox::wire`]), so that the hub's fan-out can write to an idle plain-TCP socket
+//! straight away. tungstenite never writes: what it would send on its own (the answer to a
+//! ping or to a close) the connection queues itself, in order with everything else.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A socket the server accepts WebSocket connections on.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send;
+    type Write: AsyncWrite + Unpin + Send;
+
+    /// The side to read, the side to write, and the socket itself when frames may be written
+    /// to it straight from other tasks (plain TCP: a non-blocking write needs no state of the
+    /// connection's).
+    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>);
+}
+
+impl Socket for TcpStream {
+    type Read = Tcp;
+    type Write = Tcp;
+
+    fn split(self) -> (Tcp, Tcp, Option<Arc<TcpStream>>) {
+        let socket = Arc::new(self);
+        (Tcp(socket.clone()), Tcp(socket.clone()), Some(socket))
+    }
+}
+
+/// TLS keeps the connection's task as its only writer: a record is written with the
+/// session's state, which only the task holds.
+impl Socket for TlsStream<TcpStream> {
+    type Read = ReadHalf<Self>;
+    type Write = WriteHalf<Self>;
+
+    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>) {
+        let (read, write) = tokio::io::split(self);
+        (read, write, None)
+    }
+}
+
+/// A shared TCP socket, read or written through its readiness.
+pub(crate) struct Tcp(Arc<TcpStream>);
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The readiness was stale: it is cleared now, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The socket closes when the connection's last handle on it goes.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What tungstenite reads from: the bytes the client sent right after its handshake (read
+/// already with the request), then the socket. Anything tungstenite writes is dropped: the
+/// connection sends those frames itself (see the module's documentation).
+pub(crate) struct ReadSide<R> {
+    early: Bytes,
+    read: R,
+}
+
+impl<R> ReadSide<R> {
+    pub(crate) fn new(early: Bytes, read: R) -> ReadSide<R> {
+        ReadSide { early, read }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early.advance(n);
+            if self.early.is_empty() {
+                // Not kept for the connection's life.
+                self.early = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
