@@ -270,3 +270,69 @@ fn a_full_disk_refuses_messages_out_loud_and_recovers_by_itself() {
         .collect();
     assert_eq!(served, acked);
 }
+
+/// A member who stops reading while large messages of every header size keep coming: the
+/// first are written straight to its socket by the fan-out, one of them only in part once the
+/// socket is full, and its connection writes the rest. When it reads again, every message is
+/// there, whole and in order.
+#[test]
+fn a_reader_that_pauses_gets_every_message_whole_and_in_order_after_writes_straight_through() {
+    let server = Server::start(&[
+        "--rate",
+        "0",
+        "--max-message-bytes",
+        "200000",
+        "--outbox-bytes",
+        "64MiB",
+        "--outbox",
+        "10000",
+    ]);
+    let mut reader = ws_member(&server.url, "reader");
+    let mut poster = ws_connect(&server.url, "name=poster&quiet=1");
+    // Lengths that cross every header size (7-bit, 16-bit and 64-bit lengths), about 15 MB in
+    // all: more than loopback's socket buffers hold, so the socket fills mid-message.
+    let mut rng = fastrand::Rng::with_seed(17);
+    let texts: Vec<String> = (0..300)
+        .map(|i| {
+            let len = match i % 4 {
+                0 => rng.usize(0..120),
+                1 => rng.usize(120..70_000),
+                _ => rng.usize(70_000..100_000),
+            };
+            let fill = char::from(b'a' + (i % 26) as u8);
+            format!("{i}:{}", fill.to_string().repeat(len))
+        })
+        .collect();
+    for (i, text) in texts.iter().enumerate() {
+        let frame = serde_json::json!({"type": "chat", "content": text, "ref": i});
+        send_text(&mut poster, &frame.to_string());
+    }
+    // The last ack: every message went to the reader, written or queued.
+    loop {
+        let event = next_event(&mut poster);
+        assert_ne!(event["type"], "error", "{event}");
+        if event["type"] == "ack" && event["ref"] == texts.len() - 1 {
+            break;
+        }
+    }
+    for (i, text) in texts.iter().enumerate() {
+        let got = next_chat(&mut reader);
+        assert_eq!(
+            got["message"].as_str().map(str::len),
+            Some(text.len()),
+            "message {i}"
+        );
+        assert_eq!(got["message"].as_str(), Some(text.as_str()), "message {i}");
+    }
+    let delivered = metric(&server, "deliveries_total");
+    let written = metric(&server, "deliveries_written_through_total");
+    eprintln!("{delivered} deliveries, {written} written straight through");
+    assert_eq!(delivered, texts.len() as u64);
+    assert!(written > 0, "no delivery was written straight through");
+    assert!(
+        written < delivered,
+        "every delivery was written straight through: the socket never filled"
+    );
+    assert_eq!(metric(&server, "write_failures_total"), 0);
+    assert_eq!(metric(&server, "slow_consumer_disconnects_total"), 0);
+}

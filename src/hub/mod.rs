@@ -170,6 +170,8 @@ struct State {
     /// Names held by visible members, server-wide, by [`protocol::name_key`]: names that look
     /// alike are one name.
     names: HashMap<String, MemberId>,
+    /// Whether fan-outs write straight through to idle sockets now.
+    through: outbox::WriteThrough,
 }
 
 impl State {
@@ -416,7 +418,7 @@ impl Hub {
                     // (it gets one, and reaches the other instances, once the log is back).
                     let frame = Event::Chat(message).to_frame();
                     let skip = (!self.config.echo).then_some(from);
-                    let (_, slow) = self.counted(room.fan_out(&frame, skip));
+                    let (_, slow) = self.counted(room.fan_out(&frame, skip, &mut state.through));
                     self.evict_all(state, slow);
                 }
             }
@@ -435,7 +437,7 @@ impl Hub {
         let event = ChatEvent { id, ..message };
         let frame = Event::Chat(event.clone()).to_frame();
         let skip = (!self.config.echo).then_some(from);
-        let (delivered, slow) = self.counted(room.fan_out(&frame, skip));
+        let (delivered, slow) = self.counted(room.fan_out(&frame, skip, &mut state.through));
         let on_durable = reference
             .map(|reference| self.answer_when_stored(sender_frames, reference, id, delivered));
         self.store.append(event, on_durable);
@@ -542,7 +544,7 @@ impl Hub {
             return 0;
         };
         let skip = (!self.config.echo).then_some(from);
-        let (delivered, slow) = self.counted(room.fan_out(&frame, skip));
+        let (delivered, slow) = self.counted(room.fan_out(&frame, skip, &mut state.through));
         self.evict_all(state, slow);
         delivered
     }
@@ -641,7 +643,7 @@ impl Hub {
         let mut slow = Vec::new();
         for (name, room) in &mut state.rooms {
             if let Some(summary) = room.summary(name) {
-                slow.extend(room.fan_out(&summary, None).slow);
+                slow.extend(room.fan_out(&summary, None, &mut state.through).slow);
             }
         }
         self.evict_all(state, slow);

@@ -64,7 +64,7 @@ impl Hub {
         };
         let frame = Event::Chat(event).to_frame();
         let skip = (!self.config.echo).then_some(origin.member);
-        let (_, slow) = self.counted(room.fan_out(&frame, skip));
+        let (_, slow) = self.counted(room.fan_out(&frame, skip, &mut state.through));
         self.evict_all(state, slow);
     }
 
@@ -91,7 +91,7 @@ impl Hub {
                 if !origin.is_some_and(|o| o.delivered_locally) {
                     let frame = Event::Chat(event.clone()).to_frame();
                     let skip = origin.filter(|_| !self.config.echo).map(|o| o.member);
-                    let (here, slow) = self.counted(room.fan_out(&frame, skip));
+                    let (here, slow) = self.counted(room.fan_out(&frame, skip, &mut state.through));
                     delivered += here;
                     self.evict_all(state, slow);
                 }
@@ -192,7 +192,9 @@ impl Hub {
             room.comings.recount = true;
             return;
         }
-        let slow = room.fan_out(&presence(room_name, room.count()), None).slow;
+        let slow = room
+            .fan_out(&presence(room_name, room.count()), None, &mut state.through)
+            .slow;
         self.evict_all(state, slow);
     }
 }

@@ -2,6 +2,7 @@
 //! summary per interval in a large room) and `who`, a page at a time.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
@@ -128,14 +129,35 @@ impl Room {
     }
 
     /// Sends `frame` to every member but `skip`: written straight to the sockets of idle
-    /// members, queued for the others.
-    pub(super) fn fan_out(&self, frame: &Message, skip: Option<MemberId>) -> Reach {
+    /// members when `through` says so, queued for their connections otherwise.
+    pub(super) fn fan_out(
+        &self,
+        frame: &Message,
+        skip: Option<MemberId>,
+        through: &mut outbox::WriteThrough,
+    ) -> Reach {
+        let start = Instant::now();
+        let straight = through.plan(self.members.len(), start);
+        let reach = self.send_all(frame, skip, straight);
+        if straight {
+            through.measured(reach.written, start.elapsed());
+        }
+        reach
+    }
+
+    /// Sends `frame` to every member but `skip`, straight through to idle sockets or queued.
+    fn send_all(&self, frame: &Message, skip: Option<MemberId>, straight: bool) -> Reach {
         let mut reach = Reach::default();
         for (&id, member) in &self.members {
             if Some(id) == skip {
                 continue;
             }
-            match member.frames.try_send(frame.clone()) {
+            let sent = if straight {
+                member.frames.try_send(frame.clone())
+            } else {
+                member.frames.try_queue(frame.clone())
+            };
+            match sent {
                 Ok(sent) => {
                     reach.delivered += 1;
                     reach.written += usize::from(sent == outbox::Sent::Written);
@@ -166,9 +188,10 @@ impl Room {
             a.timestamp.clone(),
             count,
         );
-        let mut slow = self.fan_out(&notice, skip).slow;
+        // A small room (see COALESCE_ABOVE), and a rare event: written straight through.
+        let mut slow = self.send_all(&notice, skip, true).slow;
         if a.notice != Notice::Rename {
-            slow.extend(self.fan_out(&presence(&a.room, count), skip).slow);
+            slow.extend(self.send_all(&presence(&a.room, count), skip, true).slow);
         }
         slow
     }

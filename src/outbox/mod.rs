@@ -25,8 +25,10 @@
 //! makes the two writers take turns: a sender writes only while the queue is empty and the
 //! receiver holds nothing taken, and the receiver writes only what it took.
 
+mod through;
 mod wire;
 
+pub use through::{WriteThrough, MAX_FAN_OUT};
 pub use wire::{advance, gather, Header, MAX_FRAMES_PER_WRITE};
 
 use std::collections::VecDeque;
@@ -163,13 +165,23 @@ impl Sender {
     /// Writes `frame` straight to the socket when nothing is ahead of it, else queues it;
     /// never waits.
     pub fn try_send(&self, frame: Message) -> Result<Sent, TrySendError> {
+        self.send(frame, true)
+    }
+
+    /// Queues `frame` for the connection's task even when it could be written now (see
+    /// [`WriteThrough`]).
+    pub fn try_queue(&self, frame: Message) -> Result<Sent, TrySendError> {
+        self.send(frame, false)
+    }
+
+    fn send(&self, frame: Message, through: bool) -> Result<Sent, TrySendError> {
         let frame = wire::prepare(frame);
         let mut state = self.shared.lock();
         if !state.open {
             return Err(TrySendError::Closed(frame));
         }
         let held = state.frames.len() + state.taken;
-        if held == 0 {
+        if held == 0 && through {
             if let Some(socket) = &state.socket {
                 let written = wire::write_now(socket, &frame);
                 if written == wire::wire_len(&frame) {
