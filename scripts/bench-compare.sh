@@ -260,7 +260,7 @@ plot() {
         return
     fi
     if scripts/latency-plot --out "$svg" \
-        --title "wschat bench latency: 1,000 receivers, 10 publishers, $rate msgs/s" "${series[@]}"; then
+        --title "Latency, send to receipt, at $rate msgs/s" "${series[@]}"; then
         echo "Latency distribution, $rate msgs/s: $svg"
     fi
 }
