@@ -8,6 +8,9 @@
 #   REPEAT=3 scripts/bench-compare.sh        # each load scenario 3 times: the table shows medians
 #   SERVERS="wschat raw" scripts/bench-compare.sh
 #
+# The latency scenarios are also drawn, every server's distribution in one picture each:
+# OUT/latency-rate50.svg and OUT/latency-rate100.svg (scripts/latency-plot).
+#
 # Environment: DURATION (5s), REPEAT (1), SERVERS ("node wschat raw"), SERVER_CPU (0),
 # BENCH_CPU (1), IDLE (10000 connections for the memory scenario), SWEEP ("100 1000 10000"
 # receivers), OUT (target/bench-compare: one JSON file per run, and the logs).
@@ -31,7 +34,7 @@ BIN="$TARGET_DIR/release/wschat"
 RELAY_DIR=scripts/node-ws-relay
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.err "$OUT"/*.log
+rm -f "$OUT"/*.json "$OUT"/*.err "$OUT"/*.log "$OUT"/*.svg
 
 if command -v taskset >/dev/null; then
     PIN_SERVER=(taskset -c "$SERVER_CPU")
@@ -134,10 +137,10 @@ for rep in $(seq "$REPEAT"); do
         bench "$server" "max.$rep" --receivers 1000 --publishers 4 --rate max --duration "$DURATION"
     done
     for server in $SERVERS; do
-        bench "$server" "rate50.$rep" --receivers 1000 --publishers 1 --rate 50 --duration "$DURATION"
+        bench "$server" "rate50.$rep" --receivers 1000 --publishers 10 --rate 50 --duration "$DURATION"
     done
     for server in $SERVERS; do
-        bench "$server" "rate100.$rep" --receivers 1000 --publishers 1 --rate 100 --duration "$DURATION"
+        bench "$server" "rate100.$rep" --receivers 1000 --publishers 10 --rate 100 --duration "$DURATION"
     done
     for n in $SWEEP; do
         for server in $SERVERS; do
@@ -200,10 +203,10 @@ const ms = (v) => `${v.toFixed(1)} ms`;
 const pct = (v) => `${(v * 100).toFixed(2)}%`;
 row('1000 rcv, 4 pub, max: deliveries/s', 'max', (r) => r.deliveries_per_s, k, true);
 row('  delivered', 'max', (r) => r.delivery_ratio, pct, null);
-row('1000 rcv, 50 msgs/s: p99 latency', 'rate50', (r) => r.latency_ms.p99, ms, false);
+row('1000 rcv, 10 pub, 50 msgs/s: p99 latency', 'rate50', (r) => r.latency_ms.p99, ms, false);
 row('  p50', 'rate50', (r) => r.latency_ms.p50, ms, null);
 row('  max', 'rate50', (r) => r.latency_ms.max, ms, null);
-row('1000 rcv, 100 msgs/s: p99 latency', 'rate100', (r) => r.latency_ms.p99, ms, false);
+row('1000 rcv, 10 pub, 100 msgs/s: p99 latency', 'rate100', (r) => r.latency_ms.p99, ms, false);
 row('  p50', 'rate100', (r) => r.latency_ms.p50, ms, null);
 row('  max', 'rate100', (r) => r.latency_ms.max, ms, null);
 for (const n of sweepArg.split(/\s+/).filter(Boolean)) {
@@ -221,3 +224,47 @@ for (const r of rows) console.log(line(r));
 console.log(`\nMedians of ${repeat} run(s) per figure. (x): ratio to Node ws in the same run, higher is better.`);
 console.log(`Every run's figures: ${out}/*.json`);
 EOF
+
+# The latency pictures: one per latency scenario, a line per server measured, its REPEAT runs
+# pooled by scripts/latency-plot.
+declare -A LABELS=([node]="Node ws" [wschat]="wschat" [raw]="wschat --raw")
+
+# plottable FILE...: the files among these that hold a latency distribution (a failed run's
+# file holds {"failed":true}, a run that delivered nothing an empty one), comma-separated.
+plottable() {
+    node -e '
+        const fs = require("fs");
+        const ok = process.argv.slice(1).filter((file) => {
+            try {
+                const cdf = JSON.parse(fs.readFileSync(file, "utf8")).latency_ms.cdf;
+                return Array.isArray(cdf) && cdf.length > 0;
+            } catch {
+                return false;
+            }
+        });
+        console.log(ok.join(","));
+    ' "$@"
+}
+
+# plot SCENARIO RATE: OUT/latency-SCENARIO.svg from every server's runs of it, if there are any.
+plot() {
+    local scenario=$1 rate=$2 server files svg="$OUT/latency-$1.svg" series=()
+    for server in $SERVERS; do
+        files=$(plottable "$OUT/$server.$scenario".*.json)
+        if [[ -n $files ]]; then
+            series+=("${LABELS[$server]:-$server}=$files")
+        fi
+    done
+    if [[ ${#series[@]} -eq 0 ]]; then
+        echo "no $scenario run delivered anything: no $svg" >&2
+        return
+    fi
+    if scripts/latency-plot --out "$svg" \
+        --title "Latency, send to receipt, at $rate msgs/s" "${series[@]}"; then
+        echo "Latency distribution, $rate msgs/s: $svg"
+    fi
+}
+
+echo
+plot rate50 50
+plot rate100 100

@@ -264,3 +264,103 @@ fn members_can_await_a_message_sent_by_someone_else() {
     assert_eq!(r["message_reached"], 120, "{r}");
     assert_eq!(r["closed"], 0, "{r}");
 }
+
+/// scripts/latency-plot, run by node as scripts/bench-compare.sh runs it.
+fn latency_plot(args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/latency-plot");
+    Command::new("node")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node (scripts/latency-plot needs it)")
+}
+
+/// `latency_ms.cdf` must be `[ms, fraction]` pairs, rising in both, few enough to draw, and end
+/// at `[max, 1.0]`.
+fn assert_cdf_well_formed(latency: &serde_json::Value) {
+    let cdf = latency["cdf"]
+        .as_array()
+        .expect("latency_ms.cdf is an array");
+    assert!(!cdf.is_empty() && cdf.len() <= 200, "{} points", cdf.len());
+    let pairs: Vec<(f64, f64)> = cdf
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    for w in pairs.windows(2) {
+        assert!(w[0].0 <= w[1].0 && w[0].1 <= w[1].1, "not rising: {w:?}");
+    }
+    assert!(pairs
+        .iter()
+        .all(|&(ms, f)| ms >= 0.0 && f > 0.0 && f <= 1.0));
+    let last = pairs[pairs.len() - 1];
+    assert_eq!(last, (latency["max"].as_f64().unwrap(), 1.0), "{cdf:?}");
+}
+
+#[test]
+fn bench_json_carries_the_latency_distribution_and_latency_plot_draws_it() {
+    let (_server, url) = serve(&[]);
+    let (output, r) = bench(&[
+        "--url",
+        &url,
+        "--receivers",
+        "20",
+        "--publishers",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(r["deliveries"].as_u64().unwrap() > 0, "{r}");
+    assert_cdf_well_formed(&r["latency_ms"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("wschat.json");
+    std::fs::write(&report, &output.stdout).unwrap();
+    let svg = dir.path().join("latency.svg");
+    let plotted = latency_plot(&[
+        &format!("wschat={}", report.display()),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(plotted.status.success(), "{plotted:?}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert_eq!(svg.matches("<path class=\"series\"").count(), 1, "{svg}");
+    assert!(
+        svg.contains("<tspan class=\"legend-label\">wschat</tspan>"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn latency_plot_refuses_bad_arguments_and_reports_without_a_distribution_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.svg");
+    let out = out.to_str().unwrap();
+    // A report from before latency_ms.cdf.
+    let old = dir.path().join("old.json");
+    std::fs::write(&old, r#"{"latency_ms":{"p50":1.0,"max":2.0}}"#).unwrap();
+    let old = format!("wschat={}", old.display());
+    for args in [
+        &["--bogus", "wschat=a.json", "--out", out][..],
+        &["wschat=a.json"],
+        &["no-label.json", "--out", out],
+        &[&old, "--out", out],
+    ] {
+        let plotted = latency_plot(args);
+        let stderr = String::from_utf8_lossy(&plotted.stderr);
+        assert_eq!(plotted.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("latency-plot: "), "{args:?}: {stderr}");
+    }
+    assert!(!std::path::Path::new(out).exists());
+}

@@ -71,6 +71,10 @@ pub struct Latencies {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+    /// The distribution as `[ms, fraction]` pairs, `fraction` being the share of deliveries at
+    /// or below `ms`: enough points (at most [`CDF_MAX_POINTS`]) to draw it smoothly both at
+    /// the median and in the tail, the last one `[max, 1.0]`. Empty when nothing was delivered.
+    pub cdf: Vec<[f64; 2]>,
 }
 
 impl Latencies {
@@ -86,8 +90,56 @@ impl Latencies {
             p99: at(0.99),
             p999: at(0.999),
             max: ms(histogram.max()),
+            cdf: cdf(histogram),
         }
     }
+}
+
+/// Deepest tail step of the CDF: quantiles go to 1 - 10^-(CDF_TAIL_TIERS + 1), e.g. 0.999999.
+const CDF_TAIL_TIERS: u32 = 4;
+
+/// At most this many points in a CDF: the percentiles, nine per tail tier, and the maximum.
+pub const CDF_MAX_POINTS: usize = 100 + 9 * CDF_TAIL_TIERS as usize + 1;
+
+/// The quantiles a CDF is sampled at, ascending: 0.00 to 0.99 in steps of 0.01 (the body),
+/// then 0.991..0.999, 0.9991..0.9999 and so on (each tier a tenth of the one before, so the
+/// tail is as well drawn as the median on a scale of nines). The maximum is added apart.
+fn cdf_quantiles() -> impl Iterator<Item = f64> {
+    let body = (0..100).map(|i| f64::from(i) / 100.0);
+    let tail = (1..=CDF_TAIL_TIERS).flat_map(|tier| {
+        // Tier 1 is (990 + j) / 1000, tier 2 (9990 + j) / 10000, ...: exact integers divided
+        // once, so no step accumulates rounding.
+        let scale = 10u32.pow(tier + 2);
+        (1..=9).map(move |j| f64::from(scale - 10 + j) / f64::from(scale))
+    });
+    body.chain(tail)
+}
+
+/// The distribution of a histogram of microseconds as `[ms, fraction]` pairs: for each of
+/// [`cdf_quantiles`], the highest value of the bucket that quantile falls in and the share of
+/// samples in that bucket or below it (the real share, not the quantile asked for), each value
+/// once; then `[max, 1.0]`. Non-decreasing in both, since buckets are taken in order.
+fn cdf(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
+    let total = histogram.len();
+    if total == 0 {
+        return Vec::new();
+    }
+    let max = histogram.max();
+    let mut points: Vec<[f64; 2]> = Vec::with_capacity(CDF_MAX_POINTS);
+    let mut last_value = None;
+    for q in cdf_quantiles() {
+        let value = histogram.highest_equivalent(histogram.value_at_quantile(q));
+        if value >= max {
+            break;
+        }
+        if last_value != Some(value) {
+            let below = histogram.count_between(0, value);
+            points.push([value as f64 / 1000.0, below as f64 / total as f64]);
+            last_value = Some(value);
+        }
+    }
+    points.push([max as f64 / 1000.0, 1.0]);
+    points
 }
 
 /// The figures of an `--idle` run.
@@ -278,5 +330,81 @@ mod tests {
         assert_eq!(l.samples, 1000);
         assert!((l.p50 - 0.5).abs() < 0.01, "{}", l.p50);
         assert!((l.max - 1.0).abs() < 0.01, "{}", l.max);
+    }
+
+    fn histogram(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for v in values {
+            h.record(v).unwrap();
+        }
+        h
+    }
+
+    /// The properties every CDF must have: bounded, non-decreasing in both, `[max, 1.0]` last.
+    fn assert_well_formed(cdf: &[[f64; 2]], max_ms: f64) {
+        assert!(!cdf.is_empty());
+        assert!(cdf.len() <= CDF_MAX_POINTS, "{} points", cdf.len());
+        for pair in cdf.windows(2) {
+            assert!(pair[0][0] < pair[1][0], "ms not increasing: {pair:?}");
+            assert!(pair[0][1] <= pair[1][1], "fraction decreasing: {pair:?}");
+        }
+        for [ms, fraction] in cdf {
+            assert!(
+                *ms >= 0.0 && (0.0..=1.0).contains(fraction),
+                "{ms} {fraction}"
+            );
+        }
+        assert_eq!(cdf.last(), Some(&[max_ms, 1.0]));
+    }
+
+    #[test]
+    fn an_empty_histogram_has_an_empty_cdf() {
+        let l = Latencies::from_micros(&histogram([]));
+        assert!(l.cdf.is_empty());
+    }
+
+    #[test]
+    fn one_sample_is_one_point() {
+        let l = Latencies::from_micros(&histogram([1234]));
+        assert_eq!(l.cdf, vec![[l.max, 1.0]]);
+    }
+
+    #[test]
+    fn a_uniform_cdf_follows_the_diagonal() {
+        // 1..=100,000 µs: the share at or below x ms is about x / 100.
+        let l = Latencies::from_micros(&histogram(1..=100_000));
+        assert_well_formed(&l.cdf, l.max);
+        for [ms, fraction] in &l.cdf {
+            assert!((fraction - ms / 100.0).abs() < 0.002, "{ms} {fraction}");
+        }
+        // The body in hundredths, and the tail down to the histogram's resolution (buckets of
+        // 64 µs near 100 ms hold 64 samples each here, so the deepest tiers share buckets).
+        assert!(l.cdf.len() > 105, "{} points", l.cdf.len());
+        assert!(
+            l.cdf.iter().any(|p| p[1] > 0.999 && p[1] < 1.0),
+            "{:?}",
+            l.cdf
+        );
+    }
+
+    #[test]
+    fn a_long_tail_is_drawn_and_the_median_too() {
+        // 99.9% at about 1 ms, the rest spread up to 500 ms.
+        let body = (0..99_900).map(|i| 900 + i % 200);
+        let tail = (0..100).map(|i| 5_000 + i * 5_000);
+        let l = Latencies::from_micros(&histogram(body.chain(tail)));
+        assert_well_formed(&l.cdf, l.max);
+        let beyond_10ms = l.cdf.iter().filter(|p| p[0] > 10.0).count();
+        assert!(beyond_10ms >= 10, "{:?}", l.cdf);
+        let near_median = l.cdf.iter().filter(|p| (0.4..0.6).contains(&p[1])).count();
+        assert!(near_median >= 10, "{:?}", l.cdf);
+    }
+
+    #[test]
+    fn the_cdf_is_part_of_the_json_latencies() {
+        let l = Latencies::from_micros(&histogram([1000, 2000]));
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["cdf"], serde_json::json!([[1.0, 0.5], [2.0, 1.0]]));
+        assert_eq!(json["p50"], 1.0);
     }
 }
