@@ -7,6 +7,8 @@
 #   DURATION=10s scripts/bench-compare.sh    # longer scenarios
 #   REPEAT=3 scripts/bench-compare.sh        # each load scenario 3 times: the table shows medians
 #   SERVERS="wschat raw" scripts/bench-compare.sh
+#   BEFORE_BIN=/tmp/wschat-old SERVERS="node before wschat" scripts/bench-compare.sh
+#                                            # another build of wschat (JSON mode) as "before"
 #
 # The latency scenarios are also drawn, every server's distribution in one picture each:
 # OUT/latency-rate50.svg and OUT/latency-rate100.svg (scripts/latency-plot).
@@ -72,6 +74,8 @@ start_server() {
         node) "${PIN_SERVER[@]}" node "$RELAY_DIR/relay.js" 0 >"$log" 2>&1 & ;;
         wschat) "${PIN_SERVER[@]}" "$BIN" serve --port 0 --rate 0 >"$log" 2>/dev/null & ;;
         raw) "${PIN_SERVER[@]}" "$BIN" serve --port 0 --raw --rate 0 >"$log" 2>/dev/null & ;;
+        before) "${PIN_SERVER[@]}" "${BEFORE_BIN:?set BEFORE_BIN to the wschat binary to compare with}" \
+            serve --port 0 --rate 0 >"$log" 2>/dev/null & ;;
         *) echo "unknown server $name" >&2; exit 2 ;;
     esac
     SERVER_PID=$!
@@ -161,7 +165,7 @@ node - "$OUT" "$SERVERS" "$IDLE" "$SWEEP" "$REPEAT" <<'EOF'
 const fs = require('fs');
 const [out, serversArg, idle, sweepArg, repeat] = process.argv.slice(2);
 const servers = serversArg.split(/\s+/).filter(Boolean);
-const names = { node: 'Node ws', wschat: 'wschat JSON', raw: 'wschat --raw' };
+const names = { node: 'Node ws', wschat: 'wschat JSON', raw: 'wschat --raw', before: 'wschat before' };
 const readOne = (file) => {
   try {
     const r = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -227,7 +231,7 @@ EOF
 
 # The latency pictures: one per latency scenario, a line per server measured, its REPEAT runs
 # pooled by scripts/latency-plot.
-declare -A LABELS=([node]="Node ws" [wschat]="wschat" [raw]="wschat --raw")
+declare -A LABELS=([node]="Node ws" [wschat]="wschat" [raw]="wschat --raw" [before]="wschat before")
 
 # plottable FILE...: the files among these that hold a latency distribution (a failed run's
 # file holds {"failed":true}, a run that delivered nothing an empty one), comma-separated.
