@@ -484,3 +484,44 @@ fn an_oversize_message_closes_with_1009_whole_or_fragmented() {
     c.send(&client(true, TEXT, b"still here"));
     assert_eq!(c.read_frame().payload, b"still here");
 }
+
+/// Frames a client sends in the same write as its handshake arrive with the request: the
+/// server reads them from what it read ahead, before anything from the socket.
+#[test]
+fn frames_sent_with_the_handshake_are_read_first() {
+    let server = echo_server(&[]);
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream.set_read_timeout(Some(GUARD)).unwrap();
+    let mut bytes = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr()
+    )
+    .into_bytes();
+    bytes.extend(client(true, TEXT, b"early"));
+    bytes.extend(client(true, PING, b"early ping"));
+    stream.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read the handshake");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut client = RawClient {
+        stream,
+        preamble: Vec::new(),
+    };
+    let echo = client.read_frame();
+    assert_eq!(
+        (echo.opcode, echo.payload.as_slice()),
+        (TEXT, &b"early"[..])
+    );
+    let pong = client.read_frame();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (PONG, &b"early ping"[..])
+    );
+    // And the socket after them.
+    client.sync();
+}

@@ -105,8 +105,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The connection's socket, while frames may be written straight to it.
     socket: Option<Arc<TcpStream>>,
-    /// Bytes of the front frame already written straight through; the rest is queued.
-    written: usize,
+    /// Bytes of the front frame already written straight through; the rest is queued. One
+    /// write never takes 2 GiB or more (Linux caps it under `i32::MAX`), so it fits.
+    written: u32,
 }
 
 impl Shared {
@@ -188,7 +189,7 @@ impl Sender {
                     return Ok(Sent::Written);
                 }
                 // The socket took part of it, or none: the rest goes to the task.
-                state.written = written;
+                state.written = u32::try_from(written).unwrap_or(0);
             }
         }
         let size = frame.len();
@@ -422,7 +423,7 @@ impl Receiver {
         std::mem::swap(&mut state.frames, &mut self.batch);
         state.taken = self.batch.len();
         state.taken_bytes = std::mem::take(&mut state.bytes);
-        self.written = std::mem::take(&mut state.written);
+        self.written = std::mem::take(&mut state.written) as usize;
         Ok(())
     }
 }

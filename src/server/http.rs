@@ -66,6 +66,19 @@ pub(super) async fn serve<I: Socket>(shared: Arc<Shared>, stream: I, peer: Socke
     }
 }
 
+/// The socket under an upgraded connection, as the side tungstenite reads (after what hyper
+/// read ahead) and the side the connection writes (see `conn::socket`).
+fn split_upgraded<I: Socket>(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(ReadSide<I::Read>, I::Write), String> {
+    // hyper hands back the type it was given: an error here would be a bug, and is logged.
+    let parts = upgraded
+        .downcast::<TokioIo<I>>()
+        .map_err(|_| "the connection is not the socket it was accepted as".to_owned())?;
+    let (read, write) = parts.io.into_inner().split();
+    Ok((ReadSide::new(parts.read_buf, read), write))
+}
+
 /// Answers one request on a connection over `I`.
 async fn route<I: Socket>(
     shared: Arc<Shared>,
@@ -274,26 +287,17 @@ async fn upgrade<I: Socket>(
     // hyper's 8 KiB read buffer, which would stay allocated for as long as the client is.
     let on_upgrade = hyper::upgrade::on(&mut req);
     tasks.spawn(async move {
-        match on_upgrade.await {
-            // The socket itself, which hyper has under its upgrade: the connection writes
-            // frames to it without going through tungstenite (see `conn::socket`).
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<I>>() {
-                Ok(parts) => {
-                    let (read, write, socket) = parts.io.into_inner().split();
-                    let mut ws = WebSocketStream::from_raw_socket(
-                        ReadSide::new(parts.read_buf, read),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    conn::run(&shared, &mut ws, write, socket, &mut registration, peer).await;
-                }
-                Err(_) => {
-                    // hyper hands back the type it was given; this would be a bug.
-                    tracing::error!(%peer, "upgrade failed: the connection is not the socket it was accepted as");
-                    registration.abandon(&shared);
-                }
-            },
+        // Taken apart before anything else is awaited, so the task keeps none of the pieces.
+        let sides = match on_upgrade.await {
+            Ok(upgraded) => split_upgraded::<I>(upgraded),
+            Err(e) => Err(e.to_string()),
+        };
+        match sides {
+            Ok((read, write)) => {
+                let mut ws =
+                    WebSocketStream::from_raw_socket(read, Role::Server, Some(ws_config)).await;
+                conn::run(&shared, &mut ws, write, &mut registration, peer).await;
+            }
             Err(e) => {
                 tracing::debug!(%peer, "upgrade failed: {e}");
                 registration.abandon(&shared);

@@ -26,12 +26,15 @@ use crate::outbox;
 /// How long a connection waits for the peer's close frame after sending its own.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A close frame to send: with a code and reason, or empty.
+pub(super) type Close = Option<CloseFrame>;
+
 /// The connection's half of the close handshake: a close frame asked for once, written after
 /// everything queued before it, then a bounded wait for the peer's answer.
 pub(super) struct Closer {
     pub(super) closing: bool,
     /// The close frame asked for (or the answer to the client's), until it is queued.
-    pub(super) frame: Option<Message>,
+    pub(super) frame: Option<Close>,
     pub(super) deadline: Option<Instant>,
     pub(super) ending: Option<Ending>,
 }
@@ -40,10 +43,10 @@ impl Closer {
     pub(super) fn close(&mut self, code: u16, reason: &'static str) {
         if !self.closing {
             self.closing = true;
-            self.frame = Some(Message::Close(Some(CloseFrame {
+            self.frame = Some(Some(CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
-            })));
+            }));
             self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
             self.ending = Some(Ending::ClosedByServer(code, reason));
         }
@@ -153,7 +156,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         &mut self,
         ws: &mut WebSocketStream<S>,
         outbox: &mut outbox::Receiver,
-        close: &mut Option<Message>,
+        close: &mut Option<Close>,
         reader: Option<&Reader>,
         cx: &mut Context<'_>,
     ) -> Poll<Io>
@@ -182,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     fn write(
         &mut self,
         outbox: &mut outbox::Receiver,
-        close: &mut Option<Message>,
+        close: &mut Option<Close>,
         cx: &mut Context<'_>,
     ) -> io::Result<()> {
         if let Some(frame) = close.take() {
@@ -233,10 +236,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// Queues the close frame (or none) after everything queued, and takes nothing more.
-    fn queue_close(&mut self, outbox: &mut outbox::Receiver, frame: Option<Message>) {
+    fn queue_close(&mut self, outbox: &mut outbox::Receiver, frame: Option<Close>) {
         if !self.closing {
             self.closing = true;
-            outbox.finish(frame);
+            outbox.finish(frame.map(Message::Close));
         }
     }
 
@@ -255,7 +258,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// After the connection's loop: writes what is still queued and the close frame asked for
     /// (its code, even when it was asked for just before the loop ended), then shuts the
     /// writing side (for TLS, its close notification).
-    pub(super) async fn finish(&mut self, outbox: &mut outbox::Receiver, close: Option<Message>) {
+    pub(super) async fn finish(&mut self, outbox: &mut outbox::Receiver, close: Option<Close>) {
         if !self.stopped {
             self.queue_close(outbox, close);
             poll_fn(|cx| {

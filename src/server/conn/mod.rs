@@ -24,11 +24,9 @@ pub(super) use socket::{ReadSide, Socket};
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -93,8 +91,8 @@ fn write_failed(e: std::io::Error) -> Ending {
 
 /// The answer to a client's close frame: its code (a code no endpoint may send gets 1002),
 /// as RFC 6455 (section 5.5.1) asks.
-fn close_reply(frame: Option<CloseFrame>) -> Message {
-    Message::Close(frame.map(|frame| {
+fn close_reply(frame: Option<CloseFrame>) -> engine::Close {
+    frame.map(|frame| {
         if frame.code.is_allowed() {
             frame
         } else {
@@ -103,7 +101,7 @@ fn close_reply(frame: Option<CloseFrame>) -> Message {
                 reason: "Protocol violation".into(),
             }
         }
-    }))
+    })
 }
 
 /// A frame from the client could not be read: the close it gets, if any, and the ending.
@@ -130,7 +128,7 @@ fn read_failed(closer: &mut Closer, e: WsError, metrics: &Metrics, peer: SocketA
 }
 
 /// Runs a connection from the finished handshake to the closed socket: `ws` reads, `wire`
-/// writes, and `socket`, when given, is where the hub may write frames straight through.
+/// writes (and may let the hub write frames straight through, see [`socket`]).
 ///
 /// Everything it keeps for the connection's life is borrowed from the caller's task, so the
 /// task holds each piece once: an idle connection costs the size of that task, and little else.
@@ -138,18 +136,17 @@ pub(super) async fn run<S, W>(
     shared: &Shared,
     ws: &mut WebSocketStream<S>,
     wire: W,
-    socket: Option<Arc<TcpStream>>,
     registration: &mut Registration,
     peer: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
-    W: AsyncWrite + Unpin,
+    W: socket::WriteSide,
 {
     let metrics = &shared.metrics;
     let member = registration.member;
     let shaper = crate::server::chaos::Shaper::new(shared.config.chaos.as_deref());
     // Frames shaped by --chaos go out in the shaper's own time, so none may overtake them.
-    if let Some(socket) = socket.filter(|_| shaper.is_none()) {
+    if let Some(socket) = wire.socket().filter(|_| shaper.is_none()) {
         registration.outbox.attach(socket);
     }
     let mut writer = Writer::new(wire, shaper);

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -17,33 +17,49 @@ use tokio_rustls::server::TlsStream;
 /// A socket the server accepts WebSocket connections on.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send;
-    type Write: AsyncWrite + Unpin + Send;
+    type Write: WriteSide + Send;
 
-    /// The side to read, the side to write, and the socket itself when frames may be written
-    /// to it straight from other tasks (plain TCP: a non-blocking write needs no state of the
-    /// connection's).
-    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>);
+    /// The side to read, and the side to write.
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+/// The side a connection writes to.
+pub(crate) trait WriteSide: AsyncWrite + Unpin {
+    /// The socket itself when frames may be written to it straight from other tasks (plain
+    /// TCP: a non-blocking write needs no state of the connection's).
+    fn socket(&self) -> Option<Arc<TcpStream>>;
 }
 
 impl Socket for TcpStream {
     type Read = Tcp;
     type Write = Tcp;
 
-    fn split(self) -> (Tcp, Tcp, Option<Arc<TcpStream>>) {
+    fn split(self) -> (Tcp, Tcp) {
         let socket = Arc::new(self);
-        (Tcp(socket.clone()), Tcp(socket.clone()), Some(socket))
+        (Tcp(socket.clone()), Tcp(socket))
+    }
+}
+
+impl WriteSide for Tcp {
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        Some(self.0.clone())
+    }
+}
+
+impl Socket for TlsStream<TcpStream> {
+    type Read = ReadHalf<Self>;
+    type Write = WriteHalf<Self>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
     }
 }
 
 /// TLS keeps the connection's task as its only writer: a record is written with the
 /// session's state, which only the task holds.
-impl Socket for TlsStream<TcpStream> {
-    type Read = ReadHalf<Self>;
-    type Write = WriteHalf<Self>;
-
-    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>) {
-        let (read, write) = tokio::io::split(self);
-        (read, write, None)
+impl WriteSide for WriteHalf<TlsStream<TcpStream>> {
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        None
     }
 }
 
@@ -113,12 +129,17 @@ impl AsyncWrite for Tcp {
 /// already with the request), then the socket. Anything tungstenite writes is dropped: the
 /// connection sends those frames itself (see the module's documentation).
 pub(crate) struct ReadSide<R> {
-    early: Bytes,
+    /// Boxed, not `Bytes`: every connection carries this field, and it is nearly always
+    /// empty.
+    early: Option<Box<[u8]>>,
     read: R,
 }
 
 impl<R> ReadSide<R> {
     pub(crate) fn new(early: Bytes, read: R) -> ReadSide<R> {
+        // A copy: the bytes hyper read ahead are a slice of its whole read buffer, which even
+        // an empty slice would keep allocated for the connection's life (8 KiB per client).
+        let early = (!early.is_empty()).then(|| early.to_vec().into_boxed_slice());
         ReadSide { early, read }
     }
 }
@@ -129,13 +150,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early[..n]);
-            self.early.advance(n);
-            if self.early.is_empty() {
-                // Not kept for the connection's life.
-                self.early = Bytes::new();
+        if let Some(early) = self.early.take() {
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early[..n]);
+            if n < early.len() {
+                self.early = Some(early[n..].into());
             }
             return Poll::Ready(Ok(()));
         }
