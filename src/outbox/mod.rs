@@ -407,6 +407,15 @@ impl Receiver {
         if state.frames.is_empty() {
             state.taken = 0;
             state.taken_bytes = 0;
+            // Idle now: it holds no buffers until frames pile up again (a connection written
+            // straight through may never need them). Busy, a connection swaps the same two
+            // back and forth.
+            if self.batch.capacity() > 0 {
+                self.batch = VecDeque::new();
+            }
+            if state.frames.capacity() > 0 {
+                state.frames = VecDeque::new();
+            }
             if state.senders == 0 {
                 return Err(TryRecvError::Closed);
             }
@@ -659,23 +668,33 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_outbox_reuses_its_buffers() {
+    fn a_busy_outbox_reuses_its_buffers_and_an_idle_one_holds_none() {
         let (tx, mut rx) = channel(1024);
+        // Frames keep coming while the receiver takes them: the two buffers change places.
+        for i in 0..40 {
+            tx.try_send(text(&i.to_string())).unwrap();
+        }
+        texts_one(&mut rx);
+        let kept = rx.batch.capacity();
+        assert!(kept >= 40);
         for round in 0..3 {
             for i in 0..40 {
                 tx.try_send(text(&i.to_string())).unwrap();
             }
-            assert_eq!(texts(&mut rx).len(), 40, "round {round}");
+            while rx.batch.len() > 0 {
+                texts_one(&mut rx);
+            }
+            texts_one(&mut rx);
+            assert_eq!(
+                rx.batch.capacity() + rx.shared.lock().frames.capacity(),
+                2 * kept,
+                "round {round}"
+            );
         }
-        let kept = rx.batch.capacity() + rx.shared.lock().frames.capacity();
-        for i in 0..40 {
-            tx.try_send(text(&i.to_string())).unwrap();
-        }
-        assert_eq!(
-            rx.batch.capacity() + rx.shared.lock().frames.capacity(),
-            kept
-        );
-        assert_eq!(texts(&mut rx).len(), 40);
+        // Nothing more: both are freed.
+        texts(&mut rx);
+        assert_eq!(rx.batch.capacity(), 0);
+        assert_eq!(rx.shared.lock().frames.capacity(), 0);
     }
 
     #[tokio::test]
