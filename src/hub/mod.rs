@@ -164,9 +164,10 @@ pub struct Hub {
 
 #[derive(Default)]
 struct State {
-    rooms: HashMap<String, Room>,
+    /// Rooms by name; a member's entry in `rooms_by_member` shares the name's bytes.
+    rooms: HashMap<Arc<str>, Room>,
     /// Which room each member is in.
-    rooms_by_member: HashMap<MemberId, String>,
+    rooms_by_member: HashMap<MemberId, Arc<str>>,
     /// Names held by visible members, server-wide, by [`protocol::name_key`]: names that look
     /// alike are one name.
     names: HashMap<String, MemberId>,
@@ -243,7 +244,7 @@ impl Hub {
             state.names.insert(key, id);
         }
         let member = Member {
-            name: name.clone(),
+            name: Arc::from(name.as_str()),
             quiet: req.quiet,
             frames: link.frames,
             evict: Some(link.evict),
@@ -267,21 +268,25 @@ impl Hub {
         room_name: &str,
         replay: Replay,
     ) -> Vec<MemberId> {
-        state.rooms_by_member.insert(id, room_name.to_owned());
-        let room = state
-            .rooms
-            .entry(room_name.to_owned())
-            .or_insert_with(|| Room {
-                last_id: self.store.last_id(room_name),
-                ..Room::default()
-            });
-        let (quiet, name, frames) = (member.quiet, member.name.clone(), member.frames.clone());
+        let key = match state.rooms.get_key_value(room_name) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(room_name),
+        };
+        state.rooms_by_member.insert(id, key.clone());
+        let room = state.rooms.entry(key).or_insert_with(|| Room {
+            last_id: self.store.last_id(room_name),
+            ..Room::default()
+        });
+        let (quiet, frames) = (member.quiet, member.frames.clone());
+        let name = member.name.to_string();
+        if !quiet {
+            room.names.insert(member.name.clone());
+        }
         room.members.insert(id, member);
         room.others = self.relay.as_ref().map_or(0, |r| r.others(room_name));
         if quiet {
             room.quiet += 1;
         } else {
-            room.names.insert(name.clone());
             let count = room.count();
             let others = if count == 1 {
                 "you are the only one here".to_owned()
@@ -352,7 +357,7 @@ impl Hub {
         protocol::validate_room(room).map_err(JoinError::InvalidRoom)?;
         let mut guard = self.lock();
         let state = &mut *guard;
-        if state.rooms_by_member.get(&id).is_some_and(|r| r == room) {
+        if state.rooms_by_member.get(&id).is_some_and(|r| **r == *room) {
             return Ok(());
         }
         let Some((member, mut slow)) = self.take(state, id) else {
@@ -393,7 +398,7 @@ impl Hub {
         let sender = room.members.get(&from).ok_or(ChatError::Gone)?;
         let sender_frames = sender.frames.clone();
         let reference = post.reference;
-        let message = posted(room_name, sender.name.clone(), post);
+        let message = posted(&room_name, &sender.name, post);
         if message.private {
             return self.private(state, from, message, reference);
         }
@@ -561,7 +566,7 @@ impl Hub {
             return Ok(());
         };
         let (old, quiet) = (member.name.clone(), member.quiet);
-        if old == new {
+        if *old == *new {
             return Ok(());
         }
         if !quiet {
@@ -576,12 +581,13 @@ impl Hub {
         let Some(room) = state.rooms.get_mut(&room_name) else {
             return Ok(());
         };
+        let new_name: Arc<str> = Arc::from(new);
         if let Some(member) = room.members.get_mut(&id) {
-            member.name = new.to_owned();
+            member.name = new_name.clone();
         }
         if !quiet {
             room.names.remove(&old);
-            room.names.insert(new.to_owned());
+            room.names.insert(new_name);
         }
         if quiet {
             return Ok(());
@@ -606,7 +612,7 @@ impl Hub {
         let rooms = state
             .rooms
             .iter()
-            .map(|(name, r)| (name.clone(), r.count()));
+            .map(|(name, r)| (name.to_string(), r.count()));
         rooms_event(rooms.collect())
     }
 
@@ -617,7 +623,7 @@ impl Hub {
             .rooms
             .iter()
             .filter(|(_, r)| r.visible() > 0)
-            .map(|(name, r)| (name.clone(), r.visible()))
+            .map(|(name, r)| (name.to_string(), r.visible()))
             .collect()
     }
 
@@ -625,11 +631,15 @@ impl Hub {
     /// [`protocol::LIST_MAX`]), the quiet ones, and how many in all.
     pub fn who(&self, id: MemberId, after: Option<&str>) -> WhoEvent {
         let state = self.lock();
-        let room = state.rooms_by_member.get(&id).cloned().unwrap_or_default();
+        let room = state
+            .rooms_by_member
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| "".into());
         match state.rooms.get(&room) {
             Some(r) => r.who(&room, after),
             None => WhoEvent {
-                room,
+                room: room.to_string(),
                 ..WhoEvent::default()
             },
         }
@@ -663,11 +673,11 @@ impl Hub {
 
 /// A message as `username` posted it in `room`: to the room, or privately to `post.to`. Its id
 /// is given when it is stored (private messages have none).
-fn posted(room: String, username: String, post: Post) -> ChatEvent {
+fn posted(room: &str, username: &str, post: Post) -> ChatEvent {
     ChatEvent {
         id: 0,
-        room,
-        username,
+        room: room.to_owned(),
+        username: username.to_owned(),
         message: post.content.into(),
         timestamp: protocol::timestamp(),
         private: post.to.is_some(),
@@ -712,7 +722,7 @@ impl Hub {
             }
             // Announced even when nobody is left here: other instances may share the room.
             let message = format!("{} left the chat", member.name);
-            let name = member.name.clone();
+            let name = member.name.to_string();
             slow = self.notify(room, &room_name, Notice::Leave, name, message, id);
         }
         if room.members.is_empty() {

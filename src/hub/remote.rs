@@ -59,7 +59,7 @@ impl Hub {
     /// A room message of this instance while the log is away: to its room's members here now
     /// (skipping its sender unless `--echo`), without an id.
     fn deliver_local(&self, state: &mut State, event: ChatEvent, origin: Origin) {
-        let Some(room) = state.rooms.get(&event.room) else {
+        let Some(room) = state.rooms.get(event.room.as_str()) else {
             return;
         };
         let frame = Event::Chat(event).to_frame();
@@ -83,7 +83,7 @@ impl Hub {
         });
         let mut delivered = 0;
         let mut fresh = true;
-        if let Some(room) = state.rooms.get_mut(&event.room) {
+        if let Some(room) = state.rooms.get_mut(event.room.as_str()) {
             delivered = room.others;
             fresh = id > room.last_id;
             if fresh {
@@ -161,7 +161,7 @@ impl Hub {
     /// brought up to date, and this instance's members of the room hear it (unless they did
     /// already, while the log was away).
     fn deliver_notice(&self, state: &mut State, entry: NoticeEntry) {
-        let Some(room) = state.rooms.get_mut(&entry.announcement.room) else {
+        let Some(room) = state.rooms.get_mut(entry.announcement.room.as_str()) else {
             return;
         };
         room.others = entry.others;

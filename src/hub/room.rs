@@ -1,7 +1,9 @@
 //! One room: its members, the fan-out of a frame to them, presence (a notice each, or a
 //! summary per interval in a large room) and `who`, a page at a time.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -24,7 +26,7 @@ const NAMES_SHOWN: usize = 3;
 pub(super) struct Room {
     pub(super) members: HashMap<MemberId, Member>,
     /// Names of the members that are not quiet, sorted (for `who`, a page at a time).
-    pub(super) names: BTreeSet<String>,
+    pub(super) names: BTreeSet<Arc<str>>,
     /// Quiet members: counted and listed, never announced.
     pub(super) quiet: usize,
     /// Visible members on other instances (with a relay), as counted at the last join here.
@@ -67,13 +69,16 @@ impl Comings {
 
 /// The names after `after` (at most [`protocol::LIST_MAX`]), and the one to ask after for
 /// the next page, if there is one.
-pub fn names_page(names: &BTreeSet<String>, after: Option<&str>) -> (Vec<String>, Option<String>) {
+pub fn names_page<T: Borrow<str> + Ord>(
+    names: &BTreeSet<T>,
+    after: Option<&str>,
+) -> (Vec<String>, Option<String>) {
     use std::ops::Bound;
     let from = after.map_or(Bound::Unbounded, Bound::Excluded);
     let mut page: Vec<String> = names
         .range::<str, _>((from, Bound::Unbounded))
         .take(protocol::LIST_MAX + 1)
-        .cloned()
+        .map(|name| name.borrow().to_owned())
         .collect();
     let next = (page.len() > protocol::LIST_MAX).then(|| {
         page.truncate(protocol::LIST_MAX);
@@ -111,7 +116,8 @@ pub(super) struct Reach {
 }
 
 pub(super) struct Member {
-    pub(super) name: String,
+    /// Shared with the room's sorted names.
+    pub(super) name: Arc<str>,
     pub(super) quiet: bool,
     pub(super) frames: outbox::Sender,
     pub(super) evict: Option<oneshot::Sender<u16>>,
@@ -233,7 +239,7 @@ impl Room {
             .values()
             .filter(|m| m.quiet)
             .take(protocol::LIST_MAX)
-            .map(|m| m.name.clone())
+            .map(|m| m.name.to_string())
             .collect();
         quiet.sort();
         WhoEvent {

@@ -681,7 +681,7 @@ mod tests {
             for i in 0..40 {
                 tx.try_send(text(&i.to_string())).unwrap();
             }
-            while rx.batch.len() > 0 {
+            while !rx.batch.is_empty() {
                 texts_one(&mut rx);
             }
             texts_one(&mut rx);
