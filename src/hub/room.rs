@@ -158,12 +158,7 @@ impl Room {
             if Some(id) == skip {
                 continue;
             }
-            let sent = if straight {
-                member.frames.try_send(frame.clone())
-            } else {
-                member.frames.try_queue(frame.clone())
-            };
-            match sent {
+            match member.frames.send(frame.clone(), straight) {
                 Ok(sent) => {
                     reach.delivered += 1;
                     reach.written += usize::from(sent == outbox::Sent::Written);

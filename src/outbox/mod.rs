@@ -63,6 +63,7 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
             open: true,
             waker: None,
             socket: None,
+            through: true,
             written: 0,
         }),
         capacity: frames.max(1),
@@ -105,6 +106,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The connection's socket, while frames may be written straight to it.
     socket: Option<Arc<TcpStream>>,
+    /// Whether the last frame sent might have been written straight through (see
+    /// [`Sender::try_queue`]).
+    through: bool,
     /// Bytes of the front frame already written straight through; the rest is queued. One
     /// write never takes 2 GiB or more (Linux caps it under `i32::MAX`), so it fits.
     written: u32,
@@ -165,23 +169,28 @@ pub struct Sender {
 impl Sender {
     /// Writes `frame` straight to the socket when nothing is ahead of it, else queues it;
     /// never waits.
+    #[inline]
     pub fn try_send(&self, frame: Message) -> Result<Sent, TrySendError> {
         self.send(frame, true)
     }
 
     /// Queues `frame` for the connection's task even when it could be written now (see
     /// [`WriteThrough`]).
+    #[inline]
     pub fn try_queue(&self, frame: Message) -> Result<Sent, TrySendError> {
         self.send(frame, false)
     }
 
-    fn send(&self, frame: Message, through: bool) -> Result<Sent, TrySendError> {
-        let frame = wire::prepare(frame);
+    /// [`Sender::try_send`] when `through`, else [`Sender::try_queue`].
+    ///
+    /// A close frame goes through [`Receiver::finish`], which encodes its code and reason.
+    pub fn send(&self, frame: Message, through: bool) -> Result<Sent, TrySendError> {
         let mut state = self.shared.lock();
         if !state.open {
             return Err(TrySendError::Closed(frame));
         }
         let held = state.frames.len() + state.taken;
+        state.through = through;
         if held == 0 && through {
             if let Some(socket) = &state.socket {
                 let written = wire::write_now(socket, &frame);
@@ -407,14 +416,17 @@ impl Receiver {
         if state.frames.is_empty() {
             state.taken = 0;
             state.taken_bytes = 0;
-            // Idle now: it holds no buffers until frames pile up again (a connection written
-            // straight through may never need them). Busy, a connection swaps the same two
-            // back and forth.
-            if self.batch.capacity() > 0 {
-                self.batch = VecDeque::new();
-            }
-            if state.frames.capacity() > 0 {
-                state.frames = VecDeque::new();
+            // Idle now, and written straight through: it holds no buffers until frames pile
+            // up again, which they may never do. Fed by a queueing fan-out (a busy server, a
+            // large room), it keeps them for the next frames, and a busy connection swaps the
+            // same two back and forth; the connection's timer frees them when it is quiet.
+            if state.socket.is_some() && state.through {
+                if self.batch.capacity() > 0 {
+                    self.batch = VecDeque::new();
+                }
+                if state.frames.capacity() > 0 {
+                    state.frames = VecDeque::new();
+                }
             }
             if state.senders == 0 {
                 return Err(TryRecvError::Closed);
@@ -668,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_outbox_reuses_its_buffers_and_an_idle_one_holds_none() {
+    fn a_busy_outbox_reuses_its_buffers() {
         let (tx, mut rx) = channel(1024);
         // Frames keep coming while the receiver takes them: the two buffers change places.
         for i in 0..40 {
@@ -691,8 +703,11 @@ mod tests {
                 "round {round}"
             );
         }
-        // Nothing more: both are freed.
+        // Nothing more: without a socket to write straight to, both are kept for the next
+        // frames, until the connection's timer frees them.
         texts(&mut rx);
+        assert!(rx.batch.capacity() + rx.shared.lock().frames.capacity() > 0);
+        rx.shrink();
         assert_eq!(rx.batch.capacity(), 0);
         assert_eq!(rx.shared.lock().frames.capacity(), 0);
     }

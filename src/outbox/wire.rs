@@ -65,8 +65,9 @@ pub fn parts(frame: &Message) -> (Header, &[u8]) {
         Message::Binary(data) => (FIN | 0x2, data),
         Message::Ping(data) => (FIN | 0x9, data),
         Message::Pong(data) => (FIN | 0xA, data),
-        // A close with a code is never queued as such: [`prepare`] makes it a frame with its
-        // payload. Were one written, it would still be a valid close, without the code.
+        // A close with a code is queued only by `Receiver::finish`, where [`prepare`] makes it
+        // a frame with its payload. Were one written, it would still be a valid close, without
+        // the code.
         Message::Close(_) => (FIN | 0x8, &[]),
         Message::Frame(frame) => {
             let header = frame.header();
