@@ -63,7 +63,6 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
             open: true,
             waker: None,
             socket: None,
-            through: true,
             written: 0,
         }),
         capacity: frames.max(1),
@@ -106,9 +105,6 @@ struct Queue {
     waker: Option<Waker>,
     /// The connection's socket, while frames may be written straight to it.
     socket: Option<Arc<TcpStream>>,
-    /// Whether the last frame sent might have been written straight through (see
-    /// [`Sender::try_queue`]).
-    through: bool,
     /// Bytes of the front frame already written straight through; the rest is queued. One
     /// write never takes 2 GiB or more (Linux caps it under `i32::MAX`), so it fits.
     written: u32,
@@ -190,7 +186,6 @@ impl Sender {
             return Err(TrySendError::Closed(frame));
         }
         let held = state.frames.len() + state.taken;
-        state.through = through;
         if held == 0 && through {
             if let Some(socket) = &state.socket {
                 let written = wire::write_now(socket, &frame);
@@ -416,11 +411,12 @@ impl Receiver {
         if state.frames.is_empty() {
             state.taken = 0;
             state.taken_bytes = 0;
-            // Idle now, and written straight through: it holds no buffers until frames pile
-            // up again, which they may never do. Fed by a queueing fan-out (a busy server, a
-            // large room), it keeps them for the next frames, and a busy connection swaps the
-            // same two back and forth; the connection's timer frees them when it is quiet.
-            if state.socket.is_some() && state.through {
+            // Idle now: a connection that can be written straight through holds no buffers
+            // until frames pile up again, which they may never do (the next push allocates a
+            // few slots). Without a socket (TLS), it keeps them for the next frames until the
+            // connection's timer frees them. Busy, a connection swaps the same two back and
+            // forth.
+            if state.socket.is_some() {
                 if self.batch.capacity() > 0 {
                     self.batch = VecDeque::new();
                 }
