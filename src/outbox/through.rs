@@ -20,9 +20,10 @@
 
 use std::time::{Duration, Instant};
 
-/// How often the decision is taken again: long enough that the bursts of an ordinary load
-/// (several publishers, each on its own schedule) average out.
-pub const WINDOW: Duration = Duration::from_millis(250);
+/// How often the decision is taken again: short, so an overload is noticed within a tenth of
+/// a second; the busy mark below is high enough that an ordinary load's bursts (several
+/// publishers, each on its own schedule) do not reach it.
+pub const WINDOW: Duration = Duration::from_millis(100);
 /// Share of the time spent writing straight through past which the next window queues: the
 /// fan-outs ran back to back, so they were not keeping up.
 pub const BUSY_SHARE: f64 = 0.97;
