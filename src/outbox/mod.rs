@@ -81,8 +81,9 @@ pub fn bounded(frames: usize, bytes: usize) -> (Sender, Receiver) {
 }
 
 struct Shared {
-    /// Held only to push, to take the whole queue, or to count senders: never across an
-    /// `.await`, and never while a frame is written.
+    /// Held only to push (and, for a frame written straight through, across that one
+    /// non-blocking write), to take the whole queue, or to count senders: never across an
+    /// `.await`.
     state: Mutex<Queue>,
     capacity: usize,
     max_bytes: usize,
@@ -170,14 +171,8 @@ impl Sender {
         self.send(frame, true)
     }
 
-    /// Queues `frame` for the connection's task even when it could be written now (see
-    /// [`WriteThrough`]).
-    #[inline]
-    pub fn try_queue(&self, frame: Message) -> Result<Sent, TrySendError> {
-        self.send(frame, false)
-    }
-
-    /// [`Sender::try_send`] when `through`, else [`Sender::try_queue`].
+    /// [`Sender::try_send`] when `through`; otherwise `frame` is queued for the connection's
+    /// task even when it could be written now (see [`WriteThrough`]).
     ///
     /// A close frame goes through [`Receiver::finish`], which encodes its code and reason.
     pub fn send(&self, frame: Message, through: bool) -> Result<Sent, TrySendError> {
@@ -333,7 +328,9 @@ impl Receiver {
     }
 
     /// The next frame, taking everything queued at once when the last batch is used up.
-    /// `Ready(None)` once the queue is empty and every sender is gone.
+    /// `Ready(None)` once the queue is empty and every sender is gone. For an outbox without
+    /// a socket (see [`Receiver::attach`]): a frame partly written straight through would
+    /// come out whole.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         match self.take(Some(cx.waker())) {
             Ok(frame) => Poll::Ready(Some(frame)),

@@ -71,10 +71,12 @@ pub(super) async fn serve<I: Socket>(shared: Arc<Shared>, stream: I, peer: Socke
 fn split_upgraded<I: Socket>(
     upgraded: hyper::upgrade::Upgraded,
 ) -> Result<(ReadSide<I::Read>, I::Write), String> {
-    // hyper hands back the type it was given: an error here would be a bug, and is logged.
-    let parts = upgraded
-        .downcast::<TokioIo<I>>()
-        .map_err(|_| "the connection is not the socket it was accepted as".to_owned())?;
+    // hyper hands back the type it was given: an error here would be a bug, logged as one.
+    let parts = upgraded.downcast::<TokioIo<I>>().map_err(|_| {
+        let why = "the upgraded connection is not the socket it was accepted as";
+        tracing::error!("{why}");
+        why.to_owned()
+    })?;
     let (read, write) = parts.io.into_inner().split();
     Ok((ReadSide::new(parts.read_buf, read), write))
 }
